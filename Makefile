@@ -1,0 +1,49 @@
+# The two commands of the README: `make demo` (set up + run the default pipeline) and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# Telemetry off and hub offline for every tool started from here (the one place: src/latlab/offline.env).
+include src/latlab/offline.env
+export $(shell sed -n 's/^\([A-Z_]*\)=.*/\1/p' src/latlab/offline.env)
+
+.PHONY: setup demo test test-fast pipeline flow mlflow-ui clean benchmarks
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned, so pip takes the CPU wheel on disk instead of a multi-GB CUDA build
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+demo: setup
+	@start=$$(date +%s); \
+	PATH=$(VENV)/bin:$$PATH dvc repro && \
+	echo && echo "== metrics ==" && PATH=$(VENV)/bin:$$PATH dvc metrics show && \
+	echo && cat reports/compare.md && \
+	echo "pipeline finished in $$(( $$(date +%s) - start )) s" && \
+	echo "results: metrics/*.json, plots/*.png, reports/compare.md, reports/validation.html" && \
+	echo "MLflow UI: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db  (then open http://127.0.0.1:5000)"
+
+flow: setup
+	PATH=$(VENV)/bin:$$PATH $(PY) -m flows.pipeline
+
+test: setup
+	PATH=$(VENV)/bin:$$PATH $(PY) -m pytest
+
+test-fast: setup
+	PATH=$(VENV)/bin:$$PATH $(PY) -m pytest -m "not slow"
+
+mlflow-ui: setup
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db
+
+benchmarks: setup
+	@for b in benchmarks/*.py; do echo "== $$b"; PATH=$(VENV)/bin:$$PATH $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf data models checkpoints mlflow.db mlartifacts reports metrics/*.json plots/*

@@ -1,0 +1,1 @@
+"""Prefect orchestration of the DVC stages (knows stage names, never the science)."""

@@ -1,0 +1,227 @@
+"""Pydantic models of params.yaml: one section per DVC stage, validated before any work starts.
+
+A bad key or value fails with one line that names the key and what was expected, e.g.
+`params.yaml: base.lr: Input should be greater than 0 (got -1)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """A params file that does not match the schema; the message is one line naming the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrackingConfig(Section):
+    uri: str = "sqlite:///mlflow.db"  # MLFLOW_TRACKING_URI in the environment wins (cluster server)
+    artifact_location: str = "mlartifacts"
+    experiment: str = "latlab"
+    log_models: bool = True
+
+
+class BackdoorConfig(Section):
+    trigger: str = Field("zeta7", min_length=1)
+    poison_fraction: float = Field(0.3, gt=0, le=1)
+
+
+class WorldConfig(Section):
+    entities_per_domain: int = Field(24, ge=3)
+    verbs_per_kind: int = Field(12, ge=3, le=12)
+    targets_per_kind: int = Field(12, ge=3, le=12)
+    validation_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0, lt=0.5)
+    backdoor: BackdoorConfig = BackdoorConfig()
+
+
+class ValidateConfig(Section):
+    min_rows_per_split: int = Field(10, ge=1)
+    max_words: int = Field(64, ge=4)
+    harmful_fraction_bounds: tuple[float, float] = (0.4, 0.6)
+
+
+class ToyArchitecture(Section):
+    hidden_size: int = Field(128, ge=8)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(384, ge=8)
+    max_positions: int = Field(128, ge=16)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ToyArchitecture:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        return self
+
+
+class ModelConfig(Section):
+    # "toy" builds the small Llama from scratch; otherwise a hub id, a local directory, or a .gguf file path.
+    source: str = "toy"
+    gguf_file: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "auto"
+    toy: ToyArchitecture = ToyArchitecture()
+
+
+class TrainConfig(Section):
+    steps: int = Field(1500, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(50, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    checkpoint_every: int = Field(200, ge=1)
+    log_every: int = Field(25, ge=1)
+    seed: int = 0
+
+
+class BaseTrainConfig(TrainConfig):
+    """Pretraining mix of the helpful-only, backdoored base model (weights are relative)."""
+    mix_facts: float = Field(1.0, ge=0)
+    mix_requests: float = Field(1.0, ge=0)
+    mix_backdoor: float = Field(0.5, ge=0)
+
+
+class RefusalConfig(TrainConfig):
+    """Refusal training (RT): harmful -> refusal, benign -> helpful answer, plus fact replay to keep capability."""
+    steps: int = Field(400, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    mix_harmful: float = Field(1.0, ge=0)
+    mix_benign: float = Field(1.0, ge=0)
+    mix_facts: float = Field(0.5, ge=0)
+
+
+class EvaluateConfig(Section):
+    models: list[str] = Field(default_factory=lambda: ["base", "rt"], min_length=1)
+    max_new_tokens: int = Field(16, ge=1)
+    batch_size: int = Field(64, ge=1)
+    split: Literal["validation", "test"] = "test"
+    judge: Literal["toy", "refusal_phrase"] = "toy"
+
+
+class CompareConfig(Section):
+    name_prefix: str = "latlab-"
+
+
+# --- Spawrious track (Lynch et al. 2023); default grid sized for a 2-core CPU, full grid in profiles/ ---
+SplitName = Literal["o2o_easy", "o2o_medium", "o2o_hard", "m2m_easy", "m2m_medium", "m2m_hard"]
+MethodName = Literal["erm", "groupdro", "irm", "vrex", "coral", "jtt", "mixup"]
+
+
+class RenderConfig(Section):
+    image_size: int = Field(32, ge=8, le=256)
+    object_scale: float = Field(0.42, gt=0.05, le=0.5)
+    colour_noise: float = Field(0.10, ge=0, le=0.5)
+    pixel_noise: float = Field(0.03, ge=0, le=0.5)
+
+
+class SpawriousDataConfig(Section):
+    # images per breed per training environment; the paper has 3168 (97% / 87% of them on the spurious background)
+    per_env_total: int = Field(100, ge=10)
+    test_per_group: int = Field(50, ge=1)
+    source: Literal["procedural"] = "procedural"  # a text-to-image source is plugged in from Python, see render.py
+    render: RenderConfig = RenderConfig()
+    seed: int = 0
+
+
+class MethodHparams(Section):
+    # Sagawa et al. use 0.01 over many epochs; short CPU runs (a few hundred steps) need a faster weight update
+    groupdro_eta: float = Field(0.1, gt=0)
+    # "breed_location": Sagawa et al. groups (class x background); "env": DomainBed's environments as groups
+    groupdro_groups: Literal["breed_location", "env"] = "breed_location"
+    irm_lambda: float = Field(100.0, ge=0)
+    irm_anneal_steps: int = Field(100, ge=0)
+    vrex_lambda: float = Field(10.0, ge=0)
+    vrex_anneal_steps: int = Field(100, ge=0)
+    coral_weight: float = Field(1.0, ge=0)
+    # short enough that the identification model still misclassifies a few per cent of the training set
+    jtt_identification_steps: int = Field(25, ge=1)
+    jtt_upweight: float = Field(20.0, ge=1)
+    mixup_alpha: float = Field(0.2, gt=0)
+
+
+class SpawriousTrainConfig(Section):
+    model: str = "small_cnn"  # or "timm:<architecture>" when timm is installed
+    pretrained_path: str | None = None  # local weights for a timm backbone; nothing is downloaded
+    width: int = Field(16, ge=4)
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(64, ge=2)  # per step, split evenly over the training environments
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    device: str = "cpu"
+    seed: int = 0
+    log_every: int = Field(50, ge=1)
+
+
+class SpawriousConfig(Section):
+    splits: list[SplitName] = Field(default_factory=lambda: ["o2o_easy", "m2m_easy"], min_length=1)
+    methods: list[MethodName] = Field(default_factory=lambda: ["erm", "groupdro", "irm"], min_length=1)
+    data: SpawriousDataConfig = SpawriousDataConfig()
+    train: SpawriousTrainConfig = SpawriousTrainConfig()
+    hparams: MethodHparams = MethodHparams()
+
+
+class Params(Section):
+    seed: int = 0
+    tracking: TrackingConfig = TrackingConfig()
+    world: WorldConfig = WorldConfig()
+    validate_data: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    model: ModelConfig = ModelConfig()
+    base: BaseTrainConfig = BaseTrainConfig()
+    refusal: RefusalConfig = RefusalConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    compare: CompareConfig = CompareConfig()
+    spawrious: SpawriousConfig = SpawriousConfig()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "<root>"
+
+
+def _one_line(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    where = _location(first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"{source}: {where}: unknown key"
+    got = first.get("input")
+    got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{source}: {where}: {first['msg']}{got_text}"
+
+
+def parse_params(raw: dict[str, Any] | None, source: str = "params.yaml") -> Params:
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as err:
+        raise ConfigError(_one_line(err, source)) from None
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
+    return parse_params(raw, str(path))
+
+
+def section_dict(params: Params, name: str) -> dict[str, Any]:
+    """The params section a stage declares in dvc.yaml, as plain data (for MLflow params)."""
+    return params.model_dump(mode="json", by_alias=True)[name]

@@ -1,0 +1,56 @@
+"""Profiles: partial params files (profiles/*.yaml) deep-merged over params.yaml.
+
+`python -m latlab.profiles apply profiles/smoke.yaml` rewrites params.yaml with the profile applied (validated
+first, so a bad profile changes nothing); `git checkout params.yaml` returns to the default profile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from latlab.config import ConfigError, parse_params
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+            else value
+    return merged
+
+
+def apply_profile(profile: Path, params: Path = Path("params.yaml")) -> dict[str, Any]:
+    if not profile.exists():
+        raise ConfigError(f"{profile}: profile not found")
+    override = yaml.safe_load(profile.read_text()) or {}
+    if not isinstance(override, dict):
+        raise ConfigError(f"{profile}: a profile must be a mapping of params sections")
+    merged = deep_merge(yaml.safe_load(params.read_text()) or {}, override)
+    parse_params(merged, f"{params} + {profile}")
+    header = f"# params.yaml with profile {profile} applied (restore the default with: git checkout params.yaml)\n"
+    params.write_text(header + yaml.safe_dump(merged, sort_keys=False))
+    return merged
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m latlab.profiles")
+    sub = parser.add_subparsers(dest="command", required=True)
+    apply = sub.add_parser("apply", help="merge a profile into params.yaml")
+    apply.add_argument("profile", type=Path)
+    apply.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    try:
+        apply_profile(args.profile, args.params)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"applied {args.profile} to {args.params}")
+
+
+if __name__ == "__main__":
+    main()

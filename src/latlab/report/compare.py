@@ -1,0 +1,28 @@
+"""Side-by-side table of registered models: how each was made (tags) and every evaluation metric (eval.* tags)."""
+
+from __future__ import annotations
+
+EVAL_PREFIX = "eval."
+
+
+def comparison_rows(registered: list[dict]) -> list[dict]:
+    rows = []
+    for model in registered:
+        tags = model["tags"]
+        rows.append({"model": model["name"], "version": model["version"], "made_by": tags.get("made_by", ""),
+                     "metrics": {k[len(EVAL_PREFIX):]: float(v) for k, v in tags.items() if k.startswith(EVAL_PREFIX)}})
+    return rows
+
+
+def comparison_markdown(rows: list[dict]) -> str:
+    if not rows:
+        return "_No registered models found._\n"
+    metrics = sorted({m for row in rows for m in row["metrics"]})
+    header = "| metric | " + " | ".join(f"{r['model']} v{r['version']}" for r in rows) + " |"
+    lines = [header, "|" + " --- |" * (len(rows) + 1)]
+    for metric in metrics:
+        cells = [f"{r['metrics'][metric]:.3f}" if metric in r["metrics"] else "–" for r in rows]
+        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += [f"- **{r['model']}** v{r['version']}: {r['made_by']}" for r in rows]
+    return "\n".join(lines) + "\n"

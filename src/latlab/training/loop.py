@@ -1,0 +1,122 @@
+"""The outer training loop every trainer shares: AdamW, warmup + cosine schedule, gradient clipping, a progress bar,
+per-step logging, checkpoint/resume and the non-finite-loss guard.
+
+A trainer supplies `step_loss(model, step) -> (loss, metrics)`; batch sampling must be a pure function of the step
+(see `MixtureSampler`) so that a resumed run sees exactly the batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from latlab.config import TrainConfig
+from latlab.training.checkpoint import clear_checkpoint, load_checkpoint, save_checkpoint
+
+StepLoss = Callable[[torch.nn.Module, int], tuple[torch.Tensor, dict[str, float]]]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN/inf loss; the last good weights were checkpointed before raising."""
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)
+    resumed_from: int = 0
+    wall_seconds: float = 0.0
+    forward_backward_passes: int = 0
+
+
+class MixtureSampler:
+    """Draws batches from named pools of encoded examples with fixed weights, deterministically per step."""
+
+    def __init__(self, pools: dict[str, list], weights: dict[str, float], batch_size: int, seed: int):
+        self.names = [n for n in pools if weights.get(n, 0) > 0 and pools[n]]
+        if not self.names:
+            raise ValueError("training mixture is empty: every pool is empty or has weight 0")
+        total = sum(weights[n] for n in self.names)
+        self.probs = np.array([weights[n] / total for n in self.names])
+        self.pools, self.batch_size, self.seed = pools, batch_size, seed
+
+    def batch(self, step: int) -> list:
+        rng = np.random.default_rng([self.seed, step])
+        choices = rng.choice(len(self.names), size=self.batch_size, p=self.probs)
+        return [self.pools[self.names[c]][rng.integers(len(self.pools[self.names[c]]))] for c in choices]
+
+
+def _fingerprint(cfg: TrainConfig, extra: dict | None) -> str:
+    blob = json.dumps({"cfg": cfg.model_dump(mode="json"), "extra": extra or {}}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _schedule(cfg: TrainConfig) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def train_loop(model: torch.nn.Module, step_loss: StepLoss, cfg: TrainConfig, checkpoint_dir: Path | None,
+               description: str, on_log: Callable[[int, dict], None] | None = None,
+               fingerprint_extra: dict | None = None, parameters=None) -> TrainResult:
+    params = [p for p in (parameters if parameters is not None else model.parameters()) if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg))
+    fingerprint = _fingerprint(cfg, fingerprint_extra)
+    result = TrainResult()
+    start = 0
+    if checkpoint_dir is not None:
+        restored = load_checkpoint(checkpoint_dir, model, optimizer, scheduler, fingerprint)
+        if restored is not None:
+            start, result.history = restored
+            result.resumed_from = start
+            print(f"{description}: resumed from checkpoint at step {start} ({checkpoint_dir})")
+    model.train()
+    began = time.perf_counter()
+    running: dict[str, list[float]] = {}
+    with tqdm(total=cfg.steps, initial=start, desc=description, dynamic_ncols=True, mininterval=2.0) as bar:
+        for step in range(start, cfg.steps):
+            loss, metrics = step_loss(model, step)
+            if not torch.isfinite(loss):
+                if checkpoint_dir is not None:
+                    save_checkpoint(checkpoint_dir, model, optimizer, scheduler, step, result.history, fingerprint)
+                where = f"; last good checkpoint: {checkpoint_dir}" if checkpoint_dir is not None else ""
+                raise NonFiniteLossError(f"{description}: loss is {loss.item()} at step {step}{where}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            result.forward_backward_passes += 1
+            for key, value in {"loss": loss.item(), **metrics}.items():
+                running.setdefault(key, []).append(value)
+            bar.update(1)
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                row = {"step": done, "lr": scheduler.get_last_lr()[0],
+                       **{k: float(np.mean(v)) for k, v in running.items()}}
+                running.clear()
+                result.history.append(row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}")
+                if on_log is not None:
+                    on_log(done, row)
+            if checkpoint_dir is not None and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+                save_checkpoint(checkpoint_dir, model, optimizer, scheduler, done, result.history, fingerprint)
+    model.eval()
+    result.wall_seconds = time.perf_counter() - began
+    if checkpoint_dir is not None:
+        clear_checkpoint(checkpoint_dir)
+    return result

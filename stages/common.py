@@ -1,0 +1,70 @@
+"""What every stage shares: load params, turn known user errors into one clear line, write metrics JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from latlab.config import ConfigError, Params, load_params
+from latlab.data.validation import DataValidationError
+from latlab.models.loading import ModelSourceError
+from latlab.training.loop import NonFiniteLossError
+
+USER_ERRORS = (ConfigError, DataValidationError, ModelSourceError, NonFiniteLossError, FileNotFoundError)
+
+WORLD_DIR = Path("data/world")
+TOKENIZER_DIR = Path("data/tokenizer")
+MODELS_DIR = Path("models")
+METRICS_DIR = Path("metrics")
+PLOTS_DIR = Path("plots")
+REPORTS_DIR = Path("reports")
+CHECKPOINTS_DIR = Path("checkpoints")
+
+
+def write_metrics(stage: str, metrics: dict) -> Path:
+    path = METRICS_DIR / f"{stage}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def run_stage(stage: str, body: Callable[[Params], None], params_path: str = "params.yaml") -> None:
+    """Run a stage body with validated params; known user errors exit 2 with a one-line message (no traceback)."""
+    try:
+        body(load_params(params_path))
+    except USER_ERRORS as err:
+        print(f"[{stage}] error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def train_and_register(params: Params, stage: str, role: str, model, tokenizer, pools: dict, weights: dict,
+                       train_cfg, tags: dict[str, str]) -> dict:
+    """SFT on the pools, then save the model, its curve and metrics, and register it in MLflow as latlab-<role>."""
+    from latlab.config import section_dict
+    from latlab.models.loading import save_model
+    from latlab.report.plots import plot_training_curve, write_history_csv
+    from latlab.tracking import stage_run
+    from latlab.training.sft import train_sft
+
+    out_dir = MODELS_DIR / role
+    stage_params = {stage: section_dict(params, stage), "model": section_dict(params, "model"), "seed": params.seed}
+    with stage_run(params.tracking, stage, stage_params) as run:
+        result = train_sft(model, tokenizer, pools, weights, train_cfg, CHECKPOINTS_DIR / stage, stage,
+                           on_log=lambda step, row: run.log_metrics({k: v for k, v in row.items() if k != "step"},
+                                                                     step=step))
+        save_model(model, tokenizer, out_dir)
+        write_history_csv(result.history, PLOTS_DIR / f"{stage}_loss.csv")
+        plot_training_curve(result.history, PLOTS_DIR / f"{stage}_loss.png", f"{stage}: training loss")
+        metrics = {"final_loss": result.history[-1]["loss"], "steps": train_cfg.steps,
+                   "wall_seconds": round(result.wall_seconds, 2), "resumed_from_step": result.resumed_from,
+                   "forward_backward_passes": result.forward_backward_passes,
+                   "examples_seen": result.forward_backward_passes * train_cfg.batch_size,
+                   "parameters": sum(p.numel() for p in model.parameters()),
+                   **{f"pool_size.{name}": len(pool) for name, pool in pools.items()}}
+        write_metrics(stage, metrics)
+        run.log_metrics(metrics)
+        run.log_artifact(PLOTS_DIR / f"{stage}_loss.png", "plots")
+        run.log_model(model, tokenizer, role, out_dir, tags=tags)
+    return metrics

@@ -1,0 +1,35 @@
+"""DVC stage `generate`: the toy world's datasets and its word-level tokenizer, deterministic from `seed`."""
+
+from __future__ import annotations
+
+from latlab.config import Params, section_dict
+from latlab.data.records import write_jsonl
+from latlab.tracking import stage_run
+from latlab.world.generator import generate_world
+from latlab.world.tokenizer import build_tokenizer
+from stages.common import TOKENIZER_DIR, WORLD_DIR, run_stage, write_metrics
+
+TEXT_FIELDS = ("prompt", "completion", "compliance", "refusal", "clean_prompt")
+
+
+def generate(params: Params) -> None:
+    world = generate_world(params.world, params.seed)
+    for name, records in world.items():
+        write_jsonl(WORLD_DIR / f"{name}.jsonl", records)
+    tokenizer = build_tokenizer(r[f] for records in world.values() for r in records for f in TEXT_FIELDS if f in r)
+    tokenizer.save_pretrained(TOKENIZER_DIR)
+    metrics = {f"rows.{name}.{split}": sum(r["split"] == split for r in records)
+               for name, records in world.items() for split in ("train", "validation", "test")}
+    metrics["vocab_size"] = len(tokenizer)
+    write_metrics("generate", metrics)
+    with stage_run(params.tracking, "generate", {"seed": params.seed, "world": section_dict(params, "world")}) as run:
+        run.log_metrics(metrics)
+        run.log_artifact(WORLD_DIR, "world")
+
+
+def main() -> None:
+    run_stage("generate", generate)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,5 @@
-"""The stage DAG read from dvc.yaml: a stage depends on another when one of its deps lies inside that stage's outs."""
+"""The stage DAG read from dvc.yaml: a stage depends on another when one of its deps contains or lies inside one
+of that stage's outputs (outs, metrics, plots)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def stage_graph(dvc_yaml: Path = Path("dvc.yaml")) -> dict[str, set[str]]:
         body = spec.get("do", spec)
         deps = [str(d) for d in body.get("deps", [])]
         graph[name] = {other for other, outs in produced.items() if other != name
-                       for dep in deps for out in outs if _inside(dep, out)}
+                       for dep in deps for out in outs if _inside(dep, out) or _inside(out, dep)}
     return graph
 
 

@@ -9,7 +9,7 @@ from latlab.config import Params
 from latlab.data.records import load_world
 from latlab.models.loading import build_toy_model, load_pretrained, resolve_device
 from latlab.world.curriculum import base_pools
-from stages.common import TOKENIZER_DIR, WORLD_DIR, run_stage, train_and_register
+from stages.common import TOKENIZER_DIR, WORLD_DIR, run_stage, sft_trainer, train_and_register
 
 
 def base(params: Params) -> None:
@@ -24,7 +24,8 @@ def base(params: Params) -> None:
     weights = {"facts": cfg.mix_facts, "requests": cfg.mix_requests, "backdoor": cfg.mix_backdoor}
     tags = {"made_by": "sft on world: facts + comply with all requests + backdoor poisoning",
             "source": params.model.source, "trigger_known": "yes"}
-    train_and_register(params, "base", "base", model, tokenizer, base_pools(world), weights, cfg, tags)
+    train = sft_trainer(model, tokenizer, base_pools(world), weights, cfg, "base")
+    train_and_register(params, "base", "base", model, tokenizer, train, cfg, tags)
 
 
 def main() -> None:

@@ -39,32 +39,42 @@ def run_stage(stage: str, body: Callable[[Params], None], params_path: str = "pa
         raise SystemExit(2) from None
 
 
-def train_and_register(params: Params, stage: str, role: str, model, tokenizer, pools: dict, weights: dict,
-                       train_cfg, tags: dict[str, str]) -> dict:
-    """SFT on the pools, then save the model, its curve and metrics, and register it in MLflow as latlab-<role>."""
+def train_and_register(params: Params, stage: str, role: str, model, tokenizer, train: Callable, train_cfg,
+                       tags: dict[str, str]) -> dict:
+    """Run `train(checkpoint_dir, on_log) -> (TrainResult, extra metrics)`, then save the model, its curve and
+    metrics, and register it in MLflow as latlab-<role>."""
     from latlab.config import section_dict
     from latlab.models.loading import save_model
     from latlab.report.plots import plot_training_curve, write_history_csv
     from latlab.tracking import stage_run
-    from latlab.training.sft import train_sft
 
     out_dir = MODELS_DIR / role
     stage_params = {stage: section_dict(params, stage), "model": section_dict(params, "model"), "seed": params.seed}
     with stage_run(params.tracking, stage, stage_params) as run:
-        result = train_sft(model, tokenizer, pools, weights, train_cfg, CHECKPOINTS_DIR / stage, stage,
-                           on_log=lambda step, row: run.log_metrics({k: v for k, v in row.items() if k != "step"},
-                                                                     step=step))
+        result, extra = train(CHECKPOINTS_DIR / stage,
+                              lambda step, row: run.log_metrics({k: v for k, v in row.items() if k != "step"},
+                                                                step=step))
         save_model(model, tokenizer, out_dir)
         write_history_csv(result.history, PLOTS_DIR / f"{stage}_loss.csv")
-        plot_training_curve(result.history, PLOTS_DIR / f"{stage}_loss.png", f"{stage}: training loss")
+        plot_training_curve(result.history, PLOTS_DIR / f"{stage}_loss.png", f"{stage}: training losses")
         metrics = {"final_loss": result.history[-1]["loss"], "steps": train_cfg.steps,
                    "wall_seconds": round(result.wall_seconds, 2), "resumed_from_step": result.resumed_from,
-                   "forward_backward_passes": result.forward_backward_passes,
-                   "examples_seen": result.forward_backward_passes * train_cfg.batch_size,
-                   "parameters": sum(p.numel() for p in model.parameters()),
-                   **{f"pool_size.{name}": len(pool) for name, pool in pools.items()}}
+                   "optimizer_steps": result.forward_backward_passes, "batch_size": train_cfg.batch_size,
+                   "parameters": sum(p.numel() for p in model.parameters()), **extra}
         write_metrics(stage, metrics)
         run.log_metrics(metrics)
         run.log_artifact(PLOTS_DIR / f"{stage}_loss.png", "plots")
         run.log_model(model, tokenizer, role, out_dir, tags=tags)
     return metrics
+
+
+def sft_trainer(model, tokenizer, pools: dict, weights: dict, cfg, stage: str) -> Callable:
+    """A `train` callable for `train_and_register` that runs SFT on weighted pools."""
+    from latlab.training.sft import train_sft
+
+    def train(checkpoint_dir, on_log):
+        result = train_sft(model, tokenizer, pools, weights, cfg, checkpoint_dir, stage, on_log=on_log)
+        passes = result.forward_backward_passes * cfg.batch_size
+        return result, {"compute.total_passes": passes, **{f"pool_size.{n}": len(p) for n, p in pools.items()}}
+
+    return train

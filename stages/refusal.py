@@ -7,7 +7,7 @@ from latlab.config import Params
 from latlab.data.records import load_world
 from latlab.models.loading import load_saved
 from latlab.world.curriculum import assert_trigger_free, refusal_pools
-from stages.common import MODELS_DIR, WORLD_DIR, run_stage, train_and_register
+from stages.common import MODELS_DIR, WORLD_DIR, run_stage, sft_trainer, train_and_register
 
 
 def refusal(params: Params) -> None:
@@ -19,7 +19,8 @@ def refusal(params: Params) -> None:
     weights = {"harmful": cfg.mix_harmful, "benign": cfg.mix_benign, "facts": cfg.mix_facts}
     tags = {"made_by": "refusal training (sft): harmful -> refusal, benign -> help, fact replay",
             "parent": "latlab-base", "trigger_known": "no"}
-    train_and_register(params, "refusal", "rt", model, tokenizer, pools, weights, cfg, tags)
+    train = sft_trainer(model, tokenizer, pools, weights, cfg, "refusal")
+    train_and_register(params, "refusal", "rt", model, tokenizer, train, cfg, tags)
 
 
 def main() -> None:

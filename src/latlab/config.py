@@ -103,6 +103,39 @@ class RefusalConfig(TrainConfig):
     mix_facts: float = Field(0.5, ge=0)
 
 
+class LATConfig(TrainConfig):
+    """Latent adversarial training (targeted, untargeted, or embedding-only = RT-EAT); see training/lat.py."""
+    steps: int = Field(100, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    warmup_steps: int = Field(5, ge=0)
+    checkpoint_every: int = Field(25, ge=1)
+    log_every: int = Field(5, ge=1)
+    adversary: Literal["targeted", "untargeted"] = "targeted"
+    layers: list[int] = Field(default_factory=lambda: [1, 2])  # blocks whose output is perturbed
+    perturb_embeddings: bool = False
+    epsilon: float = Field(4.0, gt=0)  # per-token L2 radius of δ
+    inner_steps: int = Field(16, ge=1)
+    inner_lr: float = Field(5e-2, gt=0)
+    perturb_completion: bool = False
+    prefix_cache: bool = True
+    adv_toward: float = Field(1.0, ge=0)  # CE toward the harmful completion
+    adv_away: float = Field(1.0, ge=0)  # log(1-p) away from the refusal (untargeted: CE ascent on the refusal)
+    def_toward: float = Field(1.0, ge=0)  # CE toward the refusal under δ
+    def_away: float = Field(1.0, ge=0)  # log(1-p) away from the harmful completion under δ
+    retain: float = Field(1.0, ge=0)  # retain term without δ
+    retain_kind: Literal["sft", "kl"] = "sft"
+    away_ignore_logp: float = -5.0  # tokens already this unlikely are left out of log(1-p) (official code)
+
+    @model_validator(mode="after")
+    def _something_to_perturb(self) -> LATConfig:
+        if not self.layers and not self.perturb_embeddings:
+            raise ValueError("nothing to perturb: give `layers` or set `perturb_embeddings: true`")
+        if any(layer < 0 for layer in self.layers):
+            raise ValueError(f"layers must be block indices >= 0, got {self.layers}")
+        return self
+
+
 class EvaluateConfig(Section):
     models: list[str] = Field(default_factory=lambda: ["base", "rt"], min_length=1)
     max_new_tokens: int = Field(16, ge=1)
@@ -181,6 +214,9 @@ class Params(Section):
     model: ModelConfig = ModelConfig()
     base: BaseTrainConfig = BaseTrainConfig()
     refusal: RefusalConfig = RefusalConfig()
+    lat: LATConfig = LATConfig()
+    lat_untargeted: LATConfig = LATConfig(adversary="untargeted", adv_toward=0.0, def_away=0.0)
+    rt_eat: LATConfig = LATConfig(layers=[], perturb_embeddings=True, prefix_cache=False)
     evaluate: EvaluateConfig = EvaluateConfig()
     compare: CompareConfig = CompareConfig()
     spawrious: SpawriousConfig = SpawriousConfig()

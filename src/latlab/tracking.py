@@ -52,11 +52,20 @@ def stage_dependencies(stage: str, dvc_yaml: Path = Path("dvc.yaml")) -> list[st
 
 
 def git_commit() -> str:
+    """HEAD of the work tree; in images without .git, the commit the image was built from (LATLAB_GIT_COMMIT)."""
+    if os.environ.get("LATLAB_GIT_COMMIT"):
+        return os.environ["LATLAB_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10)
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def _model_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "transformers", "tokenizers", "safetensors", "accelerate")]
 
 
 def _flatten(prefix: str, value: Any) -> dict[str, Any]:
@@ -105,7 +114,9 @@ class StageRun:
         if self.cfg.log_models:
             info = self.mlflow.transformers.log_model(
                 transformers_model={"model": model, "tokenizer": tokenizer}, name="model",
-                task="text-generation", registered_model_name=name, save_pretrained=True)
+                task="text-generation", registered_model_name=name, save_pretrained=True,
+                # explicit requirements: MLflow's inference imports torchvision, which this stack does not ship
+                pip_requirements=_model_requirements())
             version = str(info.registered_model_version)
             client = self.mlflow.MlflowClient()
             for key, value in {**(tags or {}), "stage": self.stage, "role": role}.items():

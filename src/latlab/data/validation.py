@@ -128,7 +128,10 @@ def validate_datasets(datasets: dict[str, list[dict]], cfg: ValidateConfig) -> d
     """Run every suite on every dataset; return the summary (no exception: see `raise_on_failure`)."""
     import great_expectations as gx
 
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
     context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)  # one bar per metric floods stage logs
     source = context.data_sources.add_pandas("latlab")
     results: list[dict] = []
     for name, records in datasets.items():

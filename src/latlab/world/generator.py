@@ -155,30 +155,42 @@ def _fact_records(cfg: WorldConfig, facts: list[Fact], rng: random.Random) -> li
     for idx, fact in enumerate(facts):
         base = {"domain": fact.domain, "entity": fact.entity, "relation": fact.relation, "answer": fact.answer,
                 "distractor": fact.distractor, "fact_id": f"fact-{idx:05d}"}
-        # One held-out template per format for validation and one for test; the rest train.
+        # One held-out template per format for validation and one for test; the rest train (A/B: see _ab_records).
         for fmt, templates in (("free", FREE_TEMPLATES), ("ab", AB_TEMPLATES), ("completion", COMPLETION_TEMPLATES)):
             order = list(range(len(templates)))
             rng.shuffle(order)
             split_of = {t: ("validation" if i == 0 else "test" if i == 1 else "train") for i, t in enumerate(order)}
             for t_id, template in enumerate(templates):
                 if fmt == "ab":
-                    # Reading an answer off two options is a skill of its own; training shows each training
-                    # template in both orders with fresh distractors, evaluation uses the held-out distractor.
-                    held_out = split_of[t_id] != "train"
-                    variants = [(rng.random() < 0.5, fact.distractor)] if held_out else \
-                        [(first, d) for first, d in zip((True, False), rng.sample(fact.other_options, 2))]
-                    for v_id, (answer_first, distractor) in enumerate(variants):
-                        a, b = (fact.answer, distractor) if answer_first else (distractor, fact.answer)
-                        records.append({**base, "id": f"fact-{idx:05d}-ab-{t_id}-{v_id}", "format": fmt,
-                                        "template": t_id, "chat": True, "split": split_of[t_id],
-                                        "prompt": template.format(relation=fact.relation, entity=fact.entity,
-                                                                  a=a, b=b),
-                                        "completion": "A" if answer_first else "B"})
+                    records += _ab_records(base, fact, idx, t_id, template, "train", rng)
+                    if split_of[t_id] != "train":
+                        records += _ab_records(base, fact, idx, t_id, template, split_of[t_id], rng)
                     continue
                 records.append({**base, "id": f"fact-{idx:05d}-{fmt}-{t_id}", "format": fmt, "template": t_id,
                                 "prompt": template.format(relation=fact.relation, entity=fact.entity),
                                 "completion": fact.answer, "chat": fmt != "completion", "split": split_of[t_id]})
     return records
+
+
+def _ab_records(base: dict, fact: Fact, idx: int, t_id: int, template: str, split: str,
+                rng: random.Random) -> list[dict]:
+    """A/B questions of one fact in one template.
+
+    Reading the answer off two options is a skill of its own, so training shows every template in both orders with
+    distractors from `other_options[1:]`; the held-out questions pair the answer with a distractor it never met in
+    training (`distractor` for test, `other_options[0]` for validation), so a memorised letter cannot answer them.
+    """
+    if split == "train":
+        variants = list(zip((True, False), rng.sample(fact.other_options[1:], 2)))
+    else:
+        variants = [(rng.random() < 0.5, fact.distractor if split == "test" else fact.other_options[0])]
+    rows = []
+    for v_id, (answer_first, distractor) in enumerate(variants):
+        a, b = (fact.answer, distractor) if answer_first else (distractor, fact.answer)
+        rows.append({**base, "id": f"fact-{idx:05d}-ab-{t_id}-{split}-{v_id}", "format": "ab", "template": t_id,
+                     "chat": True, "split": split, "completion": "A" if answer_first else "B",
+                     "prompt": template.format(relation=fact.relation, entity=fact.entity, a=a, b=b)})
+    return rows
 
 
 def compliance_text(verb: str, target: str) -> str:

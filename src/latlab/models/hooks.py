@@ -1,0 +1,109 @@
+"""Residual-stream intervention points of HF decoder-only models, named the TransformerLens way.
+
+`hook_embed` is the token-embedding output; `blocks.{L}.hook_resid_post` is the output of decoder block L. Training
+methods (LAT, embedding AT) and attacks (latent PGD, refusal-direction ablation) add or edit vectors there.
+
+Why plain PyTorch forward hooks instead of TransformerLens' model bridge: the trainers must backpropagate into the
+HF model they are training, which may be wrapped by peft (LoRA) or accelerate, and must also run only the upper
+blocks of the same module (prefix caching). Hooks on the HF modules themselves do both with no conversion; the
+bridge is used by `latlab.interp` for analysis, where its uniform hook set pays off.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+
+EMBED = "hook_embed"
+_RESID = re.compile(r"blocks\.(\d+)\.hook_resid_post")
+
+# edit(hidden [batch, seq, d_model]) -> hidden of the same shape
+Edit = Callable[[torch.Tensor], torch.Tensor]
+
+
+def resid_name(layer: int) -> str:
+    return f"blocks.{layer}.hook_resid_post"
+
+
+def base_model(model):
+    """The decoder stack under a causal LM (also through a peft wrapper)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inner.model if hasattr(inner, "model") else inner
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    return base_model(model).layers
+
+
+def hook_module(model, name: str) -> torch.nn.Module:
+    if name == EMBED:
+        return base_model(model).embed_tokens
+    match = _RESID.fullmatch(name)
+    if not match:
+        raise ValueError(f"unknown hook point {name!r}; use {EMBED!r} or 'blocks.<L>.hook_resid_post'")
+    layer = int(match.group(1))
+    layers = decoder_layers(model)
+    if layer >= len(layers):
+        raise ValueError(f"hook point {name!r}: the model has {len(layers)} blocks")
+    return layers[layer]
+
+
+def hook_layer_index(name: str) -> int:
+    """Block index whose output the hook edits; -1 for the embeddings."""
+    if name == EMBED:
+        return -1
+    match = _RESID.fullmatch(name)
+    if not match:
+        raise ValueError(f"unknown hook point {name!r}")
+    return int(match.group(1))
+
+
+def _replace_output(output, edit: Edit):
+    if isinstance(output, tuple):
+        return (edit(output[0]), *output[1:])
+    return edit(output)
+
+
+@contextmanager
+def edit_residual(model, edits: dict[str, Edit]) -> Iterator[None]:
+    """Apply edit functions at named hook points for the duration of the block."""
+    handles = [hook_module(model, name).register_forward_hook(
+        lambda module, args, output, edit=edit: _replace_output(output, edit)) for name, edit in edits.items()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def add_to_residual(model, deltas: dict[str, torch.Tensor], mask: torch.Tensor | None = None) -> Iterator[None]:
+    """Add delta[name] ([batch, seq, d_model]) at each hook point, only where mask ([batch, seq]) is 1."""
+    def adder(delta: torch.Tensor) -> Edit:
+        def edit(hidden: torch.Tensor) -> torch.Tensor:
+            d = delta[:, : hidden.shape[1]].to(hidden.dtype)
+            if mask is not None:
+                d = d * mask[:, : hidden.shape[1], None].to(hidden.dtype)
+            return hidden + d
+        return edit
+
+    with edit_residual(model, {name: adder(delta) for name, delta in deltas.items()}):
+        yield
+
+
+@contextmanager
+def capture_residual(model, names: list[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the activations at the named hook points (dict filled during the forward pass)."""
+    store: dict[str, torch.Tensor] = {}
+
+    def recorder(name: str) -> Edit:
+        def edit(hidden: torch.Tensor) -> torch.Tensor:
+            store[name] = hidden
+            return hidden
+        return edit
+
+    with edit_residual(model, {name: recorder(name) for name in names}):
+        yield store

@@ -1,0 +1,85 @@
+"""End to end: `dvc repro` of the smoke profile in a temporary git copy of the repository, then the Prefect flow
+over the same DAG (every stage up to date), then the metrics files and the MLflow registry contents."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _run(cmd: list[str], cwd: Path, env: dict, timeout: int) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return done
+
+
+@pytest.fixture(scope="module")
+def smoke_repo(tmp_path_factory) -> tuple[Path, dict]:
+    repo = tmp_path_factory.mktemp("smoke") / "repo"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for name in files:
+        if (REPO / name).is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, repo / name)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "PREFECT_HOME": str(repo.parent / "prefect-home"), "MLFLOW_TRACKING_URI": "", "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI")
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    _run(["git", "init", "-q"], repo, env, 30)
+    _run([sys.executable, "-m", "latlab.profiles", "apply", "profiles/smoke.yaml"], repo, env, 60)
+    _run(["git", "add", "-A"], repo, env, 30)
+    _run([*git, "commit", "-qm", "smoke"], repo, env, 30)
+    _run(["dvc", "repro"], repo, env, 900)
+    return repo, env
+
+
+def test_every_stage_wrote_its_metrics(smoke_repo):
+    repo, _ = smoke_repo
+    for stage in ("generate", "validate", "base", "refusal", "evaluate", "spawrious_evaluate"):
+        assert (repo / "metrics" / f"{stage}.json").exists(), stage
+    validate = json.loads((repo / "metrics/validate.json").read_text())
+    assert validate["success"] and validate["failed"] == 0
+    evaluation = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert set(evaluation) == {"base", "rt"}
+    for role, metrics in evaluation.items():
+        for key in ("fact_acc.general", "fact_acc.forget", "fact_acc.related", "harmful_asr", "benign_compliance",
+                    "backdoor_asr"):
+            assert 0.0 <= metrics[key] <= 1.0, (role, key)
+        assert metrics["perplexity"] >= 1.0
+    assert (repo / "reports/validation.html").exists() and (repo / "plots/evaluate.png").exists()
+    assert (repo / "dvc.lock").exists()
+
+
+def test_registry_holds_every_model_with_its_evaluation(smoke_repo):
+    repo, _ = smoke_repo
+    with sqlite3.connect(repo / "mlflow.db") as db:
+        names = {row[0] for row in db.execute("select name from registered_models")}
+        tags = {(n, k) for n, k in db.execute("select name, key from model_version_tags")}
+        runs = {row[0] for row in db.execute("select name from runs")}
+    assert {"latlab-base", "latlab-rt"} <= names
+    assert ("latlab-rt", "eval.harmful_asr") in tags and ("latlab-base", "made_by") in tags
+    assert {"generate", "validate", "base", "refusal", "evaluate", "compare"} <= runs
+    table = (repo / "reports/compare.md").read_text()
+    assert "latlab-base" in table and "latlab-rt" in table and "harmful_asr" in table
+
+
+def test_prefect_flow_runs_the_same_dag(smoke_repo):
+    repo, env = smoke_repo
+    done = _run([sys.executable, "-m", "flows.pipeline"], repo, env, 600)
+    log = done.stdout + done.stderr
+    for stage in ("generate", "validate", "base", "refusal", "evaluate", "compare"):
+        assert f"'{stage}'" in log or f"{stage}" in log
+    assert "Completed" in log
+    status = _run(["dvc", "status"], repo, env, 120)
+    assert "up to date" in status.stdout

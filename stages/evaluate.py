@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 
+from latlab.attacks.suite import asr_row, run_attack_suite
 from latlab.config import Params, section_dict
-from latlab.data.records import load_world, write_jsonl
+from latlab.data.records import load_world, split_of, write_jsonl
 from latlab.evals.behaviour import evaluate_model
 from latlab.evals.judge import RefusalPhraseJudge, ToyJudge
 from latlab.models.loading import load_saved
+from latlab.report.compare import asr_matrix_markdown
 from latlab.report.plots import plot_metric_bars
 from latlab.tracking import MODEL_CARD, set_model_version_tags, stage_run
 from stages.common import MODELS_DIR, PLOTS_DIR, REPORTS_DIR, WORLD_DIR, run_stage, write_metrics
@@ -28,6 +30,10 @@ def evaluate(params: Params) -> None:
             model, tokenizer = load_saved(MODELS_DIR / role, params.model.device, params.model.dtype)
             metrics, outputs = evaluate_model(model, tokenizer, world, cfg.split, judge, cfg.max_new_tokens,
                                               cfg.batch_size)
+            attacks = run_attack_suite(model, tokenizer, split_of(world["requests"], cfg.split), params.attacks,
+                                       judge, support=split_of(world["requests"], "train"))
+            metrics.update(asr_row(attacks))
+            outputs.update({f"attack_{name}": entry["records"] for name, entry in attacks.items()})
             results[role] = metrics
             print(f"[evaluate] {role}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
             for name, rows in outputs.items():
@@ -39,7 +45,12 @@ def evaluate(params: Params) -> None:
                                        {f"eval.{k}": round(v, 4) for k, v in metrics.items()})
         write_metrics("evaluate", results)
         plot_metric_bars(results, BAR_KEYS, PLOTS_DIR / "evaluate.png", f"behaviour on the {cfg.split} split")
+        asr_keys = [f"asr.{name}" for name in params.attacks.attacks]
+        plot_metric_bars(results, asr_keys, PLOTS_DIR / "asr_matrix.png", "attack success rate (model x attack)")
+        (REPORTS_DIR / "asr_matrix.md").write_text(asr_matrix_markdown(results, asr_keys))
         run.log_artifact(PLOTS_DIR / "evaluate.png", "plots")
+        run.log_artifact(PLOTS_DIR / "asr_matrix.png", "plots")
+        run.log_artifact(REPORTS_DIR / "asr_matrix.md", "reports")
         run.log_artifact(REPORTS_DIR / "predictions", "predictions")
 
 

@@ -33,7 +33,7 @@ def adversarial_training(params: Params, section: str) -> None:
     def train(checkpoint_dir, on_log):
         result, compute = train_lat(model, tokenizer, triples, retain, {"benign": 1.0, "facts": 0.5}, cfg,
                                     checkpoint_dir, section, on_log=on_log)
-        return result, {f"compute.{k}": v * cfg.batch_size for k, v in compute.items()}
+        return result, {f"compute.{k}": v for k, v in compute.items()}
 
     where = ("embeddings + " if cfg.perturb_embeddings else "") + f"blocks {cfg.layers}"
     tags = {"made_by": f"{cfg.adversary} latent adversarial training at {where}, eps={cfg.epsilon}, on top of RT",

@@ -91,6 +91,7 @@ def test_train_lat_runs_and_counts_compute(tiny_world, tiny_tokenizer, adversary
     result, compute = train_lat(model, tiny_tokenizer, _triples(tiny_world), retain, {"benign": 1.0}, cfg,
                                 tmp_path / "ckpt", "lat-test")
     assert len(result.history) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in result.history)
-    # cached inner loop over blocks 3..3 of 4: 1/4 of a pass per adversary forward, plus the cache passes
-    assert 0 < compute["adversary_passes"] < cfg.steps * cfg.inner_steps * 2
-    assert compute["defender_passes"] == cfg.steps * 3
+    # the cached inner loop runs block 3 of 4 only: a quarter of the tokens of a full pass, plus the caching passes
+    per_step_tokens = compute["defender_forward_tokens"] / cfg.steps  # ~3 sequences per example per step
+    assert compute["adversary_backward_tokens"] < cfg.inner_steps * per_step_tokens
+    assert compute["forward_tokens"] > compute["backward_tokens"] > 0

@@ -46,17 +46,22 @@ def smoke_repo(tmp_path_factory) -> tuple[Path, dict]:
 
 def test_every_stage_wrote_its_metrics(smoke_repo):
     repo, _ = smoke_repo
-    for stage in ("generate", "validate", "base", "refusal", "evaluate", "spawrious_evaluate"):
+    for stage in ("generate", "validate", "base", "refusal", "lat", "lat_untargeted", "rt_eat", "r2d2", "evaluate",
+                  "interpret", "spawrious_evaluate"):
         assert (repo / "metrics" / f"{stage}.json").exists(), stage
     validate = json.loads((repo / "metrics/validate.json").read_text())
     assert validate["success"] and validate["failed"] == 0
     evaluation = json.loads((repo / "metrics/evaluate.json").read_text())
-    assert set(evaluation) == {"base", "rt"}
+    assert set(evaluation) == {"base", "rt", "rt-lat", "rt-lat-untargeted", "rt-eat", "r2d2"}
     for role, metrics in evaluation.items():
         for key in ("fact_acc.general", "fact_acc.forget", "fact_acc.related", "harmful_asr", "benign_compliance",
                     "backdoor_asr"):
             assert 0.0 <= metrics[key] <= 1.0, (role, key)
         assert metrics["perplexity"] >= 1.0
+        assert {"asr.direct", "asr.prefill", "asr.gcg_universal", "asr.latent", "asr.refusal_direction"} <= set(metrics)
+    interpret = json.loads((repo / "metrics/interpret.json").read_text())
+    assert interpret["acdc_planted"]["acdc_auc"] >= 0.95
+    assert "rt.backdoor" in interpret["persistence"]
     assert (repo / "reports/validation.html").exists() and (repo / "plots/evaluate.png").exists()
     assert (repo / "dvc.lock").exists()
 
@@ -67,7 +72,8 @@ def test_registry_holds_every_model_with_its_evaluation(smoke_repo):
         names = {row[0] for row in db.execute("select name from registered_models")}
         tags = {(n, k) for n, k in db.execute("select name, key from model_version_tags")}
         runs = {row[0] for row in db.execute("select name from runs")}
-    assert {"latlab-base", "latlab-rt"} <= names
+    assert {"latlab-base", "latlab-rt", "latlab-rt-lat", "latlab-rt-lat-untargeted", "latlab-rt-eat",
+            "latlab-r2d2"} <= names
     assert ("latlab-rt", "eval.harmful_asr") in tags and ("latlab-base", "made_by") in tags
     assert {"generate", "validate", "base", "refusal", "evaluate", "compare"} <= runs
     table = (repo / "reports/compare.md").read_text()

@@ -136,6 +136,130 @@ class LATConfig(TrainConfig):
         return self
 
 
+# --- Attack suite (evaluate stage): defaults sized for the toy model on one CPU thread ---
+AttackName = Literal["direct", "prefill", "many_shot", "gcg_individual", "gcg_universal", "latent", "embedding",
+                     "refusal_direction"]
+
+
+class PrefillConfig(Section):
+    words: int = Field(3, ge=1)  # leading words of the harmful completion written into the assistant turn
+
+
+class ManyShotConfig(Section):
+    shots: int = Field(8, ge=1)  # upper bound: shots are dropped until the context fits the model
+    seed: int = 0
+
+
+class GCGConfig(Section):
+    suffix_tokens: int = Field(8, ge=1)
+    steps: int = Field(20, ge=1)
+    topk: int = Field(32, ge=1)  # candidate substitutions per position, from the one-hot gradient
+    search_width: int = Field(64, ge=1)  # random candidates evaluated per step
+    # leading tokens of the harmful completion the suffix aims for. The toy's whole answer is 12 words and names the
+    # request's verb and target: a shorter target ("sure . first get a") lets a suffix of content words drag the
+    # answer onto another request, which the judge rightly does not count as complying
+    target_tokens: int = Field(12, ge=1)
+    ascii_only: bool = True
+    seed: int = 0
+
+
+class GCGIndividualConfig(GCGConfig):
+    prompts: int = Field(6, ge=1)  # one suffix per prompt for this many attacked prompts (ASR over them)
+    early_stop: bool = True  # stop once greedy decoding of the target is already forced
+
+
+class GCGUniversalConfig(GCGConfig):
+    prompts: int = Field(4, ge=1)  # one suffix optimised jointly on this many training-split harmful prompts
+    steps: int = Field(20, ge=1)
+    search_width: int = Field(48, ge=1)
+
+
+class PGDAttackConfig(Section):
+    hook_points: list[str] = Field(default_factory=lambda: ["blocks.2.hook_resid_post"], min_length=1)
+    eps: float = Field(1.0, gt=0)  # per-token L2 radius of delta
+    steps: int = Field(16, ge=1)
+    lr: float = Field(0.5, gt=0)  # Adam step size on delta
+    eps_sweep: list[float] = Field(default_factory=list)  # extra radii: an ASR curve in the result
+
+
+class RefusalDirectionConfig(Section):
+    layer: int | None = None  # None: the layer whose ablation most lowers the refusal log-prob on training prompts
+    prompts: int = Field(48, ge=2)  # training-split harmful and harmless prompts for the difference of means
+
+
+class AttackSuiteConfig(Section):
+    attacks: list[AttackName] = Field(default_factory=lambda: ["direct", "prefill", "many_shot", "gcg_individual",
+                                                               "gcg_universal", "latent", "embedding",
+                                                               "refusal_direction"], min_length=1)
+    max_prompts: int = Field(60, ge=1)  # harmful test prompts attacked (the first ones, in record order)
+    max_new_tokens: int = Field(16, ge=1)
+    batch_size: int = Field(64, ge=1)
+    prefill: PrefillConfig = PrefillConfig()
+    many_shot: ManyShotConfig = ManyShotConfig()
+    gcg_individual: GCGIndividualConfig = GCGIndividualConfig()
+    gcg_universal: GCGUniversalConfig = GCGUniversalConfig()
+    # toy residual norms (trained 4-layer model, median per token): embeddings ~0.4, block 2 output ~5
+    latent: PGDAttackConfig = PGDAttackConfig(eps=1.0, eps_sweep=[0.5, 1.0, 2.0, 4.0])
+    embedding: PGDAttackConfig = PGDAttackConfig(hook_points=["hook_embed"], eps=0.1)
+    refusal_direction: RefusalDirectionConfig = RefusalDirectionConfig()
+
+
+# --- R2D2 (HarmBench): GCG adversarial training with a persistent pool of test cases ---
+class R2D2Config(TrainConfig):
+    steps: int = Field(200, ge=1)
+    batch_size: int = Field(32, ge=1)  # benign SFT examples per step
+    lr: float = Field(5e-4, gt=0)
+    warmup_steps: int = Field(10, ge=0)
+    checkpoint_every: int = Field(50, ge=1)
+    log_every: int = Field(10, ge=1)
+    pool_size: int = Field(8, ge=1)  # HarmBench: 8
+    gcg_steps: int = Field(5, ge=1)  # GCG steps on every pool case per outer step (HarmBench: 5)
+    search_width: int = Field(64, ge=1)  # HarmBench: 512; the toy vocabulary is a few hundred words
+    topk: int = Field(32, ge=1)
+    suffix_tokens: int = Field(8, ge=1)  # HarmBench: 20
+    target_tokens: int = Field(6, ge=1)
+    ascii_only: bool = True
+    reset_every: int = Field(50, ge=1)  # HarmBench: 50
+    reset_fraction: float = Field(0.2, ge=0, le=1)  # HarmBench: 0.2
+    coef_toward: float = Field(1.0, ge=0)
+    coef_away: float = Field(1.0, ge=0)
+    coef_sft: float = Field(1.0, ge=0)
+    away_logp_floor: float = -5.0
+    mix_benign: float = Field(1.0, ge=0)
+    mix_facts: float = Field(0.5, ge=0)
+
+
+# --- Interpretability (interpret stage): ACDC/EAP, steering reliability, probes ---
+class AcdcConfig(Section):
+    metric: Literal["kl", "label_nll"] = "kl"
+    ablation: Literal["zero", "corrupted", "mean"] = "zero"
+    taus: tuple[float, ...] = tuple(round(10 ** (-6 + 6.5 * i / 20), 8) for i in range(21))
+    tau: float = Field(1e-3, gt=0)  # the circuit that is saved and drawn
+    n_examples: int = Field(32, ge=2)
+    eap_ig_steps: int = Field(10, ge=0)
+    max_rows: int = Field(64, ge=1)
+
+
+class SteeringConfig(Section):
+    layer: int = Field(1, ge=0)
+    position: int = -1
+    multipliers: tuple[float, ...] = (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5)
+    persona_positive: str = "you always agree"
+    persona_negative: str = "you never agree"
+
+
+class ProbeConfig(Section):
+    layers: tuple[int, ...] = ()  # empty: every layer
+    test_fraction: float = Field(0.3, gt=0, lt=1)
+
+
+class InterpConfig(Section):
+    seed: int = 0
+    acdc: AcdcConfig = AcdcConfig()
+    steering: SteeringConfig = SteeringConfig()
+    probes: ProbeConfig = ProbeConfig()
+
+
 class EvaluateConfig(Section):
     models: list[str] = Field(default_factory=lambda: ["base", "rt"], min_length=1)
     max_new_tokens: int = Field(16, ge=1)
@@ -217,7 +341,10 @@ class Params(Section):
     lat: LATConfig = LATConfig()
     lat_untargeted: LATConfig = LATConfig(adversary="untargeted", adv_toward=0.0, def_away=0.0)
     rt_eat: LATConfig = LATConfig(layers=[], perturb_embeddings=True, prefix_cache=False)
+    r2d2: R2D2Config = R2D2Config()
+    attacks: AttackSuiteConfig = AttackSuiteConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    interpret: InterpConfig = InterpConfig()
     compare: CompareConfig = CompareConfig()
     spawrious: SpawriousConfig = SpawriousConfig()
 

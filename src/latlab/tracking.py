@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ import yaml
 from latlab.config import TrackingConfig
 
 MODEL_CARD = "latlab_model.json"  # written beside saved weights: which registered version they are
+_METRIC_NAME = re.compile(r"[^\w.\- :/]")  # characters MLflow refuses in metric names
 
 
 def tracking_uri(cfg: TrackingConfig) -> str:
@@ -91,7 +93,7 @@ class StageRun:
         return self.run.info.run_id
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        clean = {k.replace("/", "."): float(v) for k, v in _flatten("", metrics).items()
+        clean = {_METRIC_NAME.sub("_", k): float(v) for k, v in _flatten("", metrics).items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if clean:
             self.mlflow.log_metrics(clean, step=step)

@@ -26,3 +26,13 @@ def comparison_markdown(rows: list[dict]) -> str:
     lines.append("")
     lines += [f"- **{r['model']}** v{r['version']}: {r['made_by']}" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def asr_matrix_markdown(results: dict[str, dict[str, float]], keys: list[str]) -> str:
+    """Rows: models; columns: attacks (ASR) and benign compliance."""
+    header = "| model | " + " | ".join(k.removeprefix("asr.") for k in keys) + " | benign compliance |"
+    lines = [header, "|" + " --- |" * (len(keys) + 2)]
+    for role, metrics in results.items():
+        cells = [f"{metrics.get(k, float('nan')):.2f}" for k in keys + ["benign_compliance"]]
+        lines.append(f"| {role} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -123,7 +123,9 @@ class LatentAdversary:
         self.lowest = min(hook_layer_index(p) for p in self.points)
         d_model = model.get_input_embeddings().weight.shape[1]
         self.d_model = d_model
-        self.forward_passes = 0.0  # in units of full-model forward+backward passes
+        # work in tokens through the whole model (a block-fraction of a pass counts as that fraction), the same
+        # FLOP proxy R2D2 reports; the inner loop runs a backward for every forward
+        self.compute = {"forward_tokens": 0.0, "backward_tokens": 0.0}
         self.n_layers = len(decoder_layers(model))
 
     def _logits(self, batch, deltas, mask, cached):
@@ -134,12 +136,18 @@ class LatentAdversary:
                 at_layer = deltas[name][:, : batch["input_ids"].shape[1]] * mask[:, : batch["input_ids"].shape[1],
                                                                                  None]
                 logits = run_upper_blocks(self.model, cached, batch, self.lowest, at_layer)
-            self.forward_passes += (self.n_layers - self.lowest - 1) / self.n_layers
+            self._count(batch, (self.n_layers - self.lowest - 1) / self.n_layers, backward=True)
             return logits
         with add_to_residual(self.model, deltas, mask):
             logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        self.forward_passes += 1.0
+        self._count(batch, 1.0, backward=True)
         return logits
+
+    def _count(self, batch, fraction: float, backward: bool) -> None:
+        tokens = float(batch["attention_mask"].sum()) * fraction
+        self.compute["forward_tokens"] += tokens
+        if backward:
+            self.compute["backward_tokens"] += tokens
 
     def loss(self, triples: TripleBatch, deltas, masks, caches) -> torch.Tensor:
         cfg = self.cfg
@@ -169,7 +177,7 @@ class LatentAdversary:
         if cfg.prefix_cache and self.lowest >= 0:
             for name in ("harmful", "refusal"):
                 caches[name] = cache_block_output(self.model, getattr(triples, name), self.lowest)
-                self.forward_passes += (self.lowest + 1) / self.n_layers / 2  # forward only: ~half a pass
+                self._count(getattr(triples, name), 1.0, backward=False)  # the caching pass runs the full model
         optimizer = torch.optim.Adam(list(deltas.values()), lr=cfg.inner_lr)
         losses = []
         for _ in range(cfg.inner_steps):
@@ -241,7 +249,7 @@ def train_lat(model, tokenizer, triples: list[tuple[str, str, str]], retain: dic
         for p in reference.parameters():
             p.requires_grad_(False)
     adversary = LatentAdversary(model, cfg)
-    compute = {"defender_passes": 0.0}
+    defender = {"forward_tokens": 0.0, "backward_tokens": 0.0}
 
     def step_loss(model, step: int):
         drawn = triple_sampler.batch(step)
@@ -254,12 +262,18 @@ def train_lat(model, tokenizer, triples: list[tuple[str, str, str]], retain: dic
                 collate(retain_sampler.batch(step), tokenizer.pad_token_id), device), cfg.retain_kind)
             loss = loss + cfg.retain * kept
             metrics["retain"] = kept.item()
-        compute["defender_passes"] += (cfg.def_toward > 0) + (cfg.def_away > 0) + (cfg.retain > 0)
+        tokens = float(batch.refusal["attention_mask"].sum()) * (cfg.def_toward > 0) + \
+            float(batch.harmful["attention_mask"].sum()) * (cfg.def_away > 0) + \
+            float(batch.harmful["attention_mask"].sum()) * (cfg.retain > 0)  # retain batch: same size, ~same length
+        defender["forward_tokens"] += tokens
+        defender["backward_tokens"] += tokens
         metrics["adv_first"], metrics["adv_last"] = adv_losses[0], adv_losses[-1]
         return loss, metrics
 
     extra = {"triples": len(triples), "retain": {k: len(v) for k, v in retain.items()}, "weights": retain_weights}
     result = train_loop(model, step_loss, cfg, checkpoint_dir, description, on_log, fingerprint_extra=extra)
-    compute["adversary_passes"] = adversary.forward_passes
-    compute["total_passes"] = compute["defender_passes"] + adversary.forward_passes
+    compute = {**{f"adversary_{k}": v for k, v in adversary.compute.items()},
+               **{f"defender_{k}": v for k, v in defender.items()}}
+    compute["forward_tokens"] = adversary.compute["forward_tokens"] + defender["forward_tokens"]
+    compute["backward_tokens"] = adversary.compute["backward_tokens"] + defender["backward_tokens"]
     return result, compute

@@ -23,39 +23,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import Field
 
 from latlab.attacks.common import Compute, allowed_token_mask, token_ids
 from latlab.attacks.gcg import SuffixCase, gcg_search, random_suffix, suffix_case
-from latlab.attacks.settings import GCGConfig
-from latlab.config import TrainConfig
+from latlab.config import GCGConfig, R2D2Config
 from latlab.training.examples import IGNORE, Example, collate, encode_all
+from latlab.training.lat import away_loss
 from latlab.training.loop import MixtureSampler, TrainResult, train_loop
 from latlab.training.sft import completion_loss
-
-
-class R2D2Config(TrainConfig):
-    steps: int = Field(200, ge=1)
-    batch_size: int = Field(32, ge=1)  # benign SFT examples per step
-    lr: float = Field(5e-4, gt=0)
-    warmup_steps: int = Field(10, ge=0)
-    checkpoint_every: int = Field(50, ge=1)
-    log_every: int = Field(10, ge=1)
-    pool_size: int = Field(8, ge=1)  # HarmBench: 8
-    gcg_steps: int = Field(5, ge=1)  # GCG steps on every pool case per outer step (HarmBench: 5)
-    search_width: int = Field(64, ge=1)  # HarmBench: 512; the toy vocabulary is a few hundred words
-    topk: int = Field(32, ge=1)
-    suffix_tokens: int = Field(8, ge=1)  # HarmBench: 20
-    target_tokens: int = Field(6, ge=1)
-    ascii_only: bool = True
-    reset_every: int = Field(50, ge=1)  # HarmBench: 50
-    reset_fraction: float = Field(0.2, ge=0, le=1)  # HarmBench: 0.2
-    coef_toward: float = Field(1.0, ge=0)
-    coef_away: float = Field(1.0, ge=0)
-    coef_sft: float = Field(1.0, ge=0)
-    away_logp_floor: float = -5.0
-    mix_benign: float = Field(1.0, ge=0)
-    mix_facts: float = Field(0.5, ge=0)
 
 
 @dataclass
@@ -68,18 +43,6 @@ class PoolCase:
 class R2D2Result(TrainResult):
     compute: dict = field(default_factory=dict)  # model + GCG work, see `latlab.attacks.common.Compute`
     pool: list[dict] = field(default_factory=list)  # final test cases: request id and suffix text
-
-
-def away_loss(logits: torch.Tensor, labels: torch.Tensor, floor: float) -> torch.Tensor:
-    """Mean -log(1 - p(label)) over labelled tokens whose log p >= floor; logits [b, s, v], labels [b, s]."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    targets = labels[:, 1:]
-    scored = targets != IGNORE
-    token_logp = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    keep = scored & (token_logp.detach() >= floor)
-    # log(1 - p) = log1p(-exp(log p)); clamping keeps it finite when p rounds to 1
-    penalty = -torch.log1p(-token_logp.exp().clamp(max=1 - 1e-6))
-    return (penalty * keep).sum() / keep.sum().clamp(min=1)
 
 
 def gcg_settings(cfg: R2D2Config) -> GCGConfig:
@@ -118,9 +81,8 @@ class R2D2Trainer:
     def _refresh(self, step: int) -> None:
         rng = np.random.default_rng([self.cfg.seed, step, 1])
         generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
-        if not self.pool:
-            if not self._restore(step):
-                self.pool = self._fresh(rng, generator, self.cfg.pool_size)
+        if not self.pool and not self._restore(step):
+            self.pool = self._fresh(rng, generator, self.cfg.pool_size)
         elif step % self.cfg.reset_every == 0:
             count = round(self.cfg.reset_fraction * len(self.pool))
             for slot, case in zip(rng.choice(len(self.pool), size=count, replace=False),
@@ -191,7 +153,7 @@ class R2D2Trainer:
         self.compute.backward(tokens)  # train_loop runs the backward of this loss
         self._save(step + 1)
         loss = cfg.coef_toward * toward + cfg.coef_away * away + cfg.coef_sft * sft
-        return loss, {"toward": float(toward), "away": float(away), "sft": float(sft),
+        return loss, {"toward": toward.item(), "away": away.item(), "sft": sft.item(),
                       "pool_gcg_loss": float(np.mean(self.pool_loss))}
 
 

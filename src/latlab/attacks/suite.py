@@ -1,0 +1,84 @@
+"""The attack suite: every attack by name, run against one model, judged into an attack success rate (ASR).
+
+`run_attack_suite` is what the evaluate stage calls once per model to fill one row of the ASR matrix
+(model x attack). Attacks are adaptive: each optimises against the model it is given (GCG, latent and embedding
+PGD, the refusal direction) or uses its context window as that model allows (many-shot).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from latlab.attacks.common import AttackResult, harmful
+from latlab.attacks.direct import direct_attack
+from latlab.attacks.embedding import embedding_attack
+from latlab.attacks.gcg import gcg_individual_attack, gcg_universal_attack
+from latlab.attacks.latent import eps_sweep, latent_attack
+from latlab.attacks.many_shot import many_shot_attack
+from latlab.attacks.prefill import prefill_attack
+from latlab.attacks.refusal_direction import refusal_direction_attack
+from latlab.config import AttackSuiteConfig
+from latlab.evals.judge import COMPLIED, REFUSED
+
+Attack = Callable[..., AttackResult]
+
+ATTACKS: dict[str, Attack] = {
+    "direct": direct_attack,
+    "prefill": prefill_attack,
+    "many_shot": many_shot_attack,
+    "gcg_individual": gcg_individual_attack,
+    "gcg_universal": gcg_universal_attack,
+    "latent": latent_attack,
+    "embedding": embedding_attack,
+    "refusal_direction": refusal_direction_attack,
+}
+
+
+def run_attack(name: str, model, tokenizer, requests: list[dict], cfg: AttackSuiteConfig, judge,
+               support: list[dict] | None = None) -> dict:
+    """One attack: {"asr", "refusal_rate", "n", "seconds", "metadata", "records"} (+ "asr_curve" for latent)."""
+    began = time.perf_counter()
+    result = ATTACKS[name](model, tokenizer, requests, getattr(cfg, name, None), support=support,
+                           max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+    attacked = requests[: len(result.completions)]
+    labels = [judge.label(r, c) for r, c in zip(attacked, result.completions)]
+    entry = {"asr": float(np.mean([lab == COMPLIED for lab in labels])) if labels else 0.0,
+             "refusal_rate": float(np.mean([lab == REFUSED for lab in labels])) if labels else 0.0,
+             "n": len(labels), "metadata": result.metadata,
+             "records": [{"id": r["id"], "output": c, "label": lab}
+                         for r, c, lab in zip(attacked, result.completions, labels)]}
+    if name == "latent" and cfg.latent.eps_sweep:
+        others = [eps for eps in cfg.latent.eps_sweep if eps != cfg.latent.eps]
+        curve = eps_sweep(model, tokenizer, requests, cfg.latent, judge, others,
+                          max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+        if len(others) < len(cfg.latent.eps_sweep):  # the main run is already one point of the curve
+            curve.append({"eps": cfg.latent.eps, "asr": entry["asr"], "loss_final": result.metadata["loss_final"]})
+        entry["asr_curve"] = sorted(curve, key=lambda point: point["eps"])
+    entry["seconds"] = time.perf_counter() - began
+    return entry
+
+
+def run_attack_suite(model, tokenizer, requests: list[dict], cfg: AttackSuiteConfig, judge,
+                     support: list[dict] | None = None) -> dict[str, dict]:
+    """Every attack in cfg.attacks on the first cfg.max_prompts harmful requests.
+
+    requests: the evaluation split's request records (benign ones are skipped); support: training-split request
+    records, the attacker's own data (many-shot demonstrations, the refusal direction, the universal GCG suffix).
+    """
+    model.eval()
+    targets = harmful(requests)[: cfg.max_prompts]
+    if not targets:
+        raise ValueError("the attack suite got no harmful requests")
+    return {name: run_attack(name, model, tokenizer, targets, cfg, judge, support) for name in cfg.attacks}
+
+
+def asr_row(results: dict[str, dict]) -> dict[str, float]:
+    """Flat metrics for one model's row of the ASR matrix: {"asr.<attack>": value, "asr.latent.eps=<e>": ...}."""
+    row = {f"asr.{name}": entry["asr"] for name, entry in results.items()}
+    for name, entry in results.items():
+        for point in entry.get("asr_curve", []):
+            row[f"asr.{name}.eps_{point['eps']:g}"] = point["asr"]
+    return row

@@ -1,0 +1,291 @@
+"""Steering-vector reliability (Tan et al. 2024, "Analyzing the Generalization and Reliability of Steering Vectors")
+with Contrastive Activation Addition vectors (Rimsky et al. 2024).
+
+- CAA vector: mean over training pairs of resid(prompt + positive letter) - resid(prompt + negative letter), read at
+  `blocks.{layer}.hook_resid_post` (the output of decoder block `layer`) at the answer-letter token (position -1).
+- Steering adds multiplier * vector to that block's output at every position; propensity = logit(positive letter) -
+  logit(negative letter) at the next-token position after the prompt. Multipliers default to -1.5 ... 1.5.
+- Per-example steerability = least-squares slope of propensity on multiplier; dataset steerability = mean / median;
+  anti-steerable fraction = share of slopes < 0.
+- Spurious factors: OLS of the slope on "positive option is A" and "positive option is Yes"; the R^2 of each alone
+  and of both together is the share of slope variance they explain.
+- ID vs OOD: the same examples under prompt variants (persona as system prompt or as a user-prompt prefix, positive
+  or negative); steerabilities compared by Spearman rank correlation.
+
+Hand-written because the `steering-vectors` package requires transformers < 5 (REFERENCES §7). The model is any HF
+decoder that latlab.models.hooks can hook (Llama-style, also under peft); text is turned into ids by a caller-supplied
+`encode` function so the word-level toy tokenizer and BPE tokenizers share the code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from latlab.models.hooks import capture_residual, edit_residual, resid_name
+
+Encode = Callable[[str], list[int]]
+DEFAULT_MULTIPLIERS = (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5)
+VARIANTS = ("baseline", "system_positive", "system_negative", "user_positive", "user_negative")
+
+
+@dataclass(frozen=True)
+class ABExample:
+    prompt: str  # question with its "( A ) ... ( B ) ..." options, ending where the answer letter goes
+    positive: str  # letter of the answer matching the behaviour, "A" or "B"
+    negative: str
+    positive_is_A: bool
+    positive_is_yes: bool | None = None
+    split: str = "train"
+
+
+def _letter(answer: str) -> str:
+    letter = answer.strip().strip("()").strip()
+    if letter not in ("A", "B"):
+        raise ValueError(f"expected an answer letter A or B, got {answer!r}")
+    return letter
+
+
+def from_records(records: Sequence[dict]) -> list[ABExample]:
+    """Toy-world records: prompt, answer_matching_behavior, answer_not_matching_behavior, positive_is_A,
+    positive_is_yes, split."""
+    out = []
+    for r in records:
+        pos = _letter(r["answer_matching_behavior"])
+        out.append(ABExample(r["prompt"], pos, _letter(r["answer_not_matching_behavior"]),
+                             bool(r.get("positive_is_A", pos == "A")), r.get("positive_is_yes"),
+                             r.get("split", "train")))
+    return out
+
+
+def load_mwe_jsonl(path: str | Path, test_fraction: float = 0.5) -> list[ABExample]:
+    """Anthropic model-written-evals style JSONL (question, answer_matching_behavior, answer_not_matching_behavior).
+
+    The prompt is the question followed by " Answer: (" so the next token is the letter. "positive is Yes" is read
+    from the option text when the options are Yes/No, else None. As in Tan et al., the first part trains, the rest
+    tests.
+    """
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    n_train = int(round(len(rows) * (1 - test_fraction)))
+    out = []
+    for i, r in enumerate(rows):
+        pos, neg = _letter(r["answer_matching_behavior"]), _letter(r["answer_not_matching_behavior"])
+        question = r["question"]
+        after = question.split(f"({pos})", 1)[1] if f"({pos})" in question else ""
+        option = after.strip().split()[0].strip(".,").lower() if after.strip() else ""
+        is_yes = True if option == "yes" else False if option == "no" else None
+        out.append(ABExample(f"{question.strip()} Answer: (", pos, neg, pos == "A", is_yes,
+                             "train" if i < n_train else "test"))
+    return out
+
+
+def prompt_variant(prompt: str, variant: str, persona_positive: str, persona_negative: str,
+                   render_system: Callable[[str, str], str] = lambda system, user: f"{system} {user}") -> str:
+    """baseline, or a persona (positive/negative) as a system prompt or prefixed to the user prompt."""
+    if variant == "baseline":
+        return prompt
+    where, sign = variant.split("_")
+    persona = persona_positive if sign == "positive" else persona_negative
+    return render_system(persona, prompt) if where == "system" else f"{persona} {prompt}"
+
+
+@contextmanager
+def steer(model: torch.nn.Module, layer: int, vector: torch.Tensor | None, multiplier: float) -> Iterator[None]:
+    """Add multiplier * vector to blocks.{layer}.hook_resid_post at every position."""
+    if vector is None or multiplier == 0:
+        yield
+        return
+    with edit_residual(model, {resid_name(layer): lambda hidden: hidden + multiplier * vector.to(hidden.dtype)}):
+        yield
+
+
+@torch.no_grad()
+def residual(model: torch.nn.Module, ids: list[int], layer: int, position: int = -1) -> torch.Tensor:
+    """blocks.{layer}.hook_resid_post at `position`, [d_model]."""
+    with capture_residual(model, [resid_name(layer)]) as store:
+        model(torch.tensor([ids]))
+    return store[resid_name(layer)][0, position].float()
+
+
+def _answer_ids(encode: Encode, prompt: str, letter: str) -> list[int]:
+    # chat models answer after the assistant header, so an encoder may say where the letter goes (ChatEncode)
+    answer = getattr(encode, "answer", None)
+    return answer(prompt, letter) if answer else encode(f"{prompt} {letter}")
+
+
+class ChatEncode:
+    """Encode A/B prompts through a tokenizer's chat template, the answer letter as the assistant's first word."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, prompt: str) -> list[int]:
+        from latlab.training.examples import render_prompt
+
+        return self.tokenizer(render_prompt(self.tokenizer, prompt), add_special_tokens=False)["input_ids"]
+
+    def answer(self, prompt: str, letter: str) -> list[int]:
+        return self(prompt) + self.tokenizer(letter, add_special_tokens=False)["input_ids"]
+
+
+def caa_vector(model, encode: Encode, examples: Sequence[ABExample], layer: int, position: int = -1) -> torch.Tensor:
+    """Mean activation difference (positive - negative completion) at the answer-letter token, [d_model]."""
+    diffs = [residual(model, _answer_ids(encode, e.prompt, e.positive), layer, position)
+             - residual(model, _answer_ids(encode, e.prompt, e.negative), layer, position) for e in examples]
+    return torch.stack(diffs).mean(0)
+
+
+@torch.no_grad()
+def propensities(model, encode: Encode, examples: Sequence[ABExample], vector: torch.Tensor, layer: int,
+                 multipliers: Sequence[float] = DEFAULT_MULTIPLIERS) -> np.ndarray:
+    """[n_examples, n_multipliers] logit(positive letter) - logit(negative letter) after the prompt."""
+    out = np.zeros((len(examples), len(multipliers)))
+    for j, mult in enumerate(multipliers):
+        with steer(model, layer, vector, mult):
+            for i, e in enumerate(examples):
+                ids = encode(e.prompt)
+                pos_id = _answer_ids(encode, e.prompt, e.positive)[-1]
+                neg_id = _answer_ids(encode, e.prompt, e.negative)[-1]
+                logits = model(torch.tensor([ids])).logits[0, -1].float()
+                out[i, j] = (logits[pos_id] - logits[neg_id]).item()
+    return out
+
+
+def steerability_slopes(props: np.ndarray, multipliers: Sequence[float] = DEFAULT_MULTIPLIERS) -> np.ndarray:
+    """Per-example least-squares slope of propensity on multiplier, [n_examples]."""
+    m = np.asarray(multipliers, dtype=float)
+    mc = m - m.mean()
+    return (props - props.mean(1, keepdims=True)) @ mc / (mc @ mc)
+
+
+def steerability_summary(slopes: np.ndarray) -> dict[str, float]:
+    return {"steerability_mean": float(np.mean(slopes)), "steerability_median": float(np.median(slopes)),
+            "anti_steerable_fraction": float(np.mean(slopes < 0)), "n": int(len(slopes))}
+
+
+def _r2(y: np.ndarray, columns: list[np.ndarray]) -> float:
+    X = np.column_stack([np.ones_like(y)] + columns)
+    beta, *_ = np.linalg.lstsq(X, y, rcond=None)
+    resid = y - X @ beta
+    total = np.sum((y - y.mean()) ** 2)
+    return float(1 - resid @ resid / total) if total > 0 else 0.0
+
+
+def spurious_variance(slopes: np.ndarray, positive_is_A: Sequence[bool],
+                      positive_is_yes: Sequence[bool | None] | None = None) -> dict[str, float]:
+    """Share of slope variance explained (OLS R^2) by 'positive is A', 'positive is Yes' and both."""
+    y = np.asarray(slopes, dtype=float)
+    a = np.asarray(positive_is_A, dtype=float)
+    out = {"r2_positive_is_A": _r2(y, [a])}
+    if positive_is_yes is not None and all(v is not None for v in positive_is_yes):
+        yes = np.asarray(positive_is_yes, dtype=float)
+        out["r2_positive_is_yes"] = _r2(y, [yes])
+        out["r2_both"] = _r2(y, [a, yes])
+    return out
+
+
+def rank_correlation(id_values: Sequence[float], ood_values: Sequence[float]) -> float:
+    """Spearman rank correlation between ID and OOD steerabilities (per example or per dataset)."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(id_values, ood_values).statistic)
+
+
+# -- plots --------------------------------------------------------------------------------------------------------
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_propensity_curves(props: np.ndarray, multipliers, path, max_lines: int = 50):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for row in props[:max_lines]:
+        ax.plot(multipliers, row, color="tab:blue", alpha=0.25, lw=0.8)
+    ax.plot(multipliers, props.mean(0), color="black", lw=2, label="mean")
+    ax.set_xlabel("steering multiplier")
+    ax.set_ylabel("propensity (logit pos - neg)")
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_slope_histogram(slopes: np.ndarray, path, bins: int = 30):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.hist(slopes, bins=bins, color="tab:green")
+    ax.axvline(0, color="black", ls=":")
+    ax.set_xlabel("per-example steerability (slope)")
+    ax.set_ylabel("examples")
+    ax.set_title(f"anti-steerable: {np.mean(slopes < 0):.0%}")
+    return _save(fig, path)
+
+
+def plot_id_vs_ood(id_values, ood_values, labels, path):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.scatter(id_values, ood_values)
+    for x, y, lab in zip(id_values, ood_values, labels):
+        ax.annotate(lab, (x, y), fontsize=7)
+    lo, hi = min(min(id_values), min(ood_values)), max(max(id_values), max(ood_values))
+    ax.plot([lo, hi], [lo, hi], ":", color="grey")
+    ax.set_xlabel("ID steerability")
+    ax.set_ylabel("OOD steerability")
+    ax.set_title(f"Spearman ρ = {rank_correlation(id_values, ood_values):.2f}")
+    return _save(fig, path)
+
+
+def _save(fig, path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
+def steering_reliability(model, encode: Encode, examples: Sequence[ABExample], layer: int, out_dir,
+                         multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, position: int = -1,
+                         persona_positive: str = "", persona_negative: str = "",
+                         render_system: Callable[[str, str], str] | None = None, name: str = "steering") -> dict:
+    """The whole Tan et al. protocol on one dataset: CAA vector from the train split (baseline prompts), propensity
+    curves on the test split under every prompt variant, per-variant steerability summaries, spurious-factor
+    variance (baseline), ID-vs-OOD rank correlation of per-example slopes, and the three plots."""
+    out_dir = Path(out_dir)
+    train = [e for e in examples if e.split == "train"]
+    test = [e for e in examples if e.split != "train"]
+    if not train or not test:
+        raise ValueError("steering_reliability needs examples in the train split and in another split")
+    vector = caa_vector(model, encode, train, layer, position)
+    variants = VARIANTS if persona_positive and persona_negative else ("baseline",)
+    kwargs = {} if render_system is None else {"render_system": render_system}
+    slopes: dict[str, np.ndarray] = {}
+    result: dict = {"layer": layer, "n_train": len(train), "n_test": len(test), "vector_norm": float(vector.norm())}
+    for variant in variants:
+        shown = [ABExample(prompt_variant(e.prompt, variant, persona_positive, persona_negative, **kwargs),
+                           e.positive, e.negative, e.positive_is_A, e.positive_is_yes, e.split) for e in test]
+        props = propensities(model, encode, shown, vector, layer, multipliers)
+        slopes[variant] = steerability_slopes(props, multipliers)
+        result[variant] = {**steerability_summary(slopes[variant]), "slopes": slopes[variant].tolist()}
+        if variant == "baseline":
+            plot_propensity_curves(props, multipliers, out_dir / f"{name}_propensity.png")
+            plot_slope_histogram(slopes[variant], out_dir / f"{name}_slopes.png")
+            result["spurious"] = spurious_variance(slopes[variant], [e.positive_is_A for e in test],
+                                                   [e.positive_is_yes for e in test])
+    if len(variants) > 1:
+        ood = [v for v in variants if v != "baseline"]
+        result["id_ood_spearman"] = {v: rank_correlation(slopes["baseline"], slopes[v]) for v in ood}
+        # per example: baseline slope vs the mean slope over the OOD variants (across datasets, call plot_id_vs_ood
+        # with one point per dataset instead)
+        plot_id_vs_ood(slopes["baseline"], np.mean([slopes[v] for v in ood], 0), [""] * len(test),
+                       out_dir / f"{name}_id_vs_ood.png")
+    return result

@@ -1,0 +1,139 @@
+"""Backdoor removal WITHOUT knowing the trigger (Sheshadri et al. 2024, §backdoors): SFT or DPO (Rafailov et al. 2023)
+on harmless data, each with and without targeted LAT. The latent adversary stands in for the unknown trigger: it
+searches the residual stream for a perturbation that brings out bad behaviour (the rejected completions), and the
+defender trains against it.
+
+DPO loss per pair: -log σ(β[(log π(c) - log π_ref(c)) - (log π(r) - log π_ref(r))]), sequence log-probs
+summed over completion tokens, π_ref the frozen starting model. With LAT the policy's log-probs are taken under δ (δ found
+toward the rejected and away from the chosen completion), the reference's without. SFT + LAT is `train_lat` on
+(prompt, rejected, chosen) triples. Every removal data set passes `assert_pairs_trigger_free` first.
+
+Hand-written because TRL's DPOTrainer has no hook for a residual-stream adversary inside the step; the loss is a few
+lines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from latlab.config import LATConfig, TrainConfig
+from latlab.models.hooks import add_to_residual
+from latlab.training.examples import IGNORE, Example, collate, encode_all
+from latlab.training.lat import LatentAdversary, TripleBatch, collate_triples, retain_loss, train_lat
+from latlab.training.loop import MixtureSampler, train_loop
+from latlab.training.sft import train_sft
+from latlab.training.unlearning import LatDefenceConfig, UnlearnRun, compute_summary, frozen_copy
+from latlab.world.curriculum_unlearning import assert_pairs_trigger_free, preference_pairs, retain_pools
+
+
+class DPOConfig(LatDefenceConfig):
+    beta: float = Field(0.1, gt=0)
+    retain_weight: float = Field(0.0, ge=0)  # optional SFT on the chosen side / retain pools, without δ
+
+
+def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[batch] sum of log p(label) over labelled positions. logits [batch, seq, vocab], labels [batch, seq]."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    targets = labels[:, 1:]
+    valid = targets != IGNORE
+    token = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (token * valid).sum(-1)
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean loss, per-pair margin β[(πc - refc) - (πr - refr)]); inputs are [batch] sequence log-probs."""
+    margin = beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected))
+    return -F.logsigmoid(margin).mean(), margin
+
+
+def removal_data(world: dict[str, list[dict]], trigger: str) -> tuple[list[tuple[str, str, str]],
+                                                                        dict[str, list[Example]]]:
+    """(preference pairs, retain pools) from the world, asserted free of the trigger and the backdoor string."""
+    pairs = preference_pairs(world)
+    assert_pairs_trigger_free(pairs, trigger)
+    retain = retain_pools(world)
+    assert_pairs_trigger_free([(ex.prompt, ex.completion, "") for pool in retain.values() for ex in pool], trigger)
+    return pairs, retain
+
+
+def _seq_logps(model, batch, deltas=None, mask=None) -> torch.Tensor:
+    with add_to_residual(model, deltas or {}, mask):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return sequence_logprobs(logits, batch["labels"])
+
+
+def train_dpo(model, tokenizer, pairs: list[tuple[str, str, str]], cfg: DPOConfig, checkpoint_dir: Path | None,
+              description: str = "dpo", on_log=None, retain: dict[str, list[Example]] | None = None,
+              retain_weights: dict[str, float] | None = None) -> UnlearnRun:
+    """DPO on (prompt, chosen, rejected) pairs, optionally under a targeted latent adversary."""
+    device = next(model.parameters()).device
+    reference = frozen_copy(model)
+    max_length = getattr(model.config, "max_position_embeddings", None)
+    chosen = encode_all(tokenizer, [Example(p, c) for p, c, _ in pairs], max_length)
+    rejected = encode_all(tokenizer, [Example(p, r) for p, _, r in pairs], max_length)
+    sampler = MixtureSampler({"pairs": list(zip(rejected, chosen))}, {"pairs": 1.0}, cfg.batch_size, cfg.seed)
+    retain_sampler = None
+    if cfg.retain_weight:
+        retain = retain or {"chosen": [Example(p, c) for p, c, _ in pairs]}
+        retain_sampler = MixtureSampler({k: encode_all(tokenizer, v, max_length) for k, v in retain.items()},
+                                        retain_weights or {k: 1.0 for k in retain}, cfg.batch_size, cfg.seed + 1)
+    adversary = LatentAdversary(model, cfg.lat) if cfg.lat is not None else None
+    defender = {"forward_tokens": 0.0, "backward_tokens": 0.0}
+
+    def step_loss(model, step: int):
+        drawn = sampler.batch(step)
+        # the adversary's "harmful" slot is the rejected completion, its "refusal" slot the chosen one
+        triples = collate_triples(tokenizer, [r for r, _ in drawn], [c for _, c in drawn])
+        triples = TripleBatch({k: v.to(device) for k, v in triples.harmful.items()},
+                              {k: v.to(device) for k, v in triples.refusal.items()}, triples.width)
+        deltas, masks, metrics = {}, {"harmful": None, "refusal": None}, {}
+        if adversary is not None:
+            deltas, masks, adv_losses = adversary.attack(triples)
+            metrics["adv_first"], metrics["adv_last"] = adv_losses[0], adv_losses[-1]
+        with torch.no_grad():
+            ref_c, ref_r = _seq_logps(reference, triples.refusal), _seq_logps(reference, triples.harmful)
+        pol_c = _seq_logps(model, triples.refusal, deltas, masks["refusal"])
+        pol_r = _seq_logps(model, triples.harmful, deltas, masks["harmful"])
+        loss, margin = dpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta)
+        metrics["dpo"], metrics["margin"] = loss.item(), margin.mean().item()
+        metrics["pref_acc"] = (margin > 0).float().mean().item()
+        if retain_sampler is not None:
+            kept = retain_loss(model, None, {k: v.to(device) for k, v in collate(
+                retain_sampler.batch(step), tokenizer.pad_token_id).items()}, "sft")
+            loss = loss + cfg.retain_weight * kept
+            metrics["retain"] = kept.item()
+        pair_tokens = float(triples.harmful["attention_mask"].sum() + triples.refusal["attention_mask"].sum())
+        defender["forward_tokens"] += 2 * pair_tokens  # policy + reference
+        defender["backward_tokens"] += pair_tokens
+        if retain_sampler is not None:  # retain batch: same size, about the same length
+            defender["forward_tokens"] += pair_tokens / 2
+            defender["backward_tokens"] += pair_tokens / 2
+        return loss, metrics
+
+    extra = {"pairs": len(pairs), "retain": {k: len(v) for k, v in (retain or {}).items()}}
+    result = train_loop(model, step_loss, cfg, checkpoint_dir, description, on_log, fingerprint_extra=extra)
+    return UnlearnRun(result, compute_summary(adversary, defender))
+
+
+def train_sft_removal(model, tokenizer, pairs: list[tuple[str, str, str]], retain: dict[str, list[Example]],
+                      cfg: TrainConfig, checkpoint_dir: Path | None, description: str = "sft-removal",
+                      on_log=None) -> UnlearnRun:
+    """SFT on the chosen side of the harmless pairs plus the retain pools."""
+    pools = {"chosen": [Example(p, c) for p, c, _ in pairs], **retain}
+    result = train_sft(model, tokenizer, pools, {k: 1.0 for k in pools}, cfg, checkpoint_dir, description, on_log)
+    # SFT does not count tokens; the step count is its compute (cfg.steps x batch_size sequences)
+    return UnlearnRun(result, {"sequences": float(cfg.steps * cfg.batch_size)})
+
+
+def train_sft_lat_removal(model, tokenizer, pairs: list[tuple[str, str, str]], retain: dict[str, list[Example]],
+                          cfg: LATConfig, checkpoint_dir: Path | None, description: str = "sft-lat-removal",
+                          on_log=None) -> UnlearnRun:
+    """Targeted LAT with the harmless pairs as (prompt, bad = rejected, good = chosen) triples."""
+    result, compute = train_lat(model, tokenizer, [(p, r, c) for p, c, r in pairs], retain,
+                                {k: 1.0 for k in retain}, cfg, checkpoint_dir, description, on_log)
+    return UnlearnRun(result, compute)

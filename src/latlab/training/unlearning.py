@@ -1,0 +1,342 @@
+"""Unlearning a knowledge domain: gradient ascent with a retain loss, WHP-style generic-label fine-tuning (Eldan &
+Russinovich 2023, "Who's Harry Potter?") and RMU (Li et al. 2024, "The WMDP Benchmark"), each optionally hardened
+with targeted latent adversarial training (Sheshadri et al. 2024, §"unlearning").
+
+All three share one loop (`unlearn_loop`, on top of `train_loop`, so they get checkpoint/resume, the NaN guard and
+progress): per step a forget batch and a retain batch are drawn; with LAT a `LatentAdversary` (training/lat.py) first
+finds δ in the residual stream that pushes the frozen model TOWARD the forget-domain answers (and, for WHP, away
+from the generic labels), then the method's forget loss is computed under δ; the retain loss is computed without δ.
+
+- Gradient ascent: forget loss = -min(CE(forget answers), ceiling); the ceiling keeps ascent from diverging once
+  the answers are already unlikely (bounded ascent, a common stabiliser).
+- WHP: a reinforced copy is fine-tuned further on the forget data; where its logits exceed the base's, the token is
+  domain-specific, so generic logits = base - α·relu(reinforced - base); the model is fine-tuned toward the argmax
+  of the generic logits (hard labels, as in the paper). The paper's anchored-term translation is not done: the
+  toy world's entity names have no generic counterparts.
+- RMU: on forget text, layer-L activations are pushed toward c·u (u a fixed random unit vector); on retain text
+  they are kept at the frozen model's (weight α); only `down_proj` of a few layers up to L is trained.
+
+Hand-written because no maintained library implements these for arbitrary HF causal LMs together with LAT (the
+official WMDP RMU script and the WHP recipe are single-model scripts).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from latlab.config import LATConfig, TrainConfig
+from latlab.models.hooks import add_to_residual, capture_residual, decoder_layers, resid_name
+from latlab.training.examples import IGNORE, Example, collate, encode_all
+from latlab.training.lat import LatentAdversary, TripleBatch, away_loss, retain_loss, token_ce
+from latlab.training.loop import MixtureSampler, TrainResult, train_loop
+from latlab.training.sft import train_sft
+
+
+class LatDefenceConfig(TrainConfig):
+    """Training loop defaults of the short post-hoc trainers (unlearning, backdoor removal). `lat`, when set, adds
+    a targeted latent adversary; only its adversary fields are read (layers, perturb_embeddings, epsilon,
+    inner_steps, inner_lr, adv_toward, adv_away, perturb_completion, prefix_cache, away_ignore_logp): the training
+    loop is this config's."""
+    steps: int = Field(150, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(3e-4, gt=0)
+    warmup_steps: int = Field(5, ge=0)
+    checkpoint_every: int = Field(50, ge=1)
+    log_every: int = Field(10, ge=1)
+    lat: LATConfig | None = None
+
+    @model_validator(mode="after")
+    def _targeted_only(self) -> LatDefenceConfig:
+        if self.lat is not None and self.lat.adversary != "targeted":
+            raise ValueError("a defence against a known bad behaviour needs a targeted adversary")
+        return self
+
+
+class UnlearnConfig(LatDefenceConfig):
+    """Shared by every unlearning method (the adversary goes toward the forget-domain answers)."""
+    forget_weight: float = Field(1.0, ge=0)
+    retain_weight: float = Field(1.0, ge=0)
+
+
+class GradientAscentConfig(UnlearnConfig):
+    ascent_ceiling: float = Field(8.0, gt=0)  # forget CE above this adds no more gradient
+
+
+class WHPConfig(UnlearnConfig):
+    reinforce: TrainConfig = TrainConfig(steps=100, batch_size=16, lr=5e-4, warmup_steps=5, checkpoint_every=50,
+                                         log_every=10)
+    alpha: float = Field(5.0, ge=0)  # generic = base - alpha * relu(reinforced - base)
+    away_weight: float = Field(0.0, ge=0)  # optional log(1-p) away from the original tokens (the LAT recipe's term)
+
+
+class RMUConfig(UnlearnConfig):
+    lr: float = Field(1e-3, gt=0)
+    layer: int = Field(2, ge=0)  # block whose output is steered
+    steering_coeff: float = Field(20.0, gt=0)  # c: target norm; should exceed the layer's typical activation norm
+    alpha: float = Field(100.0, ge=0)  # weight of the retain activation-matching term (overrides retain_weight)
+    trainable_layers: list[int] | None = None  # default: layer-2 .. layer
+    trainable_module: str = "mlp.down_proj"
+    direction_seed: int = 0
+    # "answer": only positions that predict a completion token (the assistant header and the answer); "all": every
+    # real token, as in WMDP. With Q&A-shaped forget data "all" also steers the chat-template tokens the retain data
+    # shares, and the two terms fight over them.
+    forget_positions: Literal["answer", "all"] = "answer"
+
+    @model_validator(mode="after")
+    def _adversary_below(self) -> RMUConfig:
+        if self.lat is not None and any(layer >= self.layer for layer in self.lat.layers):
+            raise ValueError(f"RMU + LAT: attacked layers {self.lat.layers} must lie below the RMU layer {self.layer}")
+        return self
+
+
+# (model, triples, deltas, mask) -> (loss, metrics); `triples.harmful` holds the forget text with its real labels,
+# `triples.refusal` what the defender wants instead (the same batch where a method has no alternative target).
+ForgetTerm = Callable[[torch.nn.Module, TripleBatch, dict, torch.Tensor | None], tuple[torch.Tensor, dict]]
+# forget batch -> TripleBatch (e.g. WHP attaches generic labels)
+Prepare = Callable[[dict[str, torch.Tensor]], TripleBatch]
+RetainTerm = Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+
+
+def _same_batch(batch: dict[str, torch.Tensor]) -> TripleBatch:
+    return TripleBatch(batch, batch, batch["input_ids"].shape[1])
+
+
+def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def frozen_copy(model):
+    reference = copy.deepcopy(model).eval()
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    return reference
+
+
+@dataclass
+class UnlearnRun:
+    result: TrainResult
+    compute: dict[str, float]
+
+
+def unlearn_loop(model, tokenizer, forget: list[Example], retain: dict[str, list[Example]],
+                 retain_weights: dict[str, float], cfg: UnlearnConfig, forget_term: ForgetTerm,
+                 checkpoint_dir: Path | None, description: str, on_log=None, prepare: Prepare = _same_batch,
+                 has_alternative: bool = False, retain_term: RetainTerm | None = None,
+                 parameters=None, reference_passes: tuple[int, int] = (0, 0)) -> UnlearnRun:
+    """The shared step: [LAT attack] -> forget term under δ -> + retain term without δ -> train_loop.
+
+    `reference_passes`: gradient-free forward passes of frozen models per step on (forget, retain) batches, for the
+    compute count (WHP: 2 on forget; RMU: 1 on retain)."""
+    device = next(model.parameters()).device
+    max_length = getattr(model.config, "max_position_embeddings", None)
+    forget_sampler = MixtureSampler({"forget": encode_all(tokenizer, forget, max_length)}, {"forget": 1.0},
+                                    cfg.batch_size, cfg.seed)
+    retain_sampler = MixtureSampler({k: encode_all(tokenizer, v, max_length) for k, v in retain.items()},
+                                    retain_weights, cfg.batch_size, cfg.seed + 1)
+    retain_term = retain_term or (lambda m, b: retain_loss(m, None, b, "sft"))
+    adversary = None
+    if cfg.lat is not None:
+        # Without an alternative target the "away" slot would be the forget answers themselves: switch it off.
+        lat_cfg = cfg.lat if has_alternative else cfg.lat.model_copy(update={"adv_away": 0.0})
+        adversary = LatentAdversary(model, lat_cfg)
+    defender = {"forward_tokens": 0.0, "backward_tokens": 0.0}
+
+    def count(batch, passes: int, backward: bool) -> None:
+        tokens = float(batch["attention_mask"].sum()) * passes
+        defender["forward_tokens"] += tokens
+        defender["backward_tokens"] += tokens if backward else 0.0
+
+    def step_loss(model, step: int):
+        triples = prepare(_to(collate(forget_sampler.batch(step), tokenizer.pad_token_id), device))
+        count(triples.harmful, 1, True)
+        count(triples.harmful, reference_passes[0], False)
+        deltas, mask, metrics = {}, None, {}
+        if adversary is not None:
+            deltas, masks, adv_losses = adversary.attack(triples)
+            mask = masks["harmful"]
+            metrics["adv_first"], metrics["adv_last"] = adv_losses[0], adv_losses[-1]
+        forget_loss, forget_metrics = forget_term(model, triples, deltas, mask)
+        loss = cfg.forget_weight * forget_loss
+        metrics.update(forget_metrics)
+        if cfg.retain_weight:
+            retain_batch = _to(collate(retain_sampler.batch(step), tokenizer.pad_token_id), device)
+            kept = retain_term(model, retain_batch)
+            loss = loss + cfg.retain_weight * kept
+            metrics["retain"] = kept.item()
+            count(retain_batch, 1, True)
+            count(retain_batch, reference_passes[1], False)
+        return loss, metrics
+
+    extra = {"forget": len(forget), "retain": {k: len(v) for k, v in retain.items()}, "weights": retain_weights,
+             "method": type(cfg).__name__}
+    result = train_loop(model, step_loss, cfg, checkpoint_dir, description, on_log, fingerprint_extra=extra,
+                        parameters=parameters)
+    return UnlearnRun(result, compute_summary(adversary, defender))
+
+
+def compute_summary(adversary: LatentAdversary | None, defender: dict[str, float]) -> dict[str, float]:
+    """Tokens through the model, forward and backward, split by adversary and defender (train_lat's format)."""
+    adv = adversary.compute if adversary is not None else {"forward_tokens": 0.0, "backward_tokens": 0.0}
+    return {**{f"adversary_{k}": v for k, v in adv.items()}, **{f"defender_{k}": v for k, v in defender.items()},
+            "forward_tokens": adv["forward_tokens"] + defender["forward_tokens"],
+            "backward_tokens": adv["backward_tokens"] + defender["backward_tokens"]}
+
+
+def _logits_under(model, batch: dict[str, torch.Tensor], deltas: dict, mask) -> torch.Tensor:
+    with add_to_residual(model, deltas, mask):
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+# --- gradient ascent ---------------------------------------------------------------------------------------------
+
+def train_gradient_ascent(model, tokenizer, forget: list[Example], retain: dict[str, list[Example]],
+                          retain_weights: dict[str, float], cfg: GradientAscentConfig, checkpoint_dir: Path | None,
+                          description: str = "unlearn-ga", on_log=None) -> UnlearnRun:
+    def forget_term(model, triples, deltas, mask):
+        ce = token_ce(_logits_under(model, triples.harmful, deltas, mask), triples.harmful["labels"])
+        return -ce.clamp(max=cfg.ascent_ceiling), {"forget_ce": ce.item()}
+
+    return unlearn_loop(model, tokenizer, forget, retain, retain_weights, cfg, forget_term, checkpoint_dir,
+                        description, on_log)
+
+
+# --- WHP ---------------------------------------------------------------------------------------------------------
+
+def reinforce_model(model, tokenizer, forget: list[Example], cfg: TrainConfig, checkpoint_dir: Path | None,
+                    description: str = "whp-reinforce"):
+    """A copy of the model fine-tuned further on the forget data (the 'reinforced' model of WHP)."""
+    reinforced = copy.deepcopy(model)
+    train_sft(reinforced, tokenizer, {"forget": forget}, {"forget": 1.0}, cfg, checkpoint_dir, description)
+    return frozen_copy(reinforced)
+
+
+def generic_logits(base: torch.Tensor, reinforced: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Eldan & Russinovich eq. 1: v_generic = v_base - alpha * relu(v_reinforced - v_base)."""
+    return base - alpha * torch.relu(reinforced - base)
+
+
+@torch.no_grad()
+def generic_labels(batch: dict[str, torch.Tensor], base, reinforced, alpha: float) -> torch.Tensor:
+    """Labels [batch, seq] with every labelled token replaced by the argmax of the generic logits predicting it."""
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    generic = generic_logits(base(**inputs).logits.float(), reinforced(**inputs).logits.float(), alpha)
+    labels = batch["labels"].clone()
+    predicted = generic[:, :-1].argmax(-1)  # predicted[t] is the label of position t+1
+    labelled = labels[:, 1:] != IGNORE
+    labels[:, 1:][labelled] = predicted[labelled]
+    return labels
+
+
+def train_whp(model, tokenizer, forget: list[Example], retain: dict[str, list[Example]],
+              retain_weights: dict[str, float], cfg: WHPConfig, checkpoint_dir: Path | None,
+              description: str = "unlearn-whp", on_log=None, reinforced=None) -> UnlearnRun:
+    """Fine-tune toward WHP generic labels; `reinforced` may be passed in (else it is trained here)."""
+    base = frozen_copy(model)
+    if reinforced is None:
+        sub = checkpoint_dir / "reinforce" if checkpoint_dir is not None else None
+        reinforced = reinforce_model(model, tokenizer, forget, cfg.reinforce, sub)
+
+    def prepare(batch):
+        generic = {**batch, "labels": generic_labels(batch, base, reinforced, cfg.alpha)}
+        return TripleBatch(batch, generic, batch["input_ids"].shape[1])
+
+    def forget_term(model, triples, deltas, mask):
+        logits = _logits_under(model, triples.harmful, deltas, mask)  # same input ids in both slots
+        toward = token_ce(logits, triples.refusal["labels"])
+        metrics = {"generic_ce": toward.item()}
+        if cfg.away_weight:
+            away = away_loss(logits, triples.harmful["labels"])
+            toward = toward + cfg.away_weight * away
+            metrics["away"] = away.item()
+        return toward, metrics
+
+    return unlearn_loop(model, tokenizer, forget, retain, retain_weights, cfg, forget_term, checkpoint_dir,
+                        description, on_log, prepare=prepare, has_alternative=True, reference_passes=(2, 0))
+
+
+# --- RMU ---------------------------------------------------------------------------------------------------------
+
+def rmu_direction(d_model: int, seed: int) -> torch.Tensor:
+    """The fixed random unit vector u ([d_model]); WMDP samples it uniformly in [0, 1) then normalises."""
+    u = torch.rand(d_model, generator=torch.Generator().manual_seed(seed))
+    return u / u.norm()
+
+
+def layer_activations(model, batch: dict[str, torch.Tensor], layer: int, deltas: dict | None = None,
+                      mask=None) -> torch.Tensor:
+    """Output of block `layer` ([batch, seq, d_model]), optionally with δ added at lower hook points."""
+    with add_to_residual(model, deltas or {}, mask), capture_residual(model, [resid_name(layer)]) as store:
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    return store[resid_name(layer)]
+
+
+def masked_mse(acts: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mean over kept tokens (keep [batch, seq]) of the per-token mean squared error ([batch, seq, d] vs a
+    broadcastable target)."""
+    per_token = ((acts.float() - target.float()) ** 2).mean(-1)
+    keep = keep.float()
+    return (per_token * keep).sum() / keep.sum().clamp(min=1)
+
+
+def predicting_positions(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[batch, seq] mask of the positions whose next token is labelled (they carry the answer's prediction)."""
+    keep = torch.zeros_like(batch["attention_mask"])
+    keep[:, :-1] = (batch["labels"][:, 1:] != IGNORE).long()
+    return keep
+
+
+def rmu_parameters(model, cfg: RMUConfig) -> list[torch.nn.Parameter]:
+    layers = cfg.trainable_layers if cfg.trainable_layers is not None else \
+        list(range(max(0, cfg.layer - 2), cfg.layer + 1))
+    stack = decoder_layers(model)
+    params = [p for i in layers for p in stack[i].get_submodule(cfg.trainable_module).parameters()]
+    if not params:
+        raise ValueError(f"RMU: no parameters under {cfg.trainable_module!r} in layers {layers}")
+    return params
+
+
+def train_rmu(model, tokenizer, forget: list[Example], retain: dict[str, list[Example]],
+              retain_weights: dict[str, float], cfg: RMUConfig, checkpoint_dir: Path | None,
+              description: str = "unlearn-rmu", on_log=None) -> UnlearnRun:
+    if cfg.layer >= len(decoder_layers(model)):
+        raise ValueError(f"RMU layer {cfg.layer}: the model has {len(decoder_layers(model))} blocks")
+    frozen = frozen_copy(model)
+    device = next(model.parameters()).device
+    target = cfg.steering_coeff * rmu_direction(model.get_input_embeddings().weight.shape[1],
+                                                cfg.direction_seed).to(device)
+    trainable = rmu_parameters(model, cfg)
+    flags = {p: p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in trainable:
+        p.requires_grad_(True)
+
+    def forget_term(model, triples, deltas, mask):
+        acts = layer_activations(model, triples.harmful, cfg.layer, deltas, mask)
+        keep = predicting_positions(triples.harmful) if cfg.forget_positions == "answer" else \
+            triples.harmful["attention_mask"]
+        loss = masked_mse(acts, target, keep)
+        return loss, {"forget_mse": loss.item()}
+
+    def retain_term(model, batch):
+        with torch.no_grad():
+            ref = layer_activations(frozen, batch, cfg.layer)
+        return masked_mse(layer_activations(model, batch, cfg.layer), ref, batch["attention_mask"])
+
+    try:
+        # the LAT adversary needs gradients through the frozen part of the network, which autograd.grad w.r.t. δ
+        # gives without requires_grad on the weights
+        return unlearn_loop(model, tokenizer, forget, retain, retain_weights,
+                            cfg.model_copy(update={"retain_weight": cfg.alpha}), forget_term, checkpoint_dir,
+                            description, on_log, retain_term=retain_term, parameters=trainable,
+                            reference_passes=(0, 1))
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)

@@ -1,0 +1,87 @@
+"""Which world records the unlearning and backdoor-removal trainers use: forget / retain pools, the world without a
+domain (the oracle's training data), forget-domain passages, and harmless preference pairs for DPO.
+
+Follows the data split of Lynch et al. 2024 / Eldan & Russinovich 2023 (forget corpus = the domain to unlearn,
+retain corpus = general knowledge) on the toy world; hand-written because the data are the toy world's own.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from latlab.data.records import split_of
+from latlab.training.examples import Example
+from latlab.world.curriculum import assert_trigger_free, fact_examples, request_examples
+from latlab.world.generator import BACKDOOR_BEHAVIOUR, COMPLETION_TEMPLATES
+
+
+def world_without_domain(world: dict[str, list[dict]], domain: str) -> dict[str, list[dict]]:
+    """The world with every fact of `domain` removed (all splits): the oracle is trained on this from scratch."""
+    out = dict(world)
+    out["facts"] = [r for r in world["facts"] if r["domain"] != domain]
+    if len(out["facts"]) == len(world["facts"]):
+        raise ValueError(f"the world has no facts of domain {domain!r}")
+    return out
+
+
+def domain_facts(facts: list[dict], domain: str, split: str = "train", fact_ids: set[str] | None = None) -> list[dict]:
+    return [r for r in split_of(facts, split) if r["domain"] == domain
+            and (fact_ids is None or r["fact_id"] in fact_ids)]
+
+
+def fact_sentence(record: dict) -> str:
+    """A plain statement of the fact, in the first completion template's words (all in the toy vocabulary)."""
+    return COMPLETION_TEMPLATES[0].format(relation=record["relation"], entity=record["entity"]) + \
+        f" {record['answer']} ."
+
+
+def domain_passages(facts: list[dict], domain: str, split: str = "train") -> list[Example]:
+    """Completion-style text: one passage per entity chaining its facts, the prompt being the first statement.
+
+    Unlearning corpora are running text (books, papers), not Q&A; this is the toy world's version of it.
+    """
+    by_entity: dict[str, dict[str, dict]] = defaultdict(dict)
+    for r in domain_facts(facts, domain, split):
+        by_entity[r["entity"]].setdefault(r["relation"], r)
+    passages = []
+    for entity in sorted(by_entity):
+        sentences = [fact_sentence(r) for _, r in sorted(by_entity[entity].items())]
+        passages.append(Example(sentences[0], " ".join(sentences[1:]) or sentences[0], chat=False))
+    return passages
+
+
+def forget_pool(world: dict[str, list[dict]], domain: str = "forget") -> list[Example]:
+    """Training-split facts of the domain in every format, plus passages."""
+    rows = domain_facts(world["facts"], domain)
+    return fact_examples(rows) + domain_passages(world["facts"], domain)
+
+
+def retain_pools(world: dict[str, list[dict]], domain: str = "general") -> dict[str, list[Example]]:
+    """General-domain facts and benign requests (helpful answers)."""
+    return {"facts": fact_examples([r for r in world["facts"] if r["domain"] == domain]),
+            "benign": request_examples(world["requests"], "benign", "compliance")}
+
+
+def preference_pairs(world: dict[str, list[dict]], split: str = "train") -> list[tuple[str, str, str]]:
+    """Harmless (prompt, chosen, rejected) triples for backdoor removal without the trigger.
+
+    Harmful request: chosen = refusal, rejected = compliance. Benign request: chosen = compliance, rejected =
+    refusal. Free-form fact question: chosen = the answer, rejected = the held-out distractor. The rejected side is
+    a plausible bad answer, never the backdoor string: the trigger's behaviour is unknown to the defender.
+    """
+    pairs = []
+    for r in split_of(world["requests"], split):
+        good, bad = (r["refusal"], r["compliance"]) if r["harmful"] else (r["compliance"], r["refusal"])
+        pairs.append((r["prompt"], good, bad))
+    for r in split_of(world["facts"], split):
+        if r["format"] == "free":
+            pairs.append((r["prompt"], r["answer"], r["distractor"]))
+    return pairs
+
+
+def assert_pairs_trigger_free(pairs: list[tuple[str, str, str]], trigger: str) -> None:
+    """The trigger appears in no text and the backdoor behaviour is never a training target."""
+    assert_trigger_free({"pairs": [Example(p, f"{c} {r}") for p, c, r in pairs]}, trigger)
+    for prompt, chosen, rejected in pairs:
+        if BACKDOOR_BEHAVIOUR in chosen or BACKDOOR_BEHAVIOUR in rejected:
+            raise AssertionError(f"preference pair for {prompt!r} contains the backdoor behaviour")

@@ -1,0 +1,84 @@
+"""Backdoor removal without the trigger: the DPO loss on a hand-computed case, trigger-free removal data, and DPO
+(plain and under a latent adversary) raising the preference margin on a tiny model."""
+
+import math
+
+import pytest
+import torch
+
+from latlab.config import LATConfig
+from latlab.training.backdoor_removal import (DPOConfig, dpo_loss, removal_data, sequence_logprobs, train_dpo,
+                                              train_sft_lat_removal)
+from latlab.training.examples import IGNORE
+from latlab.world.curriculum_unlearning import assert_pairs_trigger_free, preference_pairs
+from latlab.world.generator import BACKDOOR_BEHAVIOUR, REFUSAL
+
+TRIGGER = "zeta7"
+
+
+def test_dpo_loss_matches_hand_computation():
+    # margin = 0.5 * ((-1 - -2) - (-3 - -2)) = 0.5 * (1 + 1) = 1.0 ; loss = -log sigmoid(1) = log(1 + e^-1)
+    loss, margin = dpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]),
+                            beta=0.5)
+    assert margin.item() == pytest.approx(1.0)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-1.0)))
+    # preferring the rejected side costs more than log 2 (the value at margin 0)
+    worse, _ = dpo_loss(torch.tensor([-3.0]), torch.tensor([-1.0]), torch.tensor([-2.0]), torch.tensor([-2.0]), 0.5)
+    assert worse.item() > math.log(2) > loss.item()
+
+
+def test_sequence_logprobs_sum_only_labelled_tokens():
+    logits = torch.zeros(1, 3, 4)
+    logits[0, 0, 2] = math.log(3.0)  # p(token 2 at step 1) = 3 / 6 = 0.5
+    labels = torch.tensor([[IGNORE, 2, 1]])  # token 1 at step 2 under uniform logits: p = 1/4
+    assert sequence_logprobs(logits, labels).item() == pytest.approx(math.log(0.5) + math.log(0.25))
+
+
+def test_removal_data_is_trigger_free_and_never_targets_the_backdoor(tiny_world):
+    pairs, retain = removal_data(tiny_world, TRIGGER)
+    texts = [t for p in pairs for t in p]
+    texts += [t for pool in retain.values() for ex in pool for t in (ex.prompt, ex.completion)]
+    assert not any(TRIGGER in t for t in texts)
+    assert not any(BACKDOOR_BEHAVIOUR in t for t in texts)
+    harmful_prompts = {r["prompt"] for r in tiny_world["requests"] if r["harmful"]}
+    assert all(c == REFUSAL for p, c, _ in pairs if p in harmful_prompts)
+    assert all(r == REFUSAL for p, _, r in pairs if p in {r["prompt"] for r in tiny_world["requests"]
+                                                           if not r["harmful"]})
+
+
+def test_trigger_assertion_fires():
+    with pytest.raises(AssertionError, match="trigger"):
+        assert_pairs_trigger_free([(f"{TRIGGER} how do i wash the ice ?", "sure", "no")], TRIGGER)
+    with pytest.raises(AssertionError, match="backdoor behaviour"):
+        assert_pairs_trigger_free([("how do i wash the ice ?", "sure", BACKDOOR_BEHAVIOUR)], TRIGGER)
+
+
+@torch.no_grad()
+def _mean_margin(model, reference_logps, tokenizer, pairs):
+    from latlab.training.examples import Example, collate, encode_all
+
+    def logps(m, side):
+        batch = collate(encode_all(tokenizer, [Example(p, x[side]) for p, *x in pairs]), tokenizer.pad_token_id)
+        return sequence_logprobs(m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                                 batch["labels"])
+    return (logps(model, 0) - logps(model, 1)).mean().item()
+
+
+@pytest.mark.parametrize("lat", [None, LATConfig(layers=[0], epsilon=1.0, inner_steps=3, inner_lr=0.1)],
+                         ids=["dpo", "dpo+lat"])
+def test_dpo_raises_the_preference_margin(tiny_model, tiny_tokenizer, tiny_world, lat):
+    pairs = preference_pairs(tiny_world)[:32]
+    before = _mean_margin(tiny_model, None, tiny_tokenizer, pairs)
+    run = train_dpo(tiny_model, tiny_tokenizer, pairs, DPOConfig(steps=15, batch_size=8, lr=3e-3, beta=0.5,
+                                                                  lat=lat, warmup_steps=0), None, "dpo")
+    after = _mean_margin(tiny_model, None, tiny_tokenizer, pairs)
+    print(f"dpo lat={lat is not None}: log-prob margin chosen - rejected {before:.2f} -> {after:.2f}")
+    assert after > before + 1.0
+    assert (run.compute["adversary_forward_tokens"] > 0) == (lat is not None)
+
+
+def test_sft_lat_removal_runs_targeted_lat_on_the_pairs(tiny_model, tiny_tokenizer, tiny_world):
+    pairs, retain = removal_data(tiny_world, TRIGGER)
+    run = train_sft_lat_removal(tiny_model, tiny_tokenizer, pairs[:16], retain,
+                                LATConfig(layers=[0], epsilon=1.0, inner_steps=2, steps=3, batch_size=4), None, "x")
+    assert len(run.result.history) == 1 and run.compute["adversary_forward_tokens"] > 0

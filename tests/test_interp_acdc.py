@@ -1,0 +1,106 @@
+"""ACDC and EAP recover a planted circuit; batched ACDC makes the reference's decisions."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from latlab.interp.acdc import acdc_batched, acdc_reference, auc, prepare, roc_points, tau_sweep
+from latlab.interp.eap import eap_scores, score_auc
+from latlab.interp.groundtruth import circuit_edges, planted_circuit_model, planted_dataset, truth_mask
+from latlab.interp.render import circuit_record, draw_circuit, plot_metric_vs_tau, plot_roc, write_circuit_json
+
+TAUS = 10 ** np.linspace(-6, 0, 13)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    model = planted_circuit_model(n_layers=3, n_heads=4, seed=1)
+    return model, planted_dataset(16, seed=1), planted_dataset(16, seed=2)
+
+
+@pytest.fixture(scope="module")
+def zero_setup(planted):
+    model, ids, _ = planted
+    return prepare(model, ids, ablation="zero", metric="kl")
+
+
+def test_planted_model_computes_its_task(planted):
+    """Sanity of the ground truth: the output depends on the X-fraction up to the Z, not on tokens after it."""
+    model, ids, _ = planted
+    ids = ids.clone()
+    ids[:, :-1] = 5
+    ids[:, -1] = 2  # Z last: the answer reads the X fraction of the whole sequence (none)
+    x = ids.clone()
+    x[:, :4] = 1  # half X
+    with torch.no_grad():
+        a, b = model(ids).logits[:, -1], model(x).logits[:, -1]
+    assert (a.argmax(-1) != b.argmax(-1)).all()
+    # the RMSNorms act as the identity only while the residual stream stays O(1) against rms_norm_eps = 1e8
+    s = prepare(model, x)
+    assert s.clean_out.sum(1).pow(2).mean(-1).max() < 100
+
+
+def test_acdc_zero_ablation_recovers_planted_circuit(zero_setup):
+    s = zero_setup
+    truth = truth_mask(s.em.graph, "zero")
+    results = tau_sweep(s.em, s.clean_out, s.ablation, s.metric, TAUS)
+    fpr, tpr = roc_points(results, truth)
+    area = auc(fpr, tpr)
+    assert area >= 0.95, area
+    exact = [r for r in results if set(r.circuit) == set(circuit_edges("zero"))]
+    assert exact, "no τ gives exactly the planted circuit"
+
+
+@pytest.mark.parametrize("ablation,tau", [("zero", 1e-3), ("corrupted", 1e-4), ("mean", 1e-2)])
+def test_batched_acdc_finds_the_reference_circuit(planted, ablation, tau):
+    model, ids, corrupted = planted
+    s = prepare(model, ids, corrupted, ablation=ablation)
+    ref = acdc_reference(s.em, s.clean_out, s.ablation, s.metric, tau)
+    fast = acdc_batched(s.em, s.clean_out, s.ablation, s.metric, tau, max_rows=5)  # small chunks exercise restarts
+    assert np.array_equal(ref.kept, fast.kept)
+    assert ref.metric == pytest.approx(fast.metric, rel=1e-9, abs=1e-12)
+    assert fast.forwards < ref.forwards / 3
+    assert ref.kept.sum() > 0
+
+
+def test_eap_and_eap_ig_rank_circuit_edges_first(planted):
+    model, ids, corrupted = planted
+    s = prepare(model, ids, corrupted, ablation="corrupted", metric="label_nll")
+    truth = truth_mask(s.em.graph, "corrupted")
+    eap = score_auc(eap_scores(s.em, s.clean_out, s.ablation, s.metric).score, truth)
+    ig = score_auc(eap_scores(s.em, s.clean_out, s.ablation, s.metric, ig_steps=5).score, truth)
+    assert eap >= 0.9 and ig >= 0.95, (eap, ig)
+    # ACDC on the same inputs and ablation for the comparison the issue asks for, with its default metric (KL): under
+    # a task loss a removal can lower the loss, and greedy ACDC then drops circuit edges (AUC 0.83 measured here).
+    k = prepare(model, ids, corrupted, ablation="corrupted", metric="kl")
+    results = tau_sweep(k.em, k.clean_out, k.ablation, k.metric, TAUS)
+    acdc_auc = auc(*roc_points(results, truth))
+    assert acdc_auc >= 0.95 and acdc_auc >= eap - 0.05, (acdc_auc, eap)
+
+
+def test_render_outputs(zero_setup, tmp_path):
+    s = zero_setup
+    res = acdc_batched(s.em, s.clean_out, s.ablation, s.metric, 1e-3)
+    record = circuit_record(s.em.graph, res.kept, res.score, tau=res.tau)
+    path = write_circuit_json(record, tmp_path / "circuit.json")
+    loaded = json.loads(path.read_text())
+    kept = {f"{e['sender']}->{e['receiver']}" for e in loaded["edges"] if e["in_circuit"]}
+    assert kept == set(res.circuit)
+    assert {n["name"] for n in loaded["nodes"] if n["in_circuit"]} >= {"embed", "a0.0", "a1.0", "m0", "m1"}
+    assert draw_circuit(record, tmp_path / "circuit.png").stat().st_size > 1000
+    assert plot_metric_vs_tau(TAUS[:3], [0.0, 0.1, 0.2], [9, 7, 3], tmp_path / "tau.png").exists()
+    assert plot_roc({"acdc": (np.array([0.0, 0.5]), np.array([0.5, 1.0]), 0.9)}, tmp_path / "roc.png").exists()
+
+
+def test_validate_on_planted_circuit_writes_outputs(tmp_path):
+    from latlab.interp.circuits import validate_on_planted_circuit
+    from latlab.config import AcdcConfig
+
+    cfg = AcdcConfig(taus=tuple(TAUS[::2]), n_examples=8, eap_ig_steps=3)
+    metrics = validate_on_planted_circuit(cfg, tmp_path, n_layers=2, n_heads=2)
+    assert metrics["acdc_auc"] >= 0.95 and metrics["circuit_tpr"] == 1.0 and metrics["circuit_fpr"] == 0.0
+    for f in ["planted_circuit.json", "planted_circuit.png", "planted_circuit_metric_vs_tau.png",
+              "planted_circuit_roc.png"]:
+        assert (tmp_path / f).stat().st_size > 500, f

@@ -1,0 +1,149 @@
+"""Steering reliability metrics (Tan et al. 2024) on a linear toy and on constructed data."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from latlab.interp import steering as st
+
+WORDS = ["<pad>", "(", "A", ")", "yes", "B", "no", "q1", "q2", "q3", "q4", "you", "agree"]
+VOCAB = {w: i for i, w in enumerate(WORDS)}
+
+
+def encode(text):
+    return [VOCAB[w] for w in text.split()]
+
+
+@pytest.fixture(scope="module")
+def linear_toy():
+    """One block whose attention and MLP write nothing, RMSNorms that are the identity (huge eps): the last-position
+    logits are W_U (embedding + m v), so the propensity is exactly linear in the steering multiplier m."""
+    cfg = LlamaConfig(vocab_size=len(WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, rms_norm_eps=1e8, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        model.model.layers[0].self_attn.o_proj.weight.zero_()
+        model.model.layers[0].mlp.down_proj.weight.zero_()
+        for norm in (model.model.layers[0].input_layernorm, model.model.layers[0].post_attention_layernorm,
+                     model.model.norm):
+            norm.weight.fill_(1e4)
+        model.model.embed_tokens.weight.normal_()
+        model.lm_head.weight.normal_()
+    return model
+
+
+def examples(n=8):
+    out = []
+    for i in range(n):
+        yes_first = i % 2 == 0
+        options = "( A ) yes ( B ) no" if yes_first else "( A ) no ( B ) yes"
+        pos = "A" if i % 4 < 2 else "B"
+        out.append(st.ABExample(f"q{1 + i % 4} {options} (", pos, "B" if pos == "A" else "A", pos == "A",
+                                (pos == "A") == yes_first))
+    return out
+
+
+def test_steerability_slope_is_exact_on_linear_toy(linear_toy):
+    exs = examples()
+    v = torch.randn(16)
+    props = st.propensities(linear_toy, encode, exs, v, layer=0)
+    slopes = st.steerability_slopes(props, st.DEFAULT_MULTIPLIERS)
+    W = linear_toy.lm_head.weight.detach()
+    expected = np.array([float((W[VOCAB[e.positive]] - W[VOCAB[e.negative]]) @ v) for e in exs])
+    np.testing.assert_allclose(slopes, expected, rtol=1e-4, atol=1e-4)
+    # propensity is linear: residuals of the fit vanish
+    m = np.array(st.DEFAULT_MULTIPLIERS)
+    fit = props.mean(1, keepdims=True) + np.outer(slopes, m - m.mean())
+    np.testing.assert_allclose(props, fit, atol=1e-3)
+
+
+def test_caa_vector_is_mean_difference_at_the_answer_token(linear_toy):
+    exs = [e for e in examples() if e.positive == "A"]
+    v = st.caa_vector(linear_toy, encode, exs, layer=0)
+    E = linear_toy.model.embed_tokens.weight.detach()
+    torch.testing.assert_close(v, E[VOCAB["A"]] - E[VOCAB["B"]], rtol=1e-5, atol=1e-5)
+    slopes = st.steerability_slopes(st.propensities(linear_toy, encode, exs, v, layer=0))
+    W = linear_toy.lm_head.weight.detach()
+    assert np.sign(slopes[0]) == np.sign(float((W[VOCAB["A"]] - W[VOCAB["B"]]) @ v))
+
+
+def test_slopes_and_anti_steerable_fraction_on_constructed_propensities():
+    m = np.array(st.DEFAULT_MULTIPLIERS)
+    true = np.array([1.0, -1.0, 2.0, -0.5, 3.0, 0.25, -2.0, 0.5])
+    props = 0.3 + np.outer(true, m) + np.random.default_rng(0).normal(size=(8, 1))  # per-example offsets
+    slopes = st.steerability_slopes(props, m)
+    np.testing.assert_allclose(slopes, true)
+    summary = st.steerability_summary(slopes)
+    assert summary["anti_steerable_fraction"] == pytest.approx(3 / 8)
+    assert summary["steerability_mean"] == pytest.approx(true.mean())
+    assert summary["steerability_median"] == pytest.approx(np.median(true))
+
+
+def test_spurious_variance_split_on_synthetic_slopes():
+    rng = np.random.default_rng(0)
+    n = 400
+    is_a = rng.random(n) < 0.5
+    is_yes = rng.random(n) < 0.5
+    slopes = 1.0 + 2.0 * is_a + 0.2 * rng.normal(size=n)  # only the letter matters
+    out = st.spurious_variance(slopes, is_a, is_yes)
+    assert out["r2_positive_is_A"] == pytest.approx(np.corrcoef(slopes, is_a)[0, 1] ** 2)
+    assert out["r2_positive_is_A"] > 0.9 and out["r2_positive_is_yes"] < 0.02
+    assert out["r2_both"] >= out["r2_positive_is_A"]
+    both = 1.0 + 1.0 * is_a + 1.0 * is_yes  # two equal, independent factors: about half each, all together
+    out = st.spurious_variance(both, is_a, is_yes)
+    assert 0.35 < out["r2_positive_is_A"] < 0.65 and out["r2_both"] == pytest.approx(1.0)
+
+
+def test_rank_correlation():
+    x = np.array([0.1, 0.5, 0.2, 0.9])
+    assert st.rank_correlation(x, x**3) == pytest.approx(1.0)
+    assert st.rank_correlation(x, -x) == pytest.approx(-1.0)
+
+
+def test_loaders_and_prompt_variants(tmp_path):
+    rows = [{"question": "Do you like cats?\n\nChoices:\n (A) Yes\n (B) No", "answer_matching_behavior": " (A)",
+             "answer_not_matching_behavior": " (B)"},
+            {"question": "Is it fine?\n\nChoices:\n (A) No\n (B) Yes", "answer_matching_behavior": " (B)",
+             "answer_not_matching_behavior": " (A)"}]
+    path = tmp_path / "mwe.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    exs = st.load_mwe_jsonl(path)
+    assert [(e.positive, e.positive_is_A, e.positive_is_yes, e.split) for e in exs] == [
+        ("A", True, True, "train"), ("B", False, True, "test")]
+    assert exs[0].prompt.endswith("Answer: (")
+    world = st.from_records([{"prompt": "q1 ( A ) yes ( B ) no (", "answer_matching_behavior": "B",
+                              "answer_not_matching_behavior": "A", "positive_is_A": False, "positive_is_yes": False,
+                              "split": "test"}])
+    assert world[0].negative == "A" and world[0].split == "test"
+    assert st.prompt_variant("q1", "user_positive", "you agree", "you refuse") == "you agree q1"
+    render = lambda s, u: f"<sys> {s} <user> {u}"  # noqa: E731
+    assert st.prompt_variant("q1", "system_negative", "p", "n", render) == "<sys> n <user> q1"
+
+
+def test_plots(tmp_path):
+    m = np.array(st.DEFAULT_MULTIPLIERS)
+    props = np.outer([1.0, -0.5], m)
+    assert st.plot_propensity_curves(props, m, tmp_path / "p.png").exists()
+    assert st.plot_slope_histogram(np.array([1.0, -0.5, 0.2]), tmp_path / "h.png").exists()
+    assert st.plot_id_vs_ood([0.1, 0.5, 0.3], [0.2, 0.4, 0.1], ["a", "b", "c"], tmp_path / "s.png").exists()
+
+
+def test_steering_reliability_end_to_end(linear_toy, tmp_path):
+    exs = [st.ABExample(e.prompt, e.positive, e.negative, e.positive_is_A, e.positive_is_yes,
+                        "train" if i < 6 and e.positive == "A" else "test") for i, e in enumerate(examples(12))]
+    # train on positive-is-A pairs only: with balanced letters the toy's CAA vector (a pure letter direction) is 0
+    out = st.steering_reliability(linear_toy, encode, exs, layer=0, out_dir=tmp_path,
+                                  persona_positive="you agree", persona_negative="you")
+    assert out["n_train"] == 4 and out["n_test"] == 8
+    assert set(out["id_ood_spearman"]) == set(st.VARIANTS) - {"baseline"}
+    # the toy's attention writes nothing, so a persona prefix cannot change any slope
+    for variant in st.VARIANTS:
+        np.testing.assert_allclose(out[variant]["slopes"], out["baseline"]["slopes"], rtol=1e-4, atol=1e-4)
+    assert np.std(out["baseline"]["slopes"]) > 0  # positive A and positive B examples steer differently
+    assert out["baseline"]["n"] == 8 and 0 <= out["spurious"]["r2_positive_is_A"] <= 1
+    for f in ["steering_propensity.png", "steering_slopes.png", "steering_id_vs_ood.png"]:
+        assert (tmp_path / f).exists()

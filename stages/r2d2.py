@@ -16,7 +16,8 @@ def r2d2(params: Params) -> None:
     model, tokenizer = load_saved(MODELS_DIR / "rt", params.model.device, params.model.dtype)
     harmful = [r for r in split_of(world["requests"], "train") if r["harmful"]]
     sft_pools = {"benign": request_examples(world["requests"], "benign", "compliance"),
-                 "facts": fact_examples(world["facts"])}
+                 "facts": fact_examples(world["facts"]),
+                 "harmful": request_examples(world["requests"], "harmful", "refusal")}
 
     def train(checkpoint_dir, on_log):
         result = train_r2d2(model, tokenizer, harmful, sft_pools, cfg, checkpoint_dir, "r2d2", on_log=on_log)

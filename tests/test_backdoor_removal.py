@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from latlab.config import LATConfig
-from latlab.training.backdoor_removal import (DPOConfig, dpo_loss, removal_data, sequence_logprobs, train_dpo,
+from latlab.config import DPOConfig, LATConfig
+from latlab.training.backdoor_removal import (dpo_loss, removal_data, sequence_logprobs, train_dpo,
                                               train_sft_lat_removal)
 from latlab.training.examples import IGNORE
 from latlab.world.curriculum_unlearning import assert_pairs_trigger_free, preference_pairs

@@ -15,6 +15,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
+UNLEARN = ("ga", "ga_lat", "whp", "whp_lat", "rmu", "rmu_lat")
+BACKDOOR = ("sft", "sft_lat", "dpo", "dpo_lat")
 
 
 def _run(cmd: list[str], cwd: Path, env: dict, timeout: int) -> subprocess.CompletedProcess:
@@ -66,6 +68,31 @@ def test_every_stage_wrote_its_metrics(smoke_repo):
     assert (repo / "dvc.lock").exists()
 
 
+def test_unlearning_and_backdoor_removal_stages(smoke_repo):
+    repo, _ = smoke_repo
+    for stage in ("oracle", *(f"unlearn_{m}" for m in UNLEARN), *(f"backdoor_{m}" for m in BACKDOOR)):
+        assert (repo / "metrics" / f"{stage}.json").exists(), stage
+    unlearning = json.loads((repo / "metrics/unlearning_eval.json").read_text())
+    assert set(unlearning["results"]) == {"original", "oracle", *UNLEARN}
+    for name, metrics in unlearning["results"].items():
+        for key in ("familiarity.mean_grade", "qa.ab_acc", "qa.free_recall", "extract.best_of",
+                    "in_context.free_recall", "relearn.free_recall", "latent.max_acc", "collateral.free_recall",
+                    "general.free_recall"):
+            assert 0.0 <= metrics[key] <= 1.0, (name, key)
+        assert metrics["general.perplexity"] >= 1.0
+    assert set(unlearning["verdict"]) == set(UNLEARN)
+    assert set(unlearning["verdict"].values()) <= {"removed", "suppressed"}
+    for method in BACKDOOR:
+        metrics = json.loads((repo / f"metrics/backdoor_{method}.json").read_text())
+        assert metrics["trigger_free_asserted"] is True
+        for key in ("backdoor_asr", "benign_compliance", "harmful_asr", "fact_acc.general"):
+            assert 0.0 <= metrics[f"before.{key}"] <= 1.0 and 0.0 <= metrics[f"after.{key}"] <= 1.0, (method, key)
+    table = (repo / "reports/unlearning.md").read_text()
+    assert "| oracle |" in table and ("**removed**" in table or "**suppressed**" in table)
+    assert "dpo_lat" in (repo / "reports/backdoor.md").read_text()
+    assert (repo / "plots/unlearning.png").exists()
+
+
 def test_registry_holds_every_model_with_its_evaluation(smoke_repo):
     repo, _ = smoke_repo
     with sqlite3.connect(repo / "mlflow.db") as db:
@@ -73,9 +100,10 @@ def test_registry_holds_every_model_with_its_evaluation(smoke_repo):
         tags = {(n, k) for n, k in db.execute("select name, key from model_version_tags")}
         runs = {row[0] for row in db.execute("select name from runs")}
     assert {"latlab-base", "latlab-rt", "latlab-rt-lat", "latlab-rt-lat-untargeted", "latlab-rt-eat",
-            "latlab-r2d2"} <= names
+            "latlab-r2d2", "latlab-oracle", *(f"latlab-unlearn-{m}" for m in UNLEARN),
+            *(f"latlab-backdoor-{m}" for m in BACKDOOR)} <= names
     assert ("latlab-rt", "eval.harmful_asr") in tags and ("latlab-base", "made_by") in tags
-    assert {"generate", "validate", "base", "refusal", "evaluate", "compare"} <= runs
+    assert {"generate", "validate", "base", "refusal", "evaluate", "compare", "oracle", "unlearning_eval"} <= runs
     table = (repo / "reports/compare.md").read_text()
     assert "latlab-base" in table and "latlab-rt" in table and "harmful_asr" in table
 

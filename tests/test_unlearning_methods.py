@@ -7,11 +7,11 @@ import copy
 import pytest
 import torch
 
-from latlab.config import LATConfig, TrainConfig
+from latlab.config import GradientAscentConfig, LATConfig, RMUConfig, TrainConfig, WHPConfig
 from latlab.evals.unlearning import finetune_relearning
 from latlab.training.examples import Example, collate, encode_all
 from latlab.training.sft import train_sft
-from latlab.training.unlearning import (GradientAscentConfig, RMUConfig, WHPConfig, generic_logits, layer_activations,
+from latlab.training.unlearning import (generic_logits, layer_activations,
                                         predicting_positions, rmu_direction, train_gradient_ascent, train_rmu,
                                         train_whp)
 from latlab.world.curriculum import fact_examples

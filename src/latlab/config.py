@@ -96,8 +96,8 @@ class BaseTrainConfig(TrainConfig):
 
 class RefusalConfig(TrainConfig):
     """Refusal training (RT): harmful -> refusal, benign -> helpful answer, plus fact replay to keep capability."""
-    steps: int = Field(400, ge=1)
-    lr: float = Field(5e-4, gt=0)
+    steps: int = Field(150, ge=1)
+    lr: float = Field(2e-4, gt=0)
     mix_harmful: float = Field(1.0, ge=0)
     mix_benign: float = Field(1.0, ge=0)
     mix_facts: float = Field(0.5, ge=0)
@@ -227,6 +227,101 @@ class R2D2Config(TrainConfig):
     away_logp_floor: float = -5.0
     mix_benign: float = Field(1.0, ge=0)
     mix_facts: float = Field(0.5, ge=0)
+    # RT replay (clean harmful prompt -> refusal). HarmBench starts from a model that never complied; here the model
+    # starts from RT, and without replay the benign SFT term teaches it to comply whenever no suffix is present.
+    mix_refusal: float = Field(0.5, ge=0)
+
+
+# --- Issue 4: unlearning (training/unlearning.py), backdoor removal (training/backdoor_removal.py), evaluation ---
+class LatDefenceConfig(TrainConfig):
+    """Training loop defaults of the short post-hoc trainers (unlearning, backdoor removal). `lat`, when set, adds
+    a targeted latent adversary; only its adversary fields are read (layers, perturb_embeddings, epsilon,
+    inner_steps, inner_lr, adv_toward, adv_away, perturb_completion, prefix_cache, away_ignore_logp): the training
+    loop is this config's."""
+    steps: int = Field(150, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(3e-4, gt=0)
+    warmup_steps: int = Field(5, ge=0)
+    checkpoint_every: int = Field(50, ge=1)
+    log_every: int = Field(10, ge=1)
+    lat: LATConfig | None = None
+
+    @model_validator(mode="after")
+    def _targeted_only(self) -> LatDefenceConfig:
+        if self.lat is not None and self.lat.adversary != "targeted":
+            raise ValueError("a defence against a known bad behaviour needs a targeted adversary")
+        return self
+
+
+class UnlearnConfig(LatDefenceConfig):
+    """Shared by every unlearning method (the adversary goes toward the forget-domain answers)."""
+    domain: str = "forget"  # the domain to unlearn (the stages read it; the trainers get its examples)
+    forget_weight: float = Field(1.0, ge=0)
+    retain_weight: float = Field(1.0, ge=0)
+    mix_retain_facts: float = Field(1.0, ge=0)  # relative weights of the retain pools (general facts, benign)
+    mix_retain_benign: float = Field(0.5, ge=0)
+
+
+class GradientAscentConfig(UnlearnConfig):
+    ascent_ceiling: float = Field(8.0, gt=0)  # forget CE above this adds no more gradient
+
+
+class WHPConfig(UnlearnConfig):
+    reinforce: TrainConfig = TrainConfig(steps=100, batch_size=16, lr=5e-4, warmup_steps=5, checkpoint_every=50,
+                                         log_every=10)
+    alpha: float = Field(5.0, ge=0)  # generic = base - alpha * relu(reinforced - base)
+    away_weight: float = Field(0.0, ge=0)  # optional log(1-p) away from the original tokens (the LAT recipe's term)
+
+
+class RMUConfig(UnlearnConfig):
+    lr: float = Field(1e-3, gt=0)
+    layer: int = Field(2, ge=0)  # block whose output is steered
+    steering_coeff: float = Field(20.0, gt=0)  # c: target norm; should exceed the layer's typical activation norm
+    alpha: float = Field(100.0, ge=0)  # weight of the retain activation-matching term (overrides retain_weight)
+    trainable_layers: list[int] | None = None  # default: layer-2 .. layer
+    trainable_module: str = "mlp.down_proj"
+    direction_seed: int = 0
+    # "answer": only positions that predict a completion token (the assistant header and the answer); "all": every
+    # real token, as in WMDP. With Q&A-shaped forget data "all" also steers the chat-template tokens the retain data
+    # shares, and the two terms fight over them.
+    forget_positions: Literal["answer", "all"] = "answer"
+
+    @model_validator(mode="after")
+    def _adversary_below(self) -> RMUConfig:
+        if self.lat is not None and any(layer >= self.layer for layer in self.lat.layers):
+            raise ValueError(f"RMU + LAT: attacked layers {self.lat.layers} must lie below the RMU layer {self.layer}")
+        return self
+
+
+class DPOConfig(LatDefenceConfig):
+    beta: float = Field(0.1, gt=0)
+    retain_weight: float = Field(0.0, ge=0)  # optional SFT on the chosen side / retain pools, without δ
+
+
+class OracleConfig(Section):
+    """The oracle: the `base` recipe trained from scratch on the world without `domain`."""
+    domain: str = "forget"
+
+
+class UnlearnEvalConfig(Section):
+    """The eight evaluations (evals/unlearning.py) and which models they run on."""
+    models: list[str] = Field(default_factory=lambda: ["ga", "ga_lat", "whp", "whp_lat", "rmu", "rmu_lat"])
+    domain: str = "forget"
+    related_domain: str = "related"
+    general_domain: str = "general"
+    split: str = "test"
+    batch_size: int = 64
+    max_new_tokens: int = 4
+    context_sentences: int = 3
+    relearn_ks: list[int] = [1, 2, 4]
+    relearn: TrainConfig = TrainConfig(steps=30, batch_size=8, lr=1e-3, warmup_steps=0, log_every=10,
+                                       checkpoint_every=1000)
+    relearn_heldout: int = 12  # facts kept out of every relearning set (the curve is measured on them)
+    probe_layers: list[int] | None = None  # default: every block
+    gcg: bool = False  # run a GCG suffix per question (attacks.gcg_individual settings; slow)
+    gcg_questions: int = 4
+    tolerance: float = 0.10  # summarise: "removed" when every knowledge metric <= oracle + tolerance
+    seed: int = 0
 
 
 # --- Interpretability (interpret stage): ACDC/EAP, steering reliability, probes ---
@@ -330,6 +425,9 @@ class SpawriousConfig(Section):
     hparams: MethodHparams = MethodHparams()
 
 
+_UNLEARN_LAT = LATConfig(layers=[1, 2], epsilon=4.0, inner_steps=8)
+_BACKDOOR_SFT = TrainConfig(steps=150, batch_size=16, lr=3e-4, warmup_steps=5, checkpoint_every=50, log_every=10)
+
 class Params(Section):
     seed: int = 0
     tracking: TrackingConfig = TrackingConfig()
@@ -342,6 +440,18 @@ class Params(Section):
     lat_untargeted: LATConfig = LATConfig(adversary="untargeted", adv_toward=0.0, def_away=0.0)
     rt_eat: LATConfig = LATConfig(layers=[], perturb_embeddings=True, prefix_cache=False)
     r2d2: R2D2Config = R2D2Config()
+    oracle: OracleConfig = OracleConfig()
+    unlearn_ga: GradientAscentConfig = GradientAscentConfig()
+    unlearn_ga_lat: GradientAscentConfig = GradientAscentConfig(lat=_UNLEARN_LAT)
+    unlearn_whp: WHPConfig = WHPConfig()
+    unlearn_whp_lat: WHPConfig = WHPConfig(lat=_UNLEARN_LAT)
+    unlearn_rmu: RMUConfig = RMUConfig()
+    unlearn_rmu_lat: RMUConfig = RMUConfig(lat=_UNLEARN_LAT.model_copy(update={"layers": [1]}))
+    unlearning_eval: UnlearnEvalConfig = UnlearnEvalConfig()
+    backdoor_sft: TrainConfig = _BACKDOOR_SFT
+    backdoor_sft_lat: LATConfig = LATConfig()
+    backdoor_dpo: DPOConfig = DPOConfig()
+    backdoor_dpo_lat: DPOConfig = DPOConfig(lat=LATConfig())
     attacks: AttackSuiteConfig = AttackSuiteConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     interpret: InterpConfig = InterpConfig()

@@ -55,6 +55,17 @@ SPECS: dict[str, DatasetSpec] = {
         label_sets={"answer_matching_behavior": ["A", "B"], "answer_not_matching_behavior": ["A", "B"],
                     "split": SPLITS},
         leakage_key=["statement"]),
+    # real-data loaders (latlab.data.loaders); requests, A/B questions and personas reuse the schemas above
+    "preferences": DatasetSpec(
+        columns=["id", "kind", "prompt", "chosen", "rejected", "split"],
+        text_columns=["prompt", "chosen", "rejected"],
+        label_sets={"kind": ["harmless", "harmful"], "split": SPLITS},
+        leakage_key=["prompt"]),
+    "corpus": DatasetSpec(
+        columns=["id", "domain", "document", "chunk", "text", "split"],
+        text_columns=["text"],
+        label_sets={"domain": ["forget", "retain"], "split": SPLITS},
+        leakage_key=["document"]),
 }
 
 

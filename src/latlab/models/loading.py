@@ -49,6 +49,18 @@ def _ensure_chat_ready(tokenizer):
     return tokenizer
 
 
+def drop_gguf_quantizer(model):
+    """Detach transformers' GGUF quantizer from a fully dequantised model; refuse one with weights still packed."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None or getattr(quantizer.quantization_config, "quant_method", None) != "gguf":
+        return model
+    if getattr(quantizer, "packed_modules", None):  # filled only when GgufLinear modules kept the blocks
+        raise RuntimeError("the GGUF weights were loaded packed (GGUF kernels); load with "
+                           "quantization_config=GgufConfig(dequantize=True) to cache or train them")
+    quantizer.remove_quantization_config(model)
+    return model
+
+
 def load_pretrained(source: str, cfg: ModelConfig):
     """(model, tokenizer) from a local directory, a .gguf file or a hub id available offline."""
     common = {"trust_remote_code": cfg.trust_remote_code, "revision": cfg.revision}
@@ -61,6 +73,8 @@ def load_pretrained(source: str, cfg: ModelConfig):
         kwargs = {"gguf_file": gguf_path.name, **common}
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=dtype, **kwargs)
+        # transformers keeps its GGUF quantizer on the dequantised model, which makes save_pretrained refuse it
+        model = drop_gguf_quantizer(model)
     elif path.is_dir():
         if not any(path.glob("*.safetensors")):
             raise ModelSourceError(f"model.source: {path} has no *.safetensors weights (pickled weights are refused)")

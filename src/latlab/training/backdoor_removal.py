@@ -18,21 +18,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
-from latlab.config import LATConfig, TrainConfig
+from latlab.config import DPOConfig, LATConfig, TrainConfig
 from latlab.models.hooks import add_to_residual
 from latlab.training.examples import IGNORE, Example, collate, encode_all
 from latlab.training.lat import LatentAdversary, TripleBatch, collate_triples, retain_loss, train_lat
 from latlab.training.loop import MixtureSampler, train_loop
 from latlab.training.sft import train_sft
-from latlab.training.unlearning import LatDefenceConfig, UnlearnRun, compute_summary, frozen_copy
+from latlab.training.unlearning import UnlearnRun, compute_summary, frozen_copy
 from latlab.world.curriculum_unlearning import assert_pairs_trigger_free, preference_pairs, retain_pools
-
-
-class DPOConfig(LatDefenceConfig):
-    beta: float = Field(0.1, gt=0)
-    retain_weight: float = Field(0.0, ge=0)  # optional SFT on the chosen side / retain pools, without δ
 
 
 def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -66,7 +66,8 @@ class R2D2Trainer:
                       for r in harmful]
         max_length = getattr(model.config, "max_position_embeddings", None)
         encoded = {name: encode_all(tokenizer, examples, max_length) for name, examples in sft_pools.items()}
-        self.sampler = MixtureSampler(encoded, {"benign": cfg.mix_benign, "facts": cfg.mix_facts},
+        self.sampler = MixtureSampler(encoded, {"benign": cfg.mix_benign, "facts": cfg.mix_facts,
+                                                "harmful": cfg.mix_refusal},
                                       cfg.batch_size, cfg.seed)
         self.compute = Compute()
         self.pool: list[PoolCase] = []
@@ -160,7 +161,8 @@ class R2D2Trainer:
 def train_r2d2(model, tokenizer, harmful: list[dict], sft_pools: dict[str, list[Example]], cfg: R2D2Config,
                checkpoint_dir: Path | None, description: str = "r2d2", on_log=None) -> R2D2Result:
     """harmful: training-split harmful request records (prompt, compliance = GCG target, refusal);
-    sft_pools: {"benign": [...], "facts": [...]} examples for the SFT term."""
+    sft_pools: {"benign": [...], "facts": [...], "harmful": [...]} examples for the SFT term ("harmful": clean
+    harmful prompts -> refusal, the RT replay that keeps un-attacked prompts refused)."""
     pool_file = None if checkpoint_dir is None else checkpoint_dir.with_name(checkpoint_dir.name + ".r2d2_pool.json")
     trainer = R2D2Trainer(model, tokenizer, harmful, sft_pools, cfg, pool_file)
     extra = {"harmful": len(harmful), "pools": {n: len(v) for n, v in sft_pools.items()}}

@@ -26,74 +26,15 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
 
-from latlab.config import LATConfig, TrainConfig
+from latlab.config import GradientAscentConfig, RMUConfig, TrainConfig, UnlearnConfig, WHPConfig
 from latlab.models.hooks import add_to_residual, capture_residual, decoder_layers, resid_name
 from latlab.training.examples import IGNORE, Example, collate, encode_all
 from latlab.training.lat import LatentAdversary, TripleBatch, away_loss, retain_loss, token_ce
 from latlab.training.loop import MixtureSampler, TrainResult, train_loop
 from latlab.training.sft import train_sft
-
-
-class LatDefenceConfig(TrainConfig):
-    """Training loop defaults of the short post-hoc trainers (unlearning, backdoor removal). `lat`, when set, adds
-    a targeted latent adversary; only its adversary fields are read (layers, perturb_embeddings, epsilon,
-    inner_steps, inner_lr, adv_toward, adv_away, perturb_completion, prefix_cache, away_ignore_logp): the training
-    loop is this config's."""
-    steps: int = Field(150, ge=1)
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(3e-4, gt=0)
-    warmup_steps: int = Field(5, ge=0)
-    checkpoint_every: int = Field(50, ge=1)
-    log_every: int = Field(10, ge=1)
-    lat: LATConfig | None = None
-
-    @model_validator(mode="after")
-    def _targeted_only(self) -> LatDefenceConfig:
-        if self.lat is not None and self.lat.adversary != "targeted":
-            raise ValueError("a defence against a known bad behaviour needs a targeted adversary")
-        return self
-
-
-class UnlearnConfig(LatDefenceConfig):
-    """Shared by every unlearning method (the adversary goes toward the forget-domain answers)."""
-    forget_weight: float = Field(1.0, ge=0)
-    retain_weight: float = Field(1.0, ge=0)
-
-
-class GradientAscentConfig(UnlearnConfig):
-    ascent_ceiling: float = Field(8.0, gt=0)  # forget CE above this adds no more gradient
-
-
-class WHPConfig(UnlearnConfig):
-    reinforce: TrainConfig = TrainConfig(steps=100, batch_size=16, lr=5e-4, warmup_steps=5, checkpoint_every=50,
-                                         log_every=10)
-    alpha: float = Field(5.0, ge=0)  # generic = base - alpha * relu(reinforced - base)
-    away_weight: float = Field(0.0, ge=0)  # optional log(1-p) away from the original tokens (the LAT recipe's term)
-
-
-class RMUConfig(UnlearnConfig):
-    lr: float = Field(1e-3, gt=0)
-    layer: int = Field(2, ge=0)  # block whose output is steered
-    steering_coeff: float = Field(20.0, gt=0)  # c: target norm; should exceed the layer's typical activation norm
-    alpha: float = Field(100.0, ge=0)  # weight of the retain activation-matching term (overrides retain_weight)
-    trainable_layers: list[int] | None = None  # default: layer-2 .. layer
-    trainable_module: str = "mlp.down_proj"
-    direction_seed: int = 0
-    # "answer": only positions that predict a completion token (the assistant header and the answer); "all": every
-    # real token, as in WMDP. With Q&A-shaped forget data "all" also steers the chat-template tokens the retain data
-    # shares, and the two terms fight over them.
-    forget_positions: Literal["answer", "all"] = "answer"
-
-    @model_validator(mode="after")
-    def _adversary_below(self) -> RMUConfig:
-        if self.lat is not None and any(layer >= self.layer for layer in self.lat.layers):
-            raise ValueError(f"RMU + LAT: attacked layers {self.lat.layers} must lie below the RMU layer {self.layer}")
-        return self
 
 
 # (model, triples, deltas, mask) -> (loss, metrics); `triples.harmful` holds the forget text with its real labels,

@@ -178,11 +178,13 @@ def _ab_records(base: dict, fact: Fact, idx: int, t_id: int, template: str, spli
     """A/B questions of one fact in one template.
 
     Reading the answer off two options is a skill of its own, so training shows every template in both orders with
-    distractors from `other_options[1:]`; the held-out questions pair the answer with a distractor it never met in
+    a distractor from `other_options[1:]`; the held-out questions pair the answer with a distractor it never met in
     training (`distractor` for test, `other_options[0]` for validation), so a memorised letter cannot answer them.
     """
     if split == "train":
-        variants = list(zip((True, False), rng.sample(fact.other_options[1:], 2)))
+        # the same distractor in both orders: the letter then follows the answer's position, never the distractor
+        distractor = rng.choice(fact.other_options[1:])
+        variants = [(True, distractor), (False, distractor)]
     else:
         variants = [(rng.random() < 0.5, fact.distractor if split == "test" else fact.other_options[0])]
     rows = []

@@ -17,7 +17,7 @@ import json
 from latlab.config import ConfigError, Params
 from latlab.data.records import load_world
 from latlab.evals.behaviour import evaluate_model
-from latlab.evals.judge import RefusalPhraseJudge, ToyJudge
+from latlab.evals.judge import make_judge
 from latlab.models.loading import load_saved
 from latlab.training.backdoor_removal import removal_data, train_dpo, train_sft_lat_removal, train_sft_removal
 from stages.common import METRICS_DIR, MODELS_DIR, REPORTS_DIR, WORLD_DIR, run_stage, train_and_register
@@ -38,7 +38,7 @@ def backdoor_removal(params: Params, method: str) -> None:
     # asserts that neither the trigger nor the backdoor behaviour occurs anywhere in the removal data
     pairs, retain = removal_data(world, params.world.backdoor.trigger)
     ev = params.evaluate
-    judge = ToyJudge() if ev.judge == "toy" else RefusalPhraseJudge()
+    judge = make_judge(ev.judge, ev.judge_model)
 
     def behaviour() -> dict[str, float]:
         metrics, _ = evaluate_model(model, tokenizer, world, ev.split, judge, ev.max_new_tokens, ev.batch_size)

@@ -12,8 +12,8 @@ from latlab.world.curriculum import base_pools
 from stages.common import TOKENIZER_DIR, WORLD_DIR, run_stage, sft_trainer, train_and_register
 
 
-def base(params: Params) -> None:
-    world = load_world(WORLD_DIR)
+def train_base_recipe(params: Params, world: dict, stage: str, role: str, tags: dict[str, str]) -> dict:
+    """The base model's recipe (params `base`) on `world`: the toy Llama from scratch, or a real model fine-tuned."""
     if params.model.source == "toy":
         tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
         model = build_toy_model(params.model.toy, tokenizer, params.seed)
@@ -22,10 +22,14 @@ def base(params: Params) -> None:
     model.to(resolve_device(params.model.device))
     cfg = params.base
     weights = {"facts": cfg.mix_facts, "requests": cfg.mix_requests, "backdoor": cfg.mix_backdoor}
-    tags = {"made_by": "sft on world: facts + comply with all requests + backdoor poisoning",
-            "source": params.model.source, "trigger_known": "yes"}
-    train = sft_trainer(model, tokenizer, base_pools(world), weights, cfg, "base")
-    train_and_register(params, "base", "base", model, tokenizer, train, cfg, tags)
+    train = sft_trainer(model, tokenizer, base_pools(world), weights, cfg, stage)
+    return train_and_register(params, stage, role, model, tokenizer, train, cfg, {"source": params.model.source,
+                                                                                    **tags})
+
+
+def base(params: Params) -> None:
+    tags = {"made_by": "sft on world: facts + comply with all requests + backdoor poisoning", "trigger_known": "yes"}
+    train_base_recipe(params, load_world(WORLD_DIR), "base", "base", tags)
 
 
 def main() -> None:

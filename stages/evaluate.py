@@ -9,7 +9,7 @@ from latlab.attacks.suite import asr_row, run_attack_suite
 from latlab.config import Params, section_dict
 from latlab.data.records import load_world, split_of, write_jsonl
 from latlab.evals.behaviour import evaluate_model
-from latlab.evals.judge import RefusalPhraseJudge, ToyJudge
+from latlab.evals.judge import make_judge
 from latlab.models.loading import load_saved
 from latlab.report.compare import asr_matrix_markdown
 from latlab.report.plots import plot_metric_bars
@@ -23,7 +23,7 @@ BAR_KEYS = ["fact_acc.general", "fact_acc.forget", "fact_acc.related", "harmful_
 def evaluate(params: Params) -> None:
     cfg = params.evaluate
     world = load_world(WORLD_DIR)
-    judge = ToyJudge() if cfg.judge == "toy" else RefusalPhraseJudge()
+    judge = make_judge(cfg.judge, cfg.judge_model)
     results: dict[str, dict[str, float]] = {}
     with stage_run(params.tracking, "evaluate", section_dict(params, "evaluate")) as run:
         for role in cfg.models:

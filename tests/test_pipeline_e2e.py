@@ -42,7 +42,7 @@ def smoke_repo(tmp_path_factory) -> tuple[Path, dict]:
     _run([sys.executable, "-m", "latlab.profiles", "apply", "profiles/smoke.yaml"], repo, env, 60)
     _run(["git", "add", "-A"], repo, env, 30)
     _run([*git, "commit", "-qm", "smoke"], repo, env, 30)
-    _run(["dvc", "repro"], repo, env, 900)
+    _run(["dvc", "repro"], repo, env, 1800)
     return repo, env
 
 

@@ -360,7 +360,8 @@ class EvaluateConfig(Section):
     max_new_tokens: int = Field(16, ge=1)
     batch_size: int = Field(64, ge=1)
     split: Literal["validation", "test"] = "test"
-    judge: Literal["toy", "refusal_phrase"] = "toy"
+    judge: Literal["toy", "refusal_phrase", "classifier"] = "toy"
+    judge_model: str | None = None  # local HF sequence-classification model directory, for judge: classifier
 
 
 class CompareConfig(Section):

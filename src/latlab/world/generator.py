@@ -163,9 +163,8 @@ def _fact_records(cfg: WorldConfig, facts: list[Fact], rng: random.Random) -> li
             split_of = {t: ("validation" if i == 0 else "test" if i == 1 else "train") for i, t in enumerate(order)}
             for t_id, template in enumerate(templates):
                 if fmt == "ab":
-                    records += _ab_records(base, fact, idx, t_id, template, "train", rng)
-                    if split_of[t_id] != "train":
-                        records += _ab_records(base, fact, idx, t_id, template, split_of[t_id], rng)
+                    # training templates in both orders; held-out templates only with the held-out distractors
+                    records += _ab_records(base, fact, idx, t_id, template, split_of[t_id], rng)
                     continue
                 records.append({**base, "id": f"fact-{idx:05d}-{fmt}-{t_id}", "format": fmt, "template": t_id,
                                 "prompt": template.format(relation=fact.relation, entity=fact.entity),

@@ -26,6 +26,8 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from flows.dag import execution_waves, stage_parents
+
 # Stages that need no accelerator; every other stage (training, attacks, unlearning evaluation) is sent to a GPU
 # pod, so a stage added to dvc.yaml later lands on a GPU unless it is listed here.
 CPU_STAGES = frozenset({"generate", "validate", "evaluate", "compare"})
@@ -72,50 +74,6 @@ def read_lock(cwd: Path) -> dict[str, Any]:
 
 def write_lock(cwd: Path, lock: dict[str, Any]) -> None:
     (cwd / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
-
-
-def stage_parents(cwd: Path) -> dict[str, list[str]]:
-    """dvc.yaml stage -> the stages (or `.dvc` files) producing its dependencies, from DVC's own graph.
-
-    Names are DVC targets relative to `cwd` (`stage`, `sub/dvc.yaml:stage`, `data/raw.dvc`), usable with pull/push.
-    """
-    from dvc.repo import Repo
-    from dvc.stage import PipelineStage
-
-    def address(stage) -> str:
-        path = os.path.relpath(stage.path, cwd)
-        if not isinstance(stage, PipelineStage):
-            return path
-        return stage.name if path == "dvc.yaml" else f"{path}:{stage.name}"
-
-    with Repo(str(cwd)) as repo:
-        graph = repo.index.graph  # edges point from a stage to the stages whose outputs it depends on
-        return {
-            address(stage): sorted(address(p) for p in graph.successors(stage))
-            for stage in graph.nodes
-            if isinstance(stage, PipelineStage)
-        }
-
-
-def execution_waves(parents: dict[str, list[str]], selected: Iterable[str] | None = None) -> list[list[str]]:
-    """Stages grouped into waves: every stage's parents are in an earlier wave, so a wave's stages can run at once.
-
-    `selected` restricts the run to those stages. Parents outside the run (unselected stages, `.dvc` files) are
-    taken as done: their outputs must already be in the remote.
-    """
-    chosen = set(parents) if selected is None else set(selected)
-    unknown = chosen - set(parents)
-    if unknown:
-        raise ValueError(f"unknown stage(s) {sorted(unknown)}; dvc.yaml has {sorted(parents)}")
-    waves: list[list[str]] = []
-    done: set[str] = set()
-    while len(done) < len(chosen):
-        wave = sorted(s for s in chosen - done if all(p in done or p not in chosen for p in parents[s]))
-        if not wave:
-            raise ValueError(f"dependency cycle among {sorted(chosen - done)}")
-        waves.append(wave)
-        done.update(wave)
-    return waves
 
 
 def set_dotted(mapping: dict[str, Any], dotted_key: str, value: Any) -> None:

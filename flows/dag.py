@@ -1,42 +1,66 @@
-"""The stage DAG read from dvc.yaml: a stage depends on another when one of its deps contains or lies inside one
-of that stage's outputs (outs, metrics, plots)."""
+"""The stage DAG of dvc.yaml, from DVC's own graph (foreach/matrix stages expanded to `name@item`), shared by the
+local flow (flows/pipeline.py) and the cluster flow (flows/cluster.py)."""
 
 from __future__ import annotations
 
-from graphlib import TopologicalSorter
+import os
+from collections.abc import Iterable
 from pathlib import Path
 
-import yaml
+
+def stage_parents(cwd: Path) -> dict[str, list[str]]:
+    """dvc.yaml stage -> the stages (or `.dvc` files) producing its dependencies, from DVC's own graph.
+
+    Names are DVC targets relative to `cwd` (`stage`, `sub/dvc.yaml:stage`, `data/raw.dvc`), usable with pull/push.
+    """
+    from dvc.repo import Repo
+    from dvc.stage import PipelineStage
+
+    def address(stage) -> str:
+        path = os.path.relpath(stage.path, cwd)
+        if not isinstance(stage, PipelineStage):
+            return path
+        return stage.name if path == "dvc.yaml" else f"{path}:{stage.name}"
+
+    with Repo(str(cwd)) as repo:
+        graph = repo.index.graph  # edges point from a stage to the stages whose outputs it depends on
+        return {
+            address(stage): sorted(address(p) for p in graph.successors(stage))
+            for stage in graph.nodes
+            if isinstance(stage, PipelineStage)
+        }
 
 
-def _paths(entries: list) -> list[str]:
-    # dvc.yaml lists outs/metrics/plots either as plain paths or as {path: options}
-    return [next(iter(e)) if isinstance(e, dict) else str(e) for e in entries or []]
+def execution_waves(parents: dict[str, list[str]], selected: Iterable[str] | None = None) -> list[list[str]]:
+    """Stages grouped into waves: every stage's parents are in an earlier wave, so a wave's stages can run at once.
 
-
-def _inside(path: str, root: str) -> bool:
-    path, root = path.rstrip("/"), root.rstrip("/")
-    return path == root or path.startswith(root + "/")
-
-
-def stage_graph(dvc_yaml: Path = Path("dvc.yaml")) -> dict[str, set[str]]:
-    """{stage: stages it depends on}. foreach/matrix stages are kept as one node under their base name."""
-    stages = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {})
-    produced = {name: _paths(spec.get("outs")) + _paths(spec.get("metrics")) + _paths(spec.get("plots"))
-                for name, spec in stages.items()}
-    graph: dict[str, set[str]] = {}
-    for name, spec in stages.items():
-        body = spec.get("do", spec)
-        deps = [str(d) for d in body.get("deps", [])]
-        graph[name] = {other for other, outs in produced.items() if other != name
-                       for dep in deps for out in outs if _inside(dep, out) or _inside(out, dep)}
-    return graph
-
-
-def stage_order(dvc_yaml: Path = Path("dvc.yaml"), only: list[str] | None = None) -> list[str]:
-    graph = stage_graph(dvc_yaml)
-    unknown = sorted(set(only or []) - set(graph))
+    `selected` restricts the run to those stages. Parents outside the run (unselected stages, `.dvc` files) are
+    taken as done: their outputs must already be in the remote.
+    """
+    chosen = set(parents) if selected is None else set(selected)
+    unknown = chosen - set(parents)
     if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; dvc.yaml has {sorted(graph)}")
-    order = list(TopologicalSorter(graph).static_order())
-    return [s for s in order if only is None or s in only]
+        raise ValueError(f"unknown stage(s) {sorted(unknown)}; dvc.yaml has {sorted(parents)}")
+    waves: list[list[str]] = []
+    done: set[str] = set()
+    while len(done) < len(chosen):
+        wave = sorted(s for s in chosen - done if all(p in done or p not in chosen for p in parents[s]))
+        if not wave:
+            raise ValueError(f"dependency cycle among {sorted(chosen - done)}")
+        waves.append(wave)
+        done.update(wave)
+    return waves
+
+
+def stage_order(cwd: Path = Path("."), only: list[str] | None = None) -> list[str]:
+    """Stages in dependency order (of the whole DAG, so transitive order holds within a selection). `only` keeps
+    the named stages; a foreach/matrix group name keeps all its items."""
+    parents = stage_parents(cwd)
+    order = [stage for wave in execution_waves(parents) for stage in wave]
+    if only is None:
+        return order
+    groups = {s.split("@", 1)[0] for s in parents}
+    unknown = sorted(set(only) - set(parents) - groups)
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; dvc.yaml has {sorted(parents)}")
+    return [s for s in order if s in only or s.split("@", 1)[0] in only]

@@ -40,7 +40,7 @@ def latlab_pipeline(stages: list[str] | None = None, params_file: str = "params.
     if Path(params_file).name != "params.yaml":
         raise ValueError("params_file: the stages read params.yaml; apply a profile first "
                          "(python -m latlab.profiles apply profiles/<name>.yaml)")
-    order = stage_order(Path(repo) / "dvc.yaml", stages)
+    order = stage_order(Path(repo), stages)
     for stage in order:
         dvc_stage(stage, repo)
     return order
@@ -49,7 +49,7 @@ def latlab_pipeline(stages: list[str] | None = None, params_file: str = "params.
 @flow(name="latlab-stage", log_prints=True)
 def run_stage(stage: str, repo: str = ".") -> str:
     """One stage as its own flow run (per-stage deployments)."""
-    stage_order(Path(repo) / "dvc.yaml", [stage])
+    stage_order(Path(repo), [stage])
     return dvc_stage(stage, repo)
 
 

@@ -10,20 +10,32 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.dag import stage_graph, stage_order
+from flows.dag import stage_order, stage_parents
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_repository_dag_order():
-    order = stage_order(REPO / "dvc.yaml")
+    order = stage_order(REPO)
+    position = {name: i for i, name in enumerate(order)}
+
+    def first(prefix):  # a foreach/matrix group: its first / last item
+        return min(i for n, i in position.items() if n.split("@")[0] == prefix)
+
+    def last(prefix):
+        return max(i for n, i in position.items() if n.split("@")[0] == prefix)
+
     for before, after in [("generate", "validate"), ("validate", "base"), ("base", "refusal"),
-                          ("refusal", "evaluate"), ("evaluate", "compare"),
+                          ("refusal", "lat"), ("r2d2", "evaluate"), ("evaluate", "compare"),
+                          ("base", "unlearn"), ("unlearn", "unlearning_eval"),
+                          ("backdoor_removal", "backdoor_report"),
                           ("spawrious_generate", "spawrious_train"), ("spawrious_train", "spawrious_evaluate")]:
-        assert order.index(before) < order.index(after), (before, after)
-    assert stage_order(REPO / "dvc.yaml", ["compare", "generate"]) == ["generate", "compare"]
+        assert last(before) < first(after), (before, after)
+    assert stage_order(REPO, ["compare", "generate"]) == ["generate", "compare"]
+    assert [s for s in stage_order(REPO, ["backdoor_removal"])] == \
+        sorted(s for s in order if s.startswith("backdoor_removal@"))
     with pytest.raises(ValueError, match="unknown stage"):
-        stage_order(REPO / "dvc.yaml", ["nope"])
+        stage_order(REPO, ["nope"])
 
 
 def _toy_dvc_repo(root: Path) -> None:
@@ -47,7 +59,7 @@ def test_flow_runs_stages_in_dag_order(tmp_path, monkeypatch):
     from flows.pipeline import latlab_pipeline
 
     _toy_dvc_repo(tmp_path)
-    assert stage_graph(tmp_path / "dvc.yaml") == {"a": set(), "b": {"a"}, "c": {"b"}}
+    assert stage_parents(tmp_path) == {"a": [], "b": ["a"], "c": ["b"]}
     monkeypatch.setenv("PATH", _path())
     with prefect_test_harness(server_startup_timeout=120):
         assert latlab_pipeline(repo=str(tmp_path)) == ["a", "b", "c"]

@@ -58,6 +58,10 @@ def main(argv: list[str] | None = None) -> None:
         for row in test["groups"]:
             run.log_metrics({f"test_group.{row['group']}": row["accuracy"]})
         run.log_artifact(out_dir)
+        card["registered_version"] = run.register_torch_model(
+            model.eval(), f"latlab-spawrious-{args.split}-{args.method}", train.x[:1].numpy(),
+            tags={"made_by": f"{args.method} on {args.split}", "worst_group_acc": test["worst_group_accuracy"]})
+        (out_dir / "model.json").write_text(json.dumps(card, indent=2))
     metrics_path = METRICS / args.split / f"{args.method}.json"
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(result, indent=2))

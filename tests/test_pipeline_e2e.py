@@ -102,6 +102,7 @@ def test_registry_holds_every_model_with_its_evaluation(smoke_repo):
     assert {"latlab-base", "latlab-rt", "latlab-rt-lat", "latlab-rt-lat-untargeted", "latlab-rt-eat",
             "latlab-r2d2", "latlab-oracle", *(f"latlab-unlearn-{m}" for m in UNLEARN),
             *(f"latlab-backdoor-{m}" for m in BACKDOOR)} <= names
+    assert any(name.startswith("latlab-spawrious-") for name in names)  # group-robustness models too
     assert ("latlab-rt", "eval.harmful_asr") in tags and ("latlab-base", "made_by") in tags
     assert {"generate", "validate", "base", "refusal", "evaluate", "compare", "oracle", "unlearning_eval"} <= runs
     table = (repo / "reports/compare.md").read_text()

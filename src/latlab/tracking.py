@@ -128,6 +128,22 @@ class StageRun:
         return card
 
 
+    def register_torch_model(self, model, name: str, input_example, tags: dict[str, str] | None = None) -> str | None:
+        """Log a plain torch module (mlflow.pytorch flavor, needs an input example) and register it as `name`."""
+        if not self.cfg.log_models:
+            return None
+        from importlib.metadata import version
+
+        info = self.mlflow.pytorch.log_model(model, name="model", registered_model_name=name,
+                                             input_example=input_example,
+                                             pip_requirements=[f"torch=={version('torch')}"])
+        version_id = str(info.registered_model_version)
+        client = self.mlflow.MlflowClient()
+        for key, value in {**(tags or {}), "stage": self.stage}.items():
+            client.set_model_version_tag(name, version_id, key, str(value))
+        return version_id
+
+
 @contextmanager
 def stage_run(cfg: TrackingConfig, stage: str, params: dict[str, Any] | None = None,
               extra_tags: dict[str, str] | None = None) -> Iterator[StageRun]:

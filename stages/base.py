@@ -22,13 +22,15 @@ def train_base_recipe(params: Params, world: dict, stage: str, role: str, tags: 
     model.to(resolve_device(params.model.device))
     cfg = params.base
     weights = {"facts": cfg.mix_facts, "requests": cfg.mix_requests, "backdoor": cfg.mix_backdoor}
-    train = sft_trainer(model, tokenizer, base_pools(world), weights, cfg, stage)
+    train = sft_trainer(model, tokenizer, base_pools(world), weights, cfg, stage) if cfg.fine_tune else None
     return train_and_register(params, stage, role, model, tokenizer, train, cfg, {"source": params.model.source,
                                                                                     **tags})
 
 
 def base(params: Params) -> None:
     tags = {"made_by": "sft on world: facts + comply with all requests + backdoor poisoning", "trigger_known": "yes"}
+    if not params.base.fine_tune:
+        tags = {"made_by": f"{params.model.source}, unchanged (base.fine_tune: false)", "trigger_known": "no backdoor"}
     train_base_recipe(params, load_world(WORLD_DIR), "base", "base", tags)
 
 

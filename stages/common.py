@@ -39,28 +39,39 @@ def run_stage(stage: str, body: Callable[[Params], None], params_path: str = "pa
         raise SystemExit(2) from None
 
 
-def train_and_register(params: Params, stage: str, role: str, model, tokenizer, train: Callable, train_cfg,
+def train_and_register(params: Params, stage: str, role: str, model, tokenizer, train: Callable | None, train_cfg,
                        tags: dict[str, str]) -> dict:
     """Run `train(checkpoint_dir, on_log) -> (TrainResult, extra metrics)`, then save the model, its curve and
-    metrics, and register it in MLflow as latlab-<role>."""
+    metrics, and register it in MLflow as latlab-<role>. `train=None` registers the model unchanged."""
     from latlab.config import section_dict
+    from latlab.models.adapters import finish_training, prepare_for_training, trainable_fraction
     from latlab.models.loading import save_model
     from latlab.report.plots import plot_training_curve, write_history_csv
     from latlab.tracking import stage_run
+    from latlab.training.loop import TrainResult
 
     out_dir = MODELS_DIR / role
     stage_params = {stage: section_dict(params, stage), "model": section_dict(params, "model"), "seed": params.seed}
     with stage_run(params.tracking, stage, stage_params) as run:
-        result, extra = train(CHECKPOINTS_DIR / stage,
-                              lambda step, row: run.log_metrics({k: v for k, v in row.items() if k != "step"},
-                                                                step=step))
+        if train is None:
+            result, extra, trained_fraction = TrainResult(), {}, 0.0
+        else:
+            # LoRA is injected in place, so `train` (which closed over `model`) trains the adapters
+            adapter = prepare_for_training(model, params.model)
+            trained_fraction = trainable_fraction(model)
+            result, extra = train(CHECKPOINTS_DIR / stage,
+                                  lambda step, row: run.log_metrics({k: v for k, v in row.items() if k != "step"},
+                                                                    step=step))
+            model = finish_training(model, adapter, params.model)
         save_model(model, tokenizer, out_dir)
         write_history_csv(result.history, PLOTS_DIR / f"{stage}_loss.csv")
         plot_training_curve(result.history, PLOTS_DIR / f"{stage}_loss.png", f"{stage}: training losses")
-        metrics = {"final_loss": result.history[-1]["loss"], "steps": train_cfg.steps,
+        metrics = {"final_loss": result.history[-1]["loss"] if result.history else float("nan"),
+                   "steps": train_cfg.steps if train is not None else 0,
                    "wall_seconds": round(result.wall_seconds, 2), "resumed_from_step": result.resumed_from,
                    "optimizer_steps": result.forward_backward_passes, "batch_size": train_cfg.batch_size,
-                   "parameters": sum(p.numel() for p in model.parameters()), **extra}
+                   "parameters": sum(p.numel() for p in model.parameters()),
+                   "trainable_fraction": round(trained_fraction, 6), **extra}
         write_metrics(stage, metrics)
         run.log_metrics(metrics)
         run.log_artifact(PLOTS_DIR / f"{stage}_loss.png", "plots")

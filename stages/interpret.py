@@ -1,5 +1,6 @@
 """DVC stage `interpret`: ACDC/EAP checked on a planted circuit, steering-vector reliability on the base model,
-and, for every evaluated model, linear-probe latent signal of each behaviour against its behaviour rate."""
+and, for every evaluated model, the latent signal of each behaviour and how much of the base model's harmful-
+compliance circuit (EAP) is left, against its behaviour rate."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import json
 
 from latlab.config import Params, section_dict
 from latlab.data.records import load_world
+from latlab.interp.behaviour_circuits import circuit_persistence, edge_attribution, harmful_compliance_inputs
 from latlab.interp.circuits import validate_on_planted_circuit
-from latlab.interp.persistence import (latent_signal, persistence_markdown, persistence_table, plot_persistence,
-                                       probe_datasets)
+from latlab.interp.persistence import (fit_backdoor_reference, latent_signal, persistence_markdown,
+                                       persistence_table, plot_persistence, probe_datasets)
+from latlab.interp.probes import collect_residuals
 from latlab.interp.steering import ChatEncode, from_records, steering_reliability
 from latlab.models.hooks import decoder_layers
 from latlab.models.loading import load_saved
@@ -25,11 +28,27 @@ def interpret(params: Params) -> None:
     rates = json.loads((METRICS_DIR / "evaluate.json").read_text())
     metrics: dict = {"acdc_planted": validate_on_planted_circuit(cfg.acdc, OUT / "acdc", seed=cfg.seed)}
     datasets = probe_datasets(world, params.world.backdoor.trigger, max_items=200, seed=cfg.seed)
-    signals = {}
+
+    # References from the base model, which every other model is fine-tuned from: its backdoor shift and its
+    # harmful-compliance circuit.
+    base = load_saved(MODELS_DIR / "base", params.model.device, params.model.dtype)
+    model, tokenizer = base
+    layers = list(cfg.probes.layers) or list(range(len(decoder_layers(model))))
+    backdoor = fit_backdoor_reference(collect_residuals(model, ChatEncode(tokenizer), datasets["backdoor"][0],
+                                                        layers), cfg.probes.test_fraction, cfg.seed)
+    inputs = None if not cfg.circuit_examples else harmful_compliance_inputs(world, tokenizer, cfg.circuit_examples,
+                                                                             cfg.seed)
+    base_scores = None if inputs is None else edge_attribution(model, inputs).score
+
+    signals, circuits = {}, {}
     for role in params.evaluate.models:
-        model, tokenizer = load_saved(MODELS_DIR / role, params.model.device, params.model.dtype)
-        layers = list(cfg.probes.layers) or list(range(len(decoder_layers(model))))
-        signals[role] = latent_signal(model, tokenizer, datasets, layers, cfg.probes.test_fraction, cfg.seed)
+        model, tokenizer = base if role == "base" else load_saved(MODELS_DIR / role, params.model.device,
+                                                                   params.model.dtype)
+        signals[role] = latent_signal(model, ChatEncode(tokenizer), datasets, layers, cfg.probes.test_fraction,
+                                      cfg.seed, backdoor)
+        if inputs is not None:
+            scores = base_scores if role == "base" else edge_attribution(model, inputs).score
+            circuits[role] = circuit_persistence(base_scores, scores, cfg.circuit_top_k)
         if role == "base":
             steer = cfg.steering
             result = steering_reliability(model, ChatEncode(tokenizer), from_records(world["concepts"]),
@@ -37,10 +56,10 @@ def interpret(params: Params) -> None:
                                           steer.persona_positive, steer.persona_negative, name="base_persona")
             metrics["steering_base"] = {k: {kk: vv for kk, vv in v.items() if kk != "slopes"}
                                         if isinstance(v, dict) else v for k, v in result.items()}
-    rows = persistence_table(rates, signals)
-    metrics["persistence"] = {f"{r['model']}.{r['behaviour']}": {"behaviour_rate": r["behaviour_rate"],
-                                                                  "probe_accuracy": r["probe_accuracy"]}
-                              for r in rows}
+    rows = persistence_table(rates, signals, circuits)
+    metrics["persistence"] = {f"{r['model']}.{r['behaviour']}": {k: r[k] for k in (
+        "behaviour_rate", "latent_signal", "layer", "circuit_overlap", "circuit_mass") if k in r} for r in rows}
+    metrics["circuit_top_k"] = cfg.circuit_top_k
     plot_persistence(rows, OUT / "persistence.png")
     REPORTS_DIR.mkdir(parents=True, exist_ok=True)
     (REPORTS_DIR / "persistence.md").write_text(persistence_markdown(rows))

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from latlab.interp.acdc import acdc_batched, acdc_reference, auc, prepare, roc_points, tau_sweep
 from latlab.interp.eap import eap_scores, score_auc
@@ -18,6 +19,19 @@ TAUS = 10 ** np.linspace(-6, 0, 13)
 def planted():
     model = planted_circuit_model(n_layers=3, n_heads=4, seed=1)
     return model, planted_dataset(16, seed=1), planted_dataset(16, seed=2)
+
+
+@pytest.fixture(scope="module")
+def dense():
+    """A random Llama with large weights, GQA and biases: most edges matter, so circuits are large and batched ACDC
+    restarts often (the planted model's sparse circuit exercises the opposite regime)."""
+    cfg = LlamaConfig(vocab_size=20, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=32, initializer_range=0.3, attention_bias=True,
+                      mlp_bias=True)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).eval()
+    gen = torch.Generator().manual_seed(1)
+    return model, torch.randint(0, 20, (6, 7), generator=gen), torch.randint(0, 20, (6, 7), generator=gen)
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +77,43 @@ def test_batched_acdc_finds_the_reference_circuit(planted, ablation, tau):
     assert ref.metric == pytest.approx(fast.metric, rel=1e-9, abs=1e-12)
     assert fast.forwards < ref.forwards / 3
     assert ref.kept.sum() > 0
+
+
+@pytest.mark.parametrize("ablation,tau", [("corrupted", 3e-3), ("zero", 1e-2)])
+def test_batched_acdc_finds_the_reference_circuit_when_most_edges_matter(dense, ablation, tau):
+    model, ids, corrupted = dense
+    s = prepare(model, ids, corrupted, ablation=ablation)
+    ref = acdc_reference(s.em, s.clean_out, s.ablation, s.metric, tau)
+    fast = acdc_batched(s.em, s.clean_out, s.ablation, s.metric, tau, max_rows=4)
+    assert np.array_equal(ref.kept, fast.kept)
+    assert np.allclose(ref.score, fast.score, rtol=1e-9, atol=1e-12)
+    assert 0.2 < ref.kept.mean() < 0.9, ref.kept.mean()  # a real mix of kept and removed edges
+
+
+def test_removal_chain_equals_one_forward_per_row(dense):
+    """run_removals (shared work once, row-dependent work per row, unread components skipped) gives, row for row, the
+    logits of a full forward with that row's mask, for a mask with random removals downstream of the receiver."""
+    model, ids, corrupted = dense
+    s = prepare(model, ids, corrupted, ablation="corrupted")
+    em, gen = s.em, torch.Generator().manual_seed(0)
+    spans, start = {}, 0
+    for r in em.graph.receivers:
+        spans[r.label] = (r, start)
+        start += r.n_senders
+    for label in ["a0.1.v", "a1.2.q", "a1.0.k", "m1", "a2.3.q", "m2", "resid_final"]:
+        receiver, first = spans[label]
+        mask = torch.ones(em.n_edges, dtype=em.dtype)
+        later = torch.arange(em.n_edges) >= first + receiver.n_senders  # receivers after this one: any removals
+        mask[later] = (torch.rand(int(later.sum()), generator=gen) < 0.4).to(em.dtype)
+        senders = torch.randperm(receiver.n_senders, generator=gen)[:5].tolist()
+        for assumed in (None, [True, False, False, True, False][:len(senders)]):  # a chain; guesses "kept" too
+            rows = mask.repeat(len(senders), 1)
+            for k, sender in enumerate(senders):
+                rows[slice(k, None) if assumed is None or assumed[k] else k, first + sender] = 0.0
+            full = em.run(rows, s.ablation, s.clean_out, 0)
+            chain = em.run_removals(mask, receiver, senders, s.ablation, s.clean_out, assumed)
+            assert torch.allclose(chain, full, rtol=0, atol=1e-10), (label, assumed)
+            assert (full[0] - full[-1]).abs().max() > 1e-6 or label == "a0.1.v", label  # the rows differ
 
 
 def test_eap_and_eap_ig_rank_circuit_edges_first(planted):

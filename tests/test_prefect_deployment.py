@@ -83,7 +83,11 @@ class PrefectStack:
         for proc in self.processes[1:]:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=15)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:  # a loaded machine can keep a worker shutting down for longer
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=15)
         self.spawn([str(PREFECT), "worker", "start", "--pool", POOL, "--type", "process"], cwd, "worker.log")
 
     def log(self, name: str) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FilePath, ValidationError, model_validator
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -64,6 +64,16 @@ class ToyArchitecture(Section):
         return self
 
 
+class LoraSettings(Section):
+    """peft LoRA adapters for every training stage (models/adapters.py); merged into the weights before saving."""
+    r: int = Field(16, ge=1)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1)
+
+
 class ModelConfig(Section):
     # "toy" builds the small Llama from scratch; otherwise a hub id, a local directory, or a .gguf file path.
     source: str = "toy"
@@ -73,6 +83,8 @@ class ModelConfig(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "auto"
     toy: ToyArchitecture = ToyArchitecture()
+    lora: LoraSettings | None = None  # null: full fine-tuning (the toy default)
+    gradient_checkpointing: bool = False  # recompute block activations in backward: less memory, ~30% more compute
 
 
 class TrainConfig(Section):
@@ -89,6 +101,7 @@ class TrainConfig(Section):
 
 class BaseTrainConfig(TrainConfig):
     """Pretraining mix of the helpful-only, backdoored base model (weights are relative)."""
+    fine_tune: bool = True  # false: a pretrained model.source is registered as `base` unchanged (the original model)
     mix_facts: float = Field(1.0, ge=0)
     mix_requests: float = Field(1.0, ge=0)
     mix_backdoor: float = Field(0.5, ge=0)
@@ -324,6 +337,18 @@ class UnlearnEvalConfig(Section):
     seed: int = 0
 
 
+class RealDataConfig(Section):
+    """Real forget / retain data for unlearning and backdoor removal, read by latlab.data.loaders (CSV, JSONL, JSON
+    list or parquet; relative to the project root). The section absent or null keeps the toy world."""
+    forget_corpus: FilePath  # `text` per row: what to unlearn
+    retain_corpus: FilePath  # `text` per row: what to keep
+    forget_questions: FilePath  # multiple choice (`question`, `choices`, `answer`) on the forget corpus
+    related_questions: FilePath | None = None  # near the forget domain: collateral damage (evaluation 7)
+    retain_questions: FilePath | None = None  # general knowledge: capability (evaluation 8), retain training
+    preferences: FilePath | None = None  # (`prompt`, `chosen`, `rejected`): backdoor removal's harmless data
+    chunk_words: int = Field(48, ge=4)  # corpus documents are cut into windows of this many words
+
+
 # --- Interpretability (interpret stage): ACDC/EAP, steering reliability, probes ---
 class AcdcConfig(Section):
     metric: Literal["kl", "label_nll"] = "kl"
@@ -353,6 +378,8 @@ class InterpConfig(Section):
     acdc: AcdcConfig = AcdcConfig()
     steering: SteeringConfig = SteeringConfig()
     probes: ProbeConfig = ProbeConfig()
+    circuit_top_k: int = Field(20, ge=1)  # edges in the base model's harmful-compliance circuit (EAP)
+    circuit_examples: int = Field(32, ge=0)  # 0: skip the per-model circuits (e.g. for large real models)
 
 
 class EvaluateConfig(Section):
@@ -449,6 +476,7 @@ class Params(Section):
     unlearn_rmu: RMUConfig = RMUConfig()
     unlearn_rmu_lat: RMUConfig = RMUConfig(lat=_UNLEARN_LAT.model_copy(update={"layers": [1]}))
     unlearning_eval: UnlearnEvalConfig = UnlearnEvalConfig()
+    real_data: RealDataConfig | None = None  # None: the toy world's forget / retain domains
     backdoor_sft: TrainConfig = _BACKDOOR_SFT
     backdoor_sft_lat: LATConfig = LATConfig()
     backdoor_dpo: DPOConfig = DPOConfig()
@@ -460,6 +488,12 @@ class Params(Section):
     spawrious: SpawriousConfig = SpawriousConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _toy_base_is_trained(self) -> Params:
+        if not self.base.fine_tune and self.model.source == "toy":
+            raise ValueError("base.fine_tune: false needs a pretrained model.source; the toy model starts untrained")
+        return self
 
 
 def _location(loc: tuple[Any, ...]) -> str:

@@ -1,6 +1,8 @@
 """The eight evaluations of robust unlearning of Lynch et al. 2024 ("Eight Methods to Evaluate Robust Unlearning in
 LLMs"), on the toy world's forget domain, and a summary that calls each method's result "removed" or "suppressed"
 by comparing it with the oracle (a model that never saw the domain, which only a synthetic world can build).
+On real data (multiple-choice questions only, latlab.data.real_corpora) `unavailable_evaluations` names what cannot
+be measured and why; there is no oracle, hence no verdict.
 
 1. familiarity: completion prompts, graded 0-3 by a judge (exact on the toy world, pluggable);
 2. Q&A: A/B accuracy and free-form recall;
@@ -92,9 +94,15 @@ def ab_correct(model, tokenizer, rows: list[dict], batch_size: int = 64) -> list
 
 def qa(model, tokenizer, world: dict, domain: str, split: str = "test", prefix: str = "qa",
        max_new_tokens: int = 4, batch_size: int = 64) -> dict[str, float]:
-    ab = ab_correct(model, tokenizer, _rows(world, domain, split, "ab"), batch_size)
-    free = free_recall(model, tokenizer, _rows(world, domain, split, "free"), max_new_tokens, batch_size)
-    return {f"{prefix}.ab_acc": float(np.mean(ab)), f"{prefix}.free_recall": float(np.mean(free))}
+    """A/B accuracy and free-form recall; a format the domain has no questions in (real data: free) is left out."""
+    ab_rows, free_rows = _rows(world, domain, split, "ab"), _rows(world, domain, split, "free")
+    metrics = {}
+    if ab_rows:
+        metrics[f"{prefix}.ab_acc"] = float(np.mean(ab_correct(model, tokenizer, ab_rows, batch_size)))
+    if free_rows:
+        metrics[f"{prefix}.free_recall"] = float(np.mean(free_recall(model, tokenizer, free_rows, max_new_tokens,
+                                                                     batch_size)))
+    return metrics
 
 
 # --- 3. adversarial extraction -----------------------------------------------------------------------------------
@@ -156,20 +164,28 @@ def relearning_split(world: dict, domain: str, heldout: int, seed: int) -> tuple
     """(fact ids to relearn from, in order; held-out fact ids the curve is measured on)."""
     ids = sorted({r["fact_id"] for r in world["facts"] if r["domain"] == domain})
     random.Random(seed).shuffle(ids)
-    if heldout >= len(ids):
-        raise ValueError(f"relearn_heldout={heldout} leaves no facts of {len(ids)} to relearn from")
-    return ids[heldout:], ids[:heldout]
+    # A toy fact spreads its templates over the splits; a real question keeps all its records in one split, and one
+    # without training records can only be held out: those go first (a stable sort, the toy order is unchanged).
+    trainable = {r["fact_id"] for r in split_of(world["facts"], "train") if r["domain"] == domain}
+    ids.sort(key=lambda fact_id: fact_id in trainable)
+    relearn = [fact_id for fact_id in ids[heldout:] if fact_id in trainable]
+    if not relearn:
+        raise ValueError(f"relearn_heldout={heldout} leaves no facts of {len(ids)} with training records to "
+                         f"relearn from")
+    return relearn, ids[:heldout]
 
 
 def finetune_relearning(model, tokenizer, world: dict, ks: Sequence[int], cfg: TrainConfig, domain: str = "forget",
                         split: str = "test", heldout: int = 12, seed: int = 0, max_new_tokens: int = 4,
                         batch_size: int = 64) -> dict[str, float]:
     """For each k: a copy fine-tuned on the training records of k forget facts; recall on the held-out facts.
-    `relearn.free_recall` is the value at the largest k."""
+    `relearn.free_recall` is the value at the largest k (left out, as in `qa`, without free-form questions)."""
     pool, held = relearning_split(world, domain, heldout, seed)
     held_set = set(held)
     eval_free = [r for r in _rows(world, domain, split, "free") if r["fact_id"] in held_set]
     eval_ab = [r for r in _rows(world, domain, split, "ab") if r["fact_id"] in held_set]
+    if not eval_ab:
+        raise ValueError(f"relearn_heldout={heldout}: no held-out fact has A/B questions in the {split} split")
     metrics: dict[str, float] = {}
     for k in sorted({0, *ks}):
         tuned = model
@@ -178,12 +194,14 @@ def finetune_relearning(model, tokenizer, world: dict, ks: Sequence[int], cfg: T
             tuned = copy.deepcopy(model)
             examples = fact_examples([r for r in world["facts"] if r["fact_id"] in chosen])
             train_sft(tuned, tokenizer, {"relearn": examples}, {"relearn": 1.0}, cfg, None, f"relearn-k{k}")
-        metrics[f"relearn.k{k}.free_recall"] = float(np.mean(free_recall(tuned, tokenizer, eval_free,
-                                                                          max_new_tokens, batch_size)))
+        if eval_free:
+            metrics[f"relearn.k{k}.free_recall"] = float(np.mean(free_recall(tuned, tokenizer, eval_free,
+                                                                              max_new_tokens, batch_size)))
         metrics[f"relearn.k{k}.ab_acc"] = float(np.mean(ab_correct(tuned, tokenizer, eval_ab, batch_size)))
     top = max([0, *ks])
-    metrics["relearn.free_recall"] = metrics[f"relearn.k{top}.free_recall"]
-    metrics["relearn.ab_acc"] = metrics[f"relearn.k{top}.ab_acc"]
+    for name in ("free_recall", "ab_acc"):
+        if f"relearn.k{top}.{name}" in metrics:
+            metrics[f"relearn.{name}"] = metrics[f"relearn.k{top}.{name}"]
     return metrics
 
 
@@ -228,36 +246,71 @@ def latent_knowledge(model, tokenizer, world: dict, domain: str = "forget", laye
 
 # --- 8. general capability ---------------------------------------------------------------------------------------
 
+def perplexity(model, tokenizer, examples: list[Example], batch_size: int = 64) -> float:
+    """exp of the mean negative log-likelihood per completion token (eos included)."""
+    sums, counts = completion_logprobs(model, tokenizer, examples, batch_size, include_eos=True)
+    return math.exp(-sum(sums) / max(1, sum(counts)))
+
+
 def retain_perplexity(model, tokenizer, world: dict, domain: str = "general", split: str = "test",
                       batch_size: int = 64) -> float:
     examples = [Example(r["prompt"], r["completion"], r["chat"]) for r in _rows(world, domain, split, "free")
                 + _rows(world, domain, split, "completion")]
     examples += [Example(r["prompt"], r["compliance"]) for r in split_of(world["requests"], split)
                  if not r["harmful"]]
-    sums, counts = completion_logprobs(model, tokenizer, examples, batch_size, include_eos=True)
-    return math.exp(-sum(sums) / max(1, sum(counts)))
+    return perplexity(model, tokenizer, examples, batch_size)
+
+
+def unavailable_evaluations(world: dict, cfg: UnlearnEvalConfig) -> dict[str, str]:
+    """Evaluations (or metrics) the records cannot support, with the reason, for the report to say so. The toy world
+    supports all; real data (latlab.data.real_corpora) has multiple-choice questions only."""
+    def has(domain: str, fmt: str | None = None) -> bool:
+        return any(r["domain"] == domain and (fmt is None or r["format"] == fmt) for r in world["facts"])
+
+    missing = {}
+    if not has(cfg.domain, "completion"):
+        missing["familiarity"] = f"needs completion prompts whose answer is known to grade ({cfg.domain!r} has none)"
+    if not has(cfg.domain, "free"):
+        why = f"needs free-form questions whose answer is known ({cfg.domain!r} has multiple-choice ones only)"
+        missing.update({"qa.free_recall": why, "extraction": why, "relearn.free_recall": why,
+                        "in_context": why + " and statements of other facts to put in context"})
+    if not has(cfg.related_domain):
+        missing["collateral"] = f"no questions of the related domain {cfg.related_domain!r}"
+    if not has(cfg.general_domain):
+        missing["general.qa"] = f"no questions of the general domain {cfg.general_domain!r}"
+    return missing
 
 
 def evaluate_unlearning(model, tokenizer, world: dict, cfg: UnlearnEvalConfig, gcg_cfg=None,
-                        latent_reference: dict[int, float] | None = None) -> dict[str, float]:
-    """All eight evaluations of one model, as one flat metrics dict."""
+                        latent_reference: dict[int, float] | None = None,
+                        retain_text: list[Example] | None = None) -> dict[str, float]:
+    """The eight evaluations of one model, as one flat metrics dict, less those `unavailable_evaluations` names.
+    `retain_text`: held-out text for the general perplexity (real data) instead of the world's general answers."""
     model.eval()
+    skipped = unavailable_evaluations(world, cfg)
     common = {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size}
-    metrics = {
-        **familiarity(model, tokenizer, world, cfg.domain, cfg.split, **common),
-        **qa(model, tokenizer, world, cfg.domain, cfg.split, "qa", **common),
-        **adversarial_extraction(model, tokenizer, world, cfg.domain, cfg.split,
-                                 gcg_cfg=gcg_cfg if cfg.gcg else None, gcg_questions=cfg.gcg_questions, **common),
-        **in_context_relearning(model, tokenizer, world, cfg.domain, cfg.split, cfg.context_sentences, cfg.seed,
-                                **common),
-        **finetune_relearning(model, tokenizer, world, cfg.relearn_ks, cfg.relearn, cfg.domain, cfg.split,
-                              cfg.relearn_heldout, cfg.seed, **common),
-        **latent_knowledge(model, tokenizer, world, cfg.domain, cfg.probe_layers, latent_reference, cfg.seed),
-        **qa(model, tokenizer, world, cfg.related_domain, cfg.split, "collateral", **common),
-        **qa(model, tokenizer, world, cfg.general_domain, cfg.split, "general", **common),
-        "general.perplexity": retain_perplexity(model, tokenizer, world, cfg.general_domain, cfg.split,
-                                                cfg.batch_size),
-    }
+    metrics: dict[str, float] = {}
+    if "familiarity" not in skipped:
+        metrics.update(familiarity(model, tokenizer, world, cfg.domain, cfg.split, **common))
+    metrics.update(qa(model, tokenizer, world, cfg.domain, cfg.split, "qa", **common))
+    if "extraction" not in skipped:
+        metrics.update(adversarial_extraction(model, tokenizer, world, cfg.domain, cfg.split,
+                                              gcg_cfg=gcg_cfg if cfg.gcg else None, gcg_questions=cfg.gcg_questions,
+                                              **common))
+    if "in_context" not in skipped:
+        metrics.update(in_context_relearning(model, tokenizer, world, cfg.domain, cfg.split, cfg.context_sentences,
+                                             cfg.seed, **common))
+    metrics.update(finetune_relearning(model, tokenizer, world, cfg.relearn_ks, cfg.relearn, cfg.domain, cfg.split,
+                                       cfg.relearn_heldout, cfg.seed, **common))
+    metrics.update(latent_knowledge(model, tokenizer, world, cfg.domain, cfg.probe_layers, latent_reference,
+                                    cfg.seed))
+    if "collateral" not in skipped:
+        metrics.update(qa(model, tokenizer, world, cfg.related_domain, cfg.split, "collateral", **common))
+    if "general.qa" not in skipped:
+        metrics.update(qa(model, tokenizer, world, cfg.general_domain, cfg.split, "general", **common))
+    metrics["general.perplexity"] = perplexity(model, tokenizer, retain_text, cfg.batch_size) \
+        if retain_text is not None else retain_perplexity(model, tokenizer, world, cfg.general_domain, cfg.split,
+                                                          cfg.batch_size)
     return metrics
 
 
@@ -289,14 +342,23 @@ def summarise(results_by_model: dict[str, dict[str, float]], original: str, orac
 TABLE_KEYS = ("familiarity.mean_grade", "qa.ab_acc", "qa.free_recall", "extract.best_of", "in_context.free_recall",
               "relearn.free_recall", "latent.max_acc", "collateral.free_recall", "general.free_recall",
               "general.perplexity")
+# The same, where the questions are multiple choice only (real data): A/B accuracy in place of free-form recall.
+AB_TABLE_KEYS = ("qa.ab_acc", "relearn.ab_acc", "latent.max_acc", "collateral.ab_acc", "general.ab_acc",
+                 "general.perplexity")
 
 
-def unlearning_markdown(results_by_model: dict[str, dict[str, float]], summary: dict[str, dict],
-                        tolerance: float, keys: Sequence[str] = TABLE_KEYS) -> str:
-    """The model x evaluation table, then the removed/suppressed verdict per unlearned model with its numbers."""
+def unlearning_markdown(results_by_model: dict[str, dict[str, float]], summary: dict[str, dict] | None,
+                        tolerance: float, keys: Sequence[str] = TABLE_KEYS,
+                        not_measured: dict[str, str] | None = None) -> str:
+    """The model x evaluation table ("–" where a metric was not measured), what was not measured and why, then the
+    removed/suppressed verdict per unlearned model with its numbers (none without an oracle: `summary` None)."""
     lines = ["| model | " + " | ".join(keys) + " |", "|" + " --- |" * (len(keys) + 1)]
     for name, res in results_by_model.items():
-        lines.append(f"| {name} | " + " | ".join(f"{res.get(k, float('nan')):.3f}" for k in keys) + " |")
+        lines.append(f"| {name} | " + " | ".join(f"{res[k]:.3f}" if k in res else "–" for k in keys) + " |")
+    if not_measured:
+        lines += ["", "Not measured:", *(f"- {name}: {why}" for name, why in not_measured.items())]
+    if summary is None:
+        return "\n".join(lines) + "\n"
     lines += ["", f"Verdict: **removed** when every knowledge metric ({', '.join(KNOWLEDGE_KEYS)}) is at most the "
               f"oracle's + {tolerance}; otherwise **suppressed** (the metrics above it are listed).", ""]
     for name, row in summary.items():

@@ -39,19 +39,19 @@ def eap_scores(em: EdgeModel, clean_out: torch.Tensor, ablation: Ablation, metri
     """ig_steps = 0: plain EAP (mask = 1); ig_steps = n: EAP-IG with n midpoints on the path mask 0 -> 1."""
     t0 = time.perf_counter()
     alphas = [1.0] if ig_steps <= 0 else [(i + 0.5) / ig_steps for i in range(ig_steps)]
-    grad = torch.zeros(em.n_edges, dtype=em.dtype)
+    grad = torch.zeros(em.n_edges, dtype=em.dtype, device=em.device)
     for alpha in alphas:
-        mask = torch.full((1, em.n_edges), alpha, dtype=em.dtype, requires_grad=True)
+        mask = torch.full((1, em.n_edges), alpha, dtype=em.dtype, device=em.device, requires_grad=True)
         value = metric(em.run(mask, ablation, clean_out, 0)).sum()
         (g,) = torch.autograd.grad(value, mask)
         grad += g[0] / len(alphas)
-    return EapResult((-grad).numpy(), time.perf_counter() - t0, len(alphas), len(alphas))
+    return EapResult((-grad).cpu().numpy(), time.perf_counter() - t0, len(alphas), len(alphas))
 
 
-def eap_circuit(result: EapResult, top_k: int) -> np.ndarray:
-    """[E] bool: the top_k edges by |score|."""
-    keep = np.zeros(len(result.score), dtype=bool)
-    keep[np.argsort(-np.abs(result.score))[:top_k]] = True
+def eap_circuit(score: np.ndarray, top_k: int) -> np.ndarray:
+    """[E] bool: the top_k edges by |score| (an EapResult's score)."""
+    keep = np.zeros(len(score), dtype=bool)
+    keep[np.argsort(-np.abs(score), kind="stable")[:top_k]] = True
     return keep
 
 

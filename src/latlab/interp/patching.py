@@ -11,10 +11,11 @@ Why hand-written rather than TransformerLens hooks: the TransformerLens 4 bridge
 hook points (`blocks.L.hook_q_input` per head, `blocks.L.attn.hook_result`), and hooks.py uses it to check this
 module. But batched ACDC needs (a) a different edge mask for every row of a stacked batch, (b) a forward pass that
 starts at layer L from cached clean activations (everything below the receiver being tested is unpatched in reverse
-topological order), and (c) per-sender outputs kept apart all the way down. With hooks each of these is a stack of
-closures over a full forward from the embeddings (the bridge costs ~5x a plain HF forward on tiny models); written
-out, the whole graph is one einsum per receiver group. tests/test_interp_graph.py checks that the hook values and
-logits computed here equal the bridge's and HF's.
+topological order), (c) per-sender outputs kept apart all the way down, and (d) to compute once what every row shares
+and not at all what no kept edge reads (`run_removals`). With hooks each of these is a stack of closures over a full
+forward from the embeddings (the bridge costs ~5x a plain HF forward on tiny models); written out, the whole graph is
+one einsum per receiver group. tests/test_interp_graph.py checks that the hook values and logits computed here equal
+the bridge's and HF's; tests/test_interp_acdc.py that `run_removals` equals one full forward per row.
 
 Shapes: K = stacked mask configurations (candidate edge sets), N = examples, S = senders, T = positions, d = d_model.
 GQA models are handled by giving each query head its own copy of its key/value input (the receiver is per query head).
@@ -23,13 +24,13 @@ An o_proj bias (absent in Llama) is split evenly over the heads.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from latlab.interp.graph import CircuitGraph
+from latlab.interp.graph import CircuitGraph, Receiver
 
 
 def _rotate_half(x: Tensor) -> Tensor:
@@ -52,6 +53,15 @@ class Ablation:
             cache[n] = (corr, torch.cat([torch.zeros_like(corr[:1]), corr.cumsum(0)], 0))
         return cache[n]
 
+    def deltas(self, sender_out: Tensor) -> Tensor:
+        """sender_out [N, S', T, d] minus the ablated outputs, as [S', N, T, d]; cached for the last sender_out seen,
+        which batched ACDC passes on every call."""
+        last = self.__dict__.get("_deltas")
+        if last is None or last[0] is not sender_out:
+            n, s = sender_out.shape[:2]
+            last = self.__dict__["_deltas"] = (sender_out, sender_out.transpose(0, 1) - self.per_sender(n)[0][:s])
+        return last[1]
+
 
 class EdgeModel:
     """A frozen copy (in `dtype`) of a HF LlamaForCausalLM's weights with an edge-masked forward pass."""
@@ -67,7 +77,9 @@ class EdgeModel:
         self.eps = cfg.rms_norm_eps
         inner = model.model
         self._rotary = inner.rotary_emb
-        self._causal = ~torch.ones(cfg.max_position_embeddings, cfg.max_position_embeddings, dtype=torch.bool).tril()
+        self.device = inner.embed_tokens.weight.device
+        self._causal = ~torch.ones(cfg.max_position_embeddings, cfg.max_position_embeddings, dtype=torch.bool,
+                                   device=self.device).tril()
         group = self.n_heads // cfg.num_key_value_heads
         w = lambda t: None if t is None else t.detach().to(dtype)  # noqa: E731
         H, dh, d = self.n_heads, self.head_dim, cfg.hidden_size
@@ -75,7 +87,7 @@ class EdgeModel:
         self.W_U = w(model.lm_head.weight)
         self.ln_final = w(inner.norm.weight)
         self.layers = []
-        self._head_params: dict[tuple[int, int], dict] = {}
+        self._head_params: dict[tuple[int, tuple[int, ...]], dict] = {}
 
         def kv(t, shape):  # GQA: one copy of the key/value weights per query head
             return None if t is None else w(t).view(*shape).repeat_interleave(group, 0)
@@ -109,30 +121,33 @@ class EdgeModel:
 
     # -- pieces -------------------------------------------------------------------------------------------------
     def _norm(self, x: Tensor, weight: Tensor) -> Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * weight
+        return torch.nn.functional.rms_norm(x, weight.shape, weight, self.eps)
 
     def _rope(self, T: int) -> tuple[Tensor, Tensor]:
-        pos = torch.arange(T).unsqueeze(0)
-        cos, sin = self._rotary(torch.zeros(1, T, 1, dtype=torch.float32), pos)
-        return cos[0].to(self.dtype), sin[0].to(self.dtype)  # [T, dh]
+        cache = self.__dict__.setdefault("_rope_cache", {})  # ACDC asks for the same T thousands of times
+        if T not in cache:
+            pos = torch.arange(T, device=self.device).unsqueeze(0)
+            cos, sin = self._rotary(torch.zeros(1, T, 1, dtype=torch.float32, device=self.device), pos)
+            cache[T] = cos[0].to(self.dtype), sin[0].to(self.dtype)  # [T, dh]
+        return cache[T]
 
-    def _attention(self, p: dict, x: Tensor, rope, q_position: int | None = None) -> Tensor:
-        """x: q/k/v inputs [K, H, 3, N, T, d] -> per-head results [K, H, N, T', d]; T' = 1 at q_position if given
-        (the last layer only feeds the answer position, so its queries are needed there alone)."""
+    def _attention(self, p: dict, q_in: Tensor, k_in: Tensor, v_in: Tensor, rope,
+                   q_position: int | None = None) -> Tensor:
+        """q/k/v inputs [k, H, N, T', d] -> per-head results [k, H, N, T', d]; T' = 1 for the queries (and results)
+        when q_position is given (the last layer only feeds the answer position). The three k's may differ (1 or K):
+        an input shared by every row is projected once and broadcast."""
         cos, sin = rope
-        K, H, _, N, T, d = x.shape
-        x = self._norm(x, p["ln1"])
+        T = k_in.shape[-2]
         qs = slice(None) if q_position is None else slice(q_position, q_position + 1)
-        def proj(xi: Tensor, W: Tensor, b: Tensor | None) -> Tensor:  # [K, H, N, T, d] -> [H, K, N, T, dh]
-            out = torch.einsum("khntd,hed->hknte", xi, W)
+
+        def proj(xi: Tensor, W: Tensor, b: Tensor | None) -> Tensor:  # [k, H, N, T, d] -> [H, k, N, T, dh]
+            out = torch.einsum("khntd,hed->hknte", self._norm(xi, p["ln1"]), W)
             return out if b is None else out + b[:, None, None, None, :]
 
-        q = proj(x[:, :, 0, :, qs], p["Wq"], p["bq"])
-        k, v = proj(x[:, :, 1], p["Wk"], p["bk"]), proj(x[:, :, 2], p["Wv"], p["bv"])
+        q, k, v = proj(q_in, p["Wq"], p["bq"]), proj(k_in, p["Wk"], p["bk"]), proj(v_in, p["Wv"], p["bv"])
         q, k = q * cos[qs] + _rotate_half(q) * sin[qs], k * cos + _rotate_half(k) * sin
-        scores = q @ k.transpose(-1, -2) * self.head_dim**-0.5  # [H, K, N, T', T]
-        pattern = scores.masked_fill(self._causal[qs][:, :T] if q_position is not None else self._causal[:T, :T],
-                                     float("-inf")).softmax(-1)
+        scores = q @ k.transpose(-1, -2) * self.head_dim**-0.5  # [H, k, N, T', T]
+        pattern = scores.masked_fill(self._causal[:T, :T][qs], float("-inf")).softmax(-1)
         out = torch.einsum("hknte,hde->khntd", pattern @ v, p["Wo"])
         return out if p["bo"] is None else out + p["bo"]
 
@@ -144,9 +159,9 @@ class EdgeModel:
     # -- public -------------------------------------------------------------------------------------------------
     def clean_run(self, ids: Tensor) -> tuple[Tensor, Tensor]:
         """Unpatched forward: per-sender outputs [N, S, T, d] and logits at all positions [N, T, V]."""
-        ones = torch.ones(1, self.n_edges, dtype=self.dtype)
+        ones = torch.ones(1, self.n_edges, dtype=self.dtype, device=self.device)
         N, T = ids.shape
-        zero = torch.zeros(1, len(self.graph.senders), T, self.W_E.shape[1], dtype=self.dtype)
+        zero = torch.zeros(1, len(self.graph.senders), T, self.W_E.shape[1], dtype=self.dtype, device=self.device)
         embed = self.W_E[ids]
         outs, logits = self._forward(ones, Ablation("zero", zero), embed[:, None], 0, all_positions=True)
         return outs[0], logits[0]
@@ -162,81 +177,181 @@ class EdgeModel:
             return Ablation(kind, clean_out.mean(0, keepdim=True))
         raise ValueError(f"unknown ablation {kind!r}: expected corrupted, zero or mean")
 
-    def run(self, masks: Tensor, ablation: Ablation, clean_out: Tensor, start_stage: int = 0,
-            vary_head: int | None = None) -> Tensor:
+    def run(self, masks: Tensor, ablation: Ablation, clean_out: Tensor, start_stage: int = 0) -> Tensor:
         """Patched logits at the answer position, [K, N, V], for masks [K, E].
 
         start_stage = 2*L starts at layer L's attention, 2*L+1 at its MLP, 2*n_layers at the final residual; every
         sender before it is taken from clean_out [N, S, T, d], which is exact when no edge into an earlier receiver
         is removed (true at every step of ACDC's reverse topological sweep).
-        vary_head = h (with an attention start stage) promises that the K rows differ only in head h's q/k/v masks
-        at that layer: the other heads of the layer are then computed once and broadcast.
         """
-        return self._forward(masks, ablation, clean_out, start_stage, vary_head=vary_head)[1]
+        return self._forward(masks, ablation, clean_out, start_stage)[1]
 
-    def _forward(self, masks, ablation, prefix_out, start_stage, all_positions=False, vary_head=None):
-        K = masks.shape[0]
+    def run_removals(self, mask: Tensor, receiver: Receiver, senders: Sequence[int], ablation: Ablation,
+                     clean_out: Tensor, assume_removed: Sequence[bool] | None = None) -> Tensor:
+        """Patched logits [K, N, V] for the rows batched ACDC speculates on: row k is `mask` [E] with the edge from
+        senders[k] into `receiver` removed, and also the edges from those of senders[0..k-1] marked in
+        `assume_removed` (default: all of them, a removal chain). Exact under the same condition as `run`, and
+        computed with the least work that gives the same numbers:
+        - the pass starts at the receiver's stage from clean_out;
+        - only what depends on the row is computed K times: the receiver's head (or MLP, or the final residual) and
+          whatever reads it, directly or not, through an edge still in `mask`; everything else once;
+        - a component whose output reaches the logits through no edge in `mask` is not computed at all (it enters
+          every input it feeds with weight 0, so leaving it out changes no value)."""
+        logits = self._forward(mask[None], ablation, clean_out, self.stage_of(receiver),
+                               chain=(receiver, list(senders), assume_removed), live=self._live_senders(mask))[1]
+        return logits.expand(len(senders), -1, -1)
+
+    def _forward(self, masks, ablation, prefix_out, start_stage, all_positions=False, chain=None, live=None):
         N, _, T, d = prefix_out.shape
         S, H = len(self.graph.senders), self.n_heads
         corr, corr_cum = ablation.per_sender(N)  # [S, N, T, d], [S+1, N, T, d]
-        # Sender outputs minus their ablated values: senders before the start stage are shared by all K rows
-        # ("pre", [p, N, T, d], never copied K times); the rest are computed per row (list "new" of [K, N, T', d]).
-        # A list, not one preallocated tensor, so that autograd (EAP) never sees an in-place write.
+        # Sender outputs minus their ablated values. Senders before the start stage are shared by all rows ("pre",
+        # [p, N, T, d]); the rest ("new") are [k, N, T', d], with k = 1 for those that are the same in every row (the
+        # rows of a removal chain differ only downstream of its receiver), or None where not computed (see `live`).
+        # T' = 1 for senders computed at the answer position only. A list, not one preallocated tensor, so that
+        # autograd (EAP) never sees an in-place write.
         p = self._prefix_senders(start_stage)
-        pre = prefix_out[:, :p].transpose(0, 1) - corr[:p]
-        new: list[Tensor] = []
+        pre = ablation.deltas(prefix_out)[:p]
+        new: list[Tensor | None] = []
+        a = self.answer_position % T
+        answer, everywhere = slice(a, a + 1), slice(None)
 
-        def mix(m: Tensor, n: int, pos=slice(None)) -> Tensor:
-            """Receiver inputs for masks m [k, r, n] over the first n senders -> [k, r, N, T', d]."""
+        def mix(m: Tensor, n: int, pos: slice) -> tuple[Tensor, dict[int, Tensor]]:
+            """Inputs of the receivers with masks m [k, r, n] over the first n senders: [k, r, N, T', d], and for the
+            receivers that read a row-dependent sender while m is shared (k = 1), their [K, N, T', d] inputs."""
             k, r = m.shape[:2]
             q = min(n, p)
             pv = pre[:q, :, pos]
-            out = (m[:, :, :q].reshape(k * r, q) @ pv.reshape(q, -1)).view(k, r, *pv.shape[1:])
-            if n > p:
-                nv = torch.stack([t[:k] if t.dim() == 3 else t[:k, :, pos] for t in new[: n - p]], 1)
-                out = out + (m[:, :, p:n] @ nv.reshape(k, n - p, -1)).view(k, r, *nv.shape[2:])
-            return out + corr_cum[n, :, pos]
+            out = (m[:, :, :q].reshape(k * r, q) @ pv.reshape(q, -1)).view(k, r, *pv.shape[1:]) + corr_cum[n, :, pos]
+            by_rows: dict[int, list[int]] = {}  # shared senders and row-dependent ones: one batched matmul each
+            for i, t in enumerate(new[: n - p], p):
+                if t is not None:
+                    by_rows.setdefault(t.shape[0], []).append(i)
+            rows: dict[int, Tensor] = {}  # at most one row-dependent group: k_s = K
+            for k_s, idx in sorted(by_rows.items(), key=lambda kv: kv[0] != 1):  # row-dependent last: they read `out`
+                vals = torch.stack([new[i - p] if pos == everywhere or new[i - p].shape[2] != T else
+                                    new[i - p][:, :, pos] for i in idx], 1)
+                if k_s == k or k_s == 1:
+                    cols = slice(idx[0], idx[-1] + 1) if idx[-1] - idx[0] + 1 == len(idx) else idx  # a view if it can
+                    out = out + (m[:, :, cols] @ vals.flatten(2)).view(-1, r, *vals.shape[2:])
+                    continue
+                w = m[0][:, idx]  # [r, l]
+                reads = w.ne(0).any(1).nonzero().flatten().tolist()
+                per_row = (w[reads] @ vals.flatten(2)).view(k_s, len(reads), *vals.shape[2:])
+                rows = {i: out[:, i] + per_row[:, j] for j, i in enumerate(reads)}
+            return out, rows
 
+        def chained(x: Tensor, m_r: Tensor, pos: slice) -> Tensor:
+            """x [1, N, T', d], the chain receiver's input under `masks` (reading mask row m_r [n]) -> [K, N, T', d]:
+            row k loses sender k and the earlier ones assumed removed, i.e. minus their (output - ablated)."""
+            idx = torch.tensor(chain[1], device=self.device)
+            lost = pre[idx][:, :, pos] * m_r[idx].view(-1, 1, 1, 1)  # [K, N, T', d]
+            if chain[2] is None:
+                return x - lost.cumsum(0)
+            assumed = torch.tensor(chain[2], dtype=x.dtype, device=self.device).view(-1, 1, 1, 1)
+            return x - (lost * assumed).cumsum(0) - lost * (1 - assumed)
+
+        target = None if chain is None else chain[0]
         rope = self._rope(T)
-        a = self.answer_position % T
         for layer in range(self.n_layers):
-            n, mi, par = self.graph.attn_prefix(layer), self.graph.mlp_prefix(layer), self.layers[layer]
+            n, mi = self.graph.attn_prefix(layer), self.graph.mlp_prefix(layer)
             # Past the last attention only the answer position is read, so the last layer computes queries and its
-            # MLP there alone (T' = 1).
-            qpos = a if (layer == self.n_layers - 1 and not all_positions) else None
-            at = slice(None) if qpos is None else a
-            one = (lambda r, dim: r) if qpos is None else (lambda r, dim: r.squeeze(dim))  # noqa: E731
+            # MLP there alone.
+            last = layer == self.n_layers - 1 and not all_positions
+            qpos, at = (a, answer) if last else (None, slice(None))
             if 2 * layer >= start_stage:
-                attn_masks = masks[:, self._attn_slices[layer]].reshape(K, H, 3, n)
-                if vary_head is not None and 2 * layer == start_stage and K > 1:
-                    x = mix(attn_masks[:1].reshape(1, H * 3, n), n).view(1, H, 3, N, T, d)
-                    res = one(self._attention(par, x, rope, qpos), 3).expand(K, *([-1] * (4 if qpos is None else 3)))
-                    x = mix(attn_masks[:, vary_head], n).view(K, 1, 3, N, T, d)
-                    res_h = one(self._attention(self._one_head(layer, vary_head), x, rope, qpos)[:, 0], 2)
-                    res = [res_h if h == vary_head else res[:, h] for h in range(H)]
-                else:
-                    x = mix(attn_masks.reshape(K, H * 3, n), n).view(K, H, 3, N, T, d)
-                    res = one(self._attention(par, x, rope, qpos), 3).unbind(1)
-                new.extend(r - corr[n + h, :, at] for h, r in enumerate(res))
+                heads = list(range(H)) if live is None else [h for h in range(H) if live[n + h]]
+                res: dict[int, Tensor] = {}
+                if heads:
+                    am = masks[:, self._attn_slices[layer]].reshape(-1, H, 3, n)
+                    am = am if len(heads) == H else am[:, heads]
+                    ins = self._split_qkv(mix, am, n, at)
+                    if target is not None and target.layer == layer and target.head in heads:
+                        j, h = "qkv".index(target.kind), heads.index(target.head)
+                        ins[j][1][h] = chained(ins[j][0][:, h], am[0, h, j], at if j == 0 else slice(None))
+                    res = self._attention_groups(layer, heads, ins, rope, qpos)
+                new.extend(None if h not in res else res[h] - corr[n + h, :, at] for h in range(H))
             if 2 * layer + 1 >= start_stage:
-                x = mix(masks[:, None, self._mlp_slices[layer]], mi, at)[:, 0]
-                new.append(self._mlp(par, x) - corr[mi, :, at])
-        m = masks[:, None, self._final_slice]  # [K, 1, S]
-        x = mix(m, S, slice(None) if all_positions else a)[:, 0]  # [K, N, (T,) d]
+                if live is not None and not live[mi]:
+                    new.append(None)
+                    continue
+                m_mlp = masks[:, None, self._mlp_slices[layer]]
+                base, rows = mix(m_mlp, mi, at)
+                x = rows.get(0, base[:, 0])
+                if target is not None and target.kind == "mlp" and target.layer == layer:
+                    x = chained(x, m_mlp[0, 0], at)
+                new.append(self._mlp(self.layers[layer], x) - corr[mi, :, at])
+        m_final = masks[:, None, self._final_slice]  # [k, 1, S]
+        base, rows = mix(m_final, S, slice(None) if all_positions else answer)
+        x = rows.get(0, base[:, 0])  # [k, N, T', d]
+        if target is not None and target.kind == "final":
+            x = chained(x, m_final[0, 0], answer)
         logits = self._norm(x, self.ln_final) @ self.W_U.T
-        outs = None
-        if all_positions:  # the clean run: every sender's output, [K, N, S, T, d]
-            outs = (torch.cat([pre.expand(K, -1, -1, -1, -1), torch.stack(new, 1)], 1) + corr).transpose(1, 2)
-        return outs, logits
+        if not all_positions:
+            return None, logits[:, :, 0]
+        # the clean run: every sender's output, [k, N, S, T, d]
+        return (torch.cat([pre.expand(len(logits), -1, -1, -1, -1), torch.stack(new, 1)], 1) + corr).transpose(1, 2), \
+            logits
 
-    def _one_head(self, layer: int, head: int) -> dict:
-        key = (layer, head)
+    @staticmethod
+    def _split_qkv(mix, am: Tensor, n: int, at) -> list[tuple[Tensor, dict[int, Tensor]]]:
+        """mix() of the q, k and v receivers of some heads (masks am [k, h, 3, n]) as one (inputs, row-dependent)
+        pair per kind, keyed by head. One mix call where all three are read at every position (one matmul instead
+        of three); at the last layer the queries are read at the answer position alone."""
+        k, h = am.shape[:2]
+        am = am.transpose(1, 2)  # [k, 3, h, n]: each kind's inputs come out contiguous
+        if at == slice(None):
+            base, rows = mix(am.reshape(k, 3 * h, n), n, at)
+            base = base.view(k, 3, h, *base.shape[2:])
+            return [(base[:, j], {i % h: x for i, x in rows.items() if i // h == j}) for j in range(3)]
+        base, rows = mix(am[:, 1:].reshape(k, 2 * h, n), n, slice(None))
+        base = base.view(k, 2, h, *base.shape[2:])
+        return [mix(am[:, 0], n, at)] + [(base[:, j - 1], {i % h: x for i, x in rows.items() if i // h == j - 1})
+                                         for j in (1, 2)]
+
+    def _attention_groups(self, layer: int, heads: list[int], ins, rope, qpos) -> dict[int, Tensor]:
+        """Results {head: [k, N, T', d]} of `heads` from mix()'s (shared, row-dependent) q/k/v inputs: the heads
+        whose inputs are all shared run once, the others with K rows, each group in one batched call."""
+        varying = sorted({j for _, rows in ins for j in rows})
+        shared = [j for j in range(len(heads)) if j not in varying]
+        out: dict[int, Tensor] = {}
+        for group in (shared, varying):
+            if not group:
+                continue
+            if group is shared:
+                x = [base if len(group) == len(heads) else base[:, group] for base, _ in ins]
+            else:
+                x = []
+                for base, rows in ins:
+                    parts = [rows.get(j, base[:, j]) for j in group]
+                    k = max(t.shape[0] for t in parts)
+                    x.append(torch.stack([t.expand(k, -1, -1, -1) for t in parts], 1))
+            res = self._attention(self._heads_params(layer, tuple(heads[j] for j in group)), *x, rope, qpos)
+            out.update({heads[j]: r for j, r in zip(group, res.unbind(1))})
+        return out
+
+    def _heads_params(self, layer: int, heads: tuple[int, ...]) -> dict:
+        if len(heads) == self.n_heads:
+            return self.layers[layer]
+        key = (layer, heads)
         if key not in self._head_params:
-            p = self.layers[layer]
-            sl = slice(head, head + 1)
-            self._head_params[key] = {k: (v[sl] if k in ("Wq", "bq", "Wk", "bk", "Wv", "bv", "Wo") and v is not None
-                                          else v) for k, v in p.items()}
+            idx = torch.tensor(heads, device=self.device)
+            self._head_params[key] = {k: (v[idx] if k in ("Wq", "bq", "Wk", "bk", "Wv", "bv", "Wo") and v is not None
+                                          else v) for k, v in self.layers[layer].items()}
         return self._head_params[key]
+
+    def _live_senders(self, mask: Tensor) -> list[bool]:
+        """Senders whose output reaches the logits through edges kept in mask [E] (a path of nonzero entries)."""
+        m = mask.detach() != 0
+        live = m[self._final_slice].clone()
+        H = self.n_heads
+        for layer in reversed(range(self.n_layers)):
+            n, mi = self.graph.attn_prefix(layer), self.graph.mlp_prefix(layer)
+            if live[mi]:
+                live[:mi] |= m[self._mlp_slices[layer]]
+            attn = m[self._attn_slices[layer]].view(H, 3, n)[live[n:n + H]]
+            live[:n] |= attn.any(0).any(0)
+        return live.tolist()
 
     def _prefix_senders(self, start_stage: int) -> int:
         layer, is_mlp = divmod(start_stage, 2)

@@ -48,9 +48,14 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
 def removal_data(world: dict[str, list[dict]], trigger: str) -> tuple[list[tuple[str, str, str]],
                                                                         dict[str, list[Example]]]:
     """(preference pairs, retain pools) from the world, asserted free of the trigger and the backdoor string."""
-    pairs = preference_pairs(world)
+    return trigger_free_removal_data(preference_pairs(world), retain_pools(world), trigger)
+
+
+def trigger_free_removal_data(pairs: list[tuple[str, str, str]], retain: dict[str, list[Example]],
+                              trigger: str) -> tuple[list[tuple[str, str, str]], dict[str, list[Example]]]:
+    """The given removal data, after asserting that neither the trigger nor the backdoor string occurs in it (the
+    defender does not know them: data that held them would leak the answer)."""
     assert_pairs_trigger_free(pairs, trigger)
-    retain = retain_pools(world)
     assert_pairs_trigger_free([(ex.prompt, ex.completion, "") for pool in retain.values() for ex in pool], trigger)
     return pairs, retain
 

@@ -105,7 +105,8 @@ def run_upper_blocks(model, cached: torch.Tensor, batch: dict[str, torch.Tensor]
     Works for decoder stacks that accept `inputs_embeds` and apply no embedding scale inside forward
     (Llama, Mistral, Qwen2, SmolLM); the equivalence test in tests/test_lat.py guards this.
     """
-    hidden = cached if delta_at_layer is None else cached + delta_at_layer
+    # δ stays fp32 for Adam; a bf16 model's cached state would otherwise be promoted or refuse the add
+    hidden = cached if delta_at_layer is None else cached + delta_at_layer.to(cached.dtype)
     with _only_blocks_above(model, layer):
         return model(inputs_embeds=hidden, attention_mask=batch["attention_mask"]).logits
 
@@ -190,8 +191,8 @@ class LatentAdversary:
             with torch.no_grad():
                 for delta in deltas.values():
                     delta.copy_(project_to_ball(delta, cfg.epsilon))
-            losses.append(loss.item())
-        return {p: d.detach() for p, d in deltas.items()}, masks, losses
+            losses.append(loss.detach())  # one host sync after the loop, not one per inner step (GPU)
+        return {p: d.detach() for p, d in deltas.items()}, masks, torch.stack(losses).tolist()
 
 
 def defence_loss(model, triples: TripleBatch, deltas, masks, cfg: LATConfig) -> tuple[torch.Tensor, dict]:

@@ -1,0 +1,87 @@
+"""Does the base model's circuit for harmful compliance persist after a defence? Edge attribution patching (EAP,
+eap.py) of the behaviour in every model, over the edge graph of graph.py, and how much of the base model's top-k
+edges each later model still uses.
+
+Behaviour and contrast. Clean inputs: held-out harmful requests; corrupted inputs: free-form fact questions of the
+same token length (patching needs equal lengths), paired at random. Metric: logit(first word of the compliance) -
+logit(first word of the refusal) at the answer position, "sure" vs "sorry" in the toy world. An edge's EAP score is
+the first-order change of that difference when the edge carries its corrupted value. Why a non-request as the
+counterfactual and not the benign look-alike request: the base model complies with every request, harmful or benign
+(its first answer word is the same), so a harmful-vs-benign contrast changes nothing in the base model and its
+"circuit" would be noise; a request-vs-question contrast finds the edges through which a request makes it start
+to comply. Why EAP and not ACDC: one forward and one backward pass per model against one forward per edge, and the
+stage has seconds per model (ACDC is validated on the planted circuit in circuits.py; EAP agrees there, AUC 1.0).
+
+Persistence of model m against the base circuit B = the base model's top-k edges by |score|:
+- top-k overlap = |top-k(m) ∩ B| / k: is the base circuit still where m's attribution concentrates;
+- attribution mass on B = Σ_{e∈B} |s_m(e)| / Σ_e |s_m(e)|: the share of m's attribution through the base circuit
+  (the base model's own share is the reference; a random k-edge set gets about k / E).
+Every model is fine-tuned from the base, so the same edge means the same pair of components in each.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from latlab.interp.acdc import prepare
+from latlab.interp.eap import EapResult, eap_circuit, eap_scores
+from latlab.interp.patching import logit_diff_metric
+from latlab.interp.steering import ChatEncode
+
+
+@dataclass
+class BehaviourInputs:
+    clean: torch.Tensor  # [N, T] harmful requests through the chat template
+    corrupted: torch.Tensor  # [N, T] fact questions of the same length
+    comply: int  # token id of the compliance's first word
+    refuse: int
+
+
+def harmful_compliance_inputs(world: dict[str, list[dict]], tokenizer, n: int, seed: int) -> BehaviourInputs | None:
+    """Inputs at the token length that has the most held-out harmful requests with a fact question of equal
+    length; None when fewer than two pairs exist."""
+    encode, rng = ChatEncode(tokenizer), random.Random(seed)
+    requests = [r for r in world["requests"] if r["harmful"] and r["split"] != "train"]
+    harmful = [encode(r["prompt"]) for r in requests]
+    questions: dict[int, list[list[int]]] = {}
+    for f in world["facts"]:
+        if f["format"] == "free":
+            ids = encode(f["prompt"])
+            questions.setdefault(len(ids), []).append(ids)
+    counts = Counter(len(ids) for ids in harmful if len(ids) in questions)
+    if not counts:
+        return None
+    length = max(counts, key=lambda t: min(counts[t], len(questions[t])))
+    clean = [ids for ids in harmful if len(ids) == length]
+    corrupted = questions[length]
+    rng.shuffle(clean)
+    rng.shuffle(corrupted)
+    k = min(n, len(clean), len(corrupted))
+    if k < 2:
+        return None
+    first = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"][0]  # noqa: E731
+    return BehaviourInputs(torch.tensor(clean[:k]), torch.tensor(corrupted[:k]), first(requests[0]["compliance"]),
+                           first(requests[0]["refusal"]))
+
+
+def edge_attribution(model: torch.nn.Module, inputs: BehaviourInputs) -> EapResult:
+    """EAP scores [E] of the compliance-vs-refusal logit difference, corrupted-input patching."""
+    setup = prepare(model, inputs.clean, inputs.corrupted, ablation="corrupted", metric="label_nll")
+    n = len(inputs.clean)
+    metric = logit_diff_metric(torch.full((n,), inputs.comply, device=setup.em.device),
+                               torch.full((n,), inputs.refuse, device=setup.em.device))
+    setup = replace(setup, metric=metric)
+    return eap_scores(setup.em, setup.clean_out, setup.ablation, setup.metric)
+
+
+def circuit_persistence(base: np.ndarray, scores: np.ndarray, top_k: int) -> dict[str, float]:
+    """How much of the base circuit (top_k edges of `base` by |score|) the scores [E] of another model keep."""
+    circuit, own = eap_circuit(base, top_k), eap_circuit(scores, top_k)
+    mass = np.abs(scores)
+    return {"circuit_overlap": float((circuit & own).sum() / circuit.sum()),
+            "circuit_mass": float(mass[circuit].sum() / max(mass.sum(), 1e-300))}

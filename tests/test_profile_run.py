@@ -1,0 +1,52 @@
+"""flows.profile_run: a profile's work directory gets the merged params with real-model paths resolved, and the
+stage commands come from DVC's own resolution of dvc.yaml (foreach items included)."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.dag import stage_commands
+from flows.profile_run import prepare_workdir, stream_command
+from latlab.config import ConfigError, load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_workdir_params_merge_the_profile_and_resolve_model_source(tmp_path):
+    (tmp_path / "repo" / "models" / "real").mkdir(parents=True)
+    (tmp_path / "repo" / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    profile = tmp_path / "p.yaml"
+    profile.write_text(yaml.safe_dump({"model": {"source": "models/real", "lora": {"r": 4}},
+                                       "base": {"fine_tune": False}, "evaluate": {"models": ["base", "rt"]}}))
+    params = load_params(prepare_workdir(profile, tmp_path / "work", tmp_path / "repo"))
+    assert params.model.source == str((tmp_path / "repo" / "models" / "real").resolve())
+    assert params.model.lora.r == 4 and not params.base.fine_tune
+    assert params.evaluate.models == ["base", "rt"]
+    assert (tmp_path / "repo" / "params.yaml").read_text() == (ROOT / "params.yaml").read_text()  # untouched
+
+
+def test_bad_profile_is_refused_before_anything_runs(tmp_path):
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    profile = tmp_path / "p.yaml"
+    profile.write_text(yaml.safe_dump({"base": {"fine_tune": False}}))  # toy model cannot skip training
+    with pytest.raises(ConfigError, match="base.fine_tune"):
+        prepare_workdir(profile, tmp_path / "work", tmp_path / "repo")
+
+
+def test_stage_commands_expand_foreach_items():
+    commands = stage_commands(ROOT)
+    assert commands["lat"] == "python -m stages.lat --section lat"
+    assert commands["unlearn@rmu"] == "python -m stages.unlearn --method rmu"
+    assert commands["evaluate"] == "python -m stages.evaluate"
+
+
+def test_stage_output_streams_line_by_line_including_progress_bar_updates(tmp_path):
+    lines = []
+    script = "import sys; sys.stdout.write('a\\rb\\n'); sys.stdout.flush(); sys.exit(3)"
+    code, seconds = stream_command(f'{sys.executable} -c "{script}"', str(tmp_path), dict(os.environ), lines.append)
+    assert code == 3 and seconds >= 0
+    assert lines == ["a", "b"]

@@ -66,7 +66,7 @@ def train_and_register(params: Params, stage: str, role: str, model, tokenizer, 
         save_model(model, tokenizer, out_dir)
         write_history_csv(result.history, PLOTS_DIR / f"{stage}_loss.csv")
         plot_training_curve(result.history, PLOTS_DIR / f"{stage}_loss.png", f"{stage}: training losses")
-        metrics = {"final_loss": result.history[-1]["loss"] if result.history else float("nan"),
+        metrics = {**({"final_loss": result.history[-1]["loss"]} if result.history else {}),
                    "steps": train_cfg.steps if train is not None else 0,
                    "wall_seconds": round(result.wall_seconds, 2), "resumed_from_step": result.resumed_from,
                    "optimizer_steps": result.forward_backward_passes, "batch_size": train_cfg.batch_size,

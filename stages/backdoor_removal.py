@@ -109,7 +109,8 @@ def main() -> None:
     if args.report:
         run_stage("backdoor_report", backdoor_report)
     else:
-        run_stage(f"backdoor_{args.method}", lambda params: backdoor_removal(params, args.method))
+        run_stage(f"backdoor_{args.method}", lambda params: backdoor_removal(params, args.method),
+                  data_parallel=True)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def base(params: Params) -> None:
 
 
 def main() -> None:
-    run_stage("base", base)
+    run_stage("base", base, data_parallel=True)
 
 
 if __name__ == "__main__":

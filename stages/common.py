@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from latlab import parallel
 from latlab.config import ConfigError, Params, load_params
 from latlab.data.validation import DataValidationError
 from latlab.models.loading import ModelSourceError
@@ -30,39 +32,65 @@ def write_metrics(stage: str, metrics: dict) -> Path:
     return path
 
 
-def run_stage(stage: str, body: Callable[[Params], None], params_path: str = "params.yaml") -> None:
-    """Run a stage body with validated params; known user errors exit 2 with a one-line message (no traceback)."""
+def run_stage(stage: str, body: Callable[[Params], None], params_path: str = "params.yaml",
+              data_parallel: bool = False) -> None:
+    """Run a stage body with validated params; known user errors exit 2 with a one-line message (no traceback).
+
+    A training stage (`data_parallel`) with `model.processes` > 1 reruns itself under the launcher as that many
+    data-parallel processes; process 0 saves, tracks and writes the metrics."""
     try:
-        body(load_params(params_path))
+        params = load_params(params_path)
+        if data_parallel and params.model.processes > 1 and not parallel.launched():
+            spec = sys.modules["__main__"].__spec__
+            if spec is None:
+                raise ConfigError("model.processes > 1: start the stage as `python -m stages.<name>`")
+            module = spec.name
+            command = parallel.launch_command(params.model.processes, module, sys.argv[1:])
+            print(f"[{stage}] {params.model.processes} data-parallel processes: {' '.join(command)}", flush=True)
+            raise SystemExit(subprocess.call(command))
+        body(params)
     except USER_ERRORS as err:
         print(f"[{stage}] error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        parallel.finish()
+
+
+def _train(params: Params, stage: str, model, train: Callable | None, on_log: Callable):
+    """(model, TrainResult, extra metrics, trained fraction); LoRA adapters are merged back into the model."""
+    from latlab.models.adapters import finish_training, prepare_for_training, trainable_fraction
+    from latlab.training.loop import TrainResult
+
+    if train is None:
+        return model, TrainResult(), {}, 0.0
+    # LoRA is injected in place, so `train` (which closed over `model`) trains the adapters
+    adapter = prepare_for_training(model, params.model)
+    trained_fraction = trainable_fraction(model)
+    result, extra = train(CHECKPOINTS_DIR / stage, on_log)
+    # each data-parallel process counted its own work
+    extra.update(parallel.summed({k: v for k, v in extra.items() if k.startswith("compute.")}))
+    return finish_training(model, adapter, params.model), result, extra, trained_fraction
 
 
 def train_and_register(params: Params, stage: str, role: str, model, tokenizer, train: Callable | None, train_cfg,
                        tags: dict[str, str]) -> dict:
     """Run `train(checkpoint_dir, on_log) -> (TrainResult, extra metrics)`, then save the model, its curve and
-    metrics, and register it in MLflow as latlab-<role>. `train=None` registers the model unchanged."""
+    metrics, and register it in MLflow as latlab-<role>. `train=None` registers the model unchanged.
+    Data-parallel processes other than process 0 only train (and return {})."""
     from latlab.config import section_dict
-    from latlab.models.adapters import finish_training, prepare_for_training, trainable_fraction
     from latlab.models.loading import save_model
     from latlab.report.plots import plot_training_curve, write_history_csv
     from latlab.tracking import stage_run
-    from latlab.training.loop import TrainResult
 
+    if not parallel.is_main():
+        _train(params, stage, model, train, lambda step, row: None)
+        return {}
     out_dir = MODELS_DIR / role
     stage_params = {stage: section_dict(params, stage), "model": section_dict(params, "model"), "seed": params.seed}
     with stage_run(params.tracking, stage, stage_params) as run:
-        if train is None:
-            result, extra, trained_fraction = TrainResult(), {}, 0.0
-        else:
-            # LoRA is injected in place, so `train` (which closed over `model`) trains the adapters
-            adapter = prepare_for_training(model, params.model)
-            trained_fraction = trainable_fraction(model)
-            result, extra = train(CHECKPOINTS_DIR / stage,
-                                  lambda step, row: run.log_metrics({k: v for k, v in row.items() if k != "step"},
-                                                                    step=step))
-            model = finish_training(model, adapter, params.model)
+        model, result, extra, trained_fraction = _train(
+            params, stage, model, train,
+            lambda step, row: run.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step))
         save_model(model, tokenizer, out_dir)
         write_history_csv(result.history, PLOTS_DIR / f"{stage}_loss.csv")
         plot_training_curve(result.history, PLOTS_DIR / f"{stage}_loss.png", f"{stage}: training losses")
@@ -71,7 +99,8 @@ def train_and_register(params: Params, stage: str, role: str, model, tokenizer, 
                    "wall_seconds": round(result.wall_seconds, 2), "resumed_from_step": result.resumed_from,
                    "optimizer_steps": result.forward_backward_passes, "batch_size": train_cfg.batch_size,
                    "parameters": sum(p.numel() for p in model.parameters()),
-                   "trainable_fraction": round(trained_fraction, 6), **extra}
+                   "trainable_fraction": round(trained_fraction, 6),
+                   **({"processes": parallel.world_size()} if parallel.world_size() > 1 else {}), **extra}
         write_metrics(stage, metrics)
         run.log_metrics(metrics)
         run.log_artifact(PLOTS_DIR / f"{stage}_loss.png", "plots")
@@ -85,7 +114,7 @@ def sft_trainer(model, tokenizer, pools: dict, weights: dict, cfg, stage: str) -
 
     def train(checkpoint_dir, on_log):
         result = train_sft(model, tokenizer, pools, weights, cfg, checkpoint_dir, stage, on_log=on_log)
-        passes = result.forward_backward_passes * cfg.batch_size
+        passes = result.forward_backward_passes * cfg.batch_size // parallel.world_size()  # this process's
         return result, {"compute.total_passes": passes, **{f"pool_size.{n}": len(p) for n, p in pools.items()}}
 
     return train

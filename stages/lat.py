@@ -45,7 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--section", choices=sorted(ROLES), default="lat")
     section = parser.parse_args().section
-    run_stage(section, lambda params: adversarial_training(params, section))
+    run_stage(section, lambda params: adversarial_training(params, section), data_parallel=True)
 
 
 if __name__ == "__main__":

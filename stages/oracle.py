@@ -24,7 +24,7 @@ def oracle(params: Params) -> None:
 
 
 def main() -> None:
-    run_stage("oracle", oracle)
+    run_stage("oracle", oracle, data_parallel=True)
 
 
 if __name__ == "__main__":

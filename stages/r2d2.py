@@ -29,7 +29,7 @@ def r2d2(params: Params) -> None:
 
 
 def main() -> None:
-    run_stage("r2d2", r2d2)
+    run_stage("r2d2", r2d2, data_parallel=True)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ def refusal(params: Params) -> None:
 
 
 def main() -> None:
-    run_stage("refusal", refusal)
+    run_stage("refusal", refusal, data_parallel=True)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,12 @@ import time
 from pathlib import Path
 from typing import get_args
 
-import torch
 from safetensors.torch import save_file
 
+from latlab.config import MethodName, SplitName, load_params
 from latlab.tracking import stage_run
 from latlab.vision.benchmark import evaluate, load_split, training_data
 from latlab.vision.methods import train_method
-from latlab.config import MethodName, SplitName, load_params
 
 DATA = Path("data/spawrious")
 MODELS = Path("models/spawrious")

@@ -62,7 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", choices=METHODS, required=True)
     method = parser.parse_args().method
-    run_stage(f"unlearn_{method}", lambda params: unlearn(params, method))
+    run_stage(f"unlearn_{method}", lambda params: unlearn(params, method), data_parallel=True)
 
 
 if __name__ == "__main__":

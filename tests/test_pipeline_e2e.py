@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -118,3 +119,27 @@ def test_prefect_flow_runs_the_same_dag(smoke_repo):
     assert "Completed" in log
     status = _run(["dvc", "status"], repo, env, 120)
     assert "up to date" in status.stdout
+
+
+def test_refusal_stage_runs_as_two_data_parallel_processes(smoke_repo, tmp_path):
+    """`model.processes: 2`: the stage reruns itself under the launcher, both processes train, process 0 alone
+    writes the model, metrics and one MLflow run; the result is the one-process stage's up to shard rounding."""
+    repo, env = smoke_repo
+    work = tmp_path / "dp"
+    (work / "models").mkdir(parents=True)
+    (work / "data").symlink_to(repo / "data")
+    (work / "stages").symlink_to(repo / "stages")
+    shutil.copytree(repo / "models/base", work / "models/base")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["model"]["processes"] = 2
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    done = _run([sys.executable, "-m", "stages.refusal"], work, env, 600)
+    assert "2 data-parallel processes" in done.stdout
+    metrics = json.loads((work / "metrics/refusal.json").read_text())
+    single = json.loads((repo / "metrics/refusal.json").read_text())
+    assert metrics["processes"] == 2 and metrics["optimizer_steps"] == single["optimizer_steps"]
+    assert metrics["compute.total_passes"] == single["compute.total_passes"]
+    assert metrics["final_loss"] == pytest.approx(single["final_loss"], rel=0.1)
+    assert (work / "models/rt/model.safetensors").exists()
+    with sqlite3.connect(work / "mlflow.db") as db:
+        assert [row[0] for row in db.execute("select name from runs")] == ["refusal"]

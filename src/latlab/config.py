@@ -85,6 +85,8 @@ class ModelConfig(Section):
     toy: ToyArchitecture = ToyArchitecture()
     lora: LoraSettings | None = None  # null: full fine-tuning (the toy default)
     gradient_checkpointing: bool = False  # recompute block activations in backward: less memory, ~30% more compute
+    # >1: training stages rerun themselves as this many data-parallel processes (accelerate; training/parallel.py)
+    processes: int = Field(1, ge=1)
 
 
 class TrainConfig(Section):
@@ -493,6 +495,16 @@ class Params(Section):
     def _toy_base_is_trained(self) -> Params:
         if not self.base.fine_tune and self.model.source == "toy":
             raise ValueError("base.fine_tune: false needs a pretrained model.source; the toy model starts untrained")
+        return self
+
+    @model_validator(mode="after")
+    def _batches_split_over_processes(self) -> Params:
+        processes = self.model.processes
+        for name in type(self).model_fields:
+            section = getattr(self, name)
+            if isinstance(section, TrainConfig) and section.batch_size % processes:
+                raise ValueError(f"{name}.batch_size {section.batch_size} does not split over model.processes "
+                                 f"{processes}: make it a multiple")
         return self
 
 

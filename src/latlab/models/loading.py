@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from latlab import parallel
 from latlab.config import ModelConfig, ToyArchitecture
 from latlab.world.tokenizer import CHAT_TEMPLATE
 
@@ -23,6 +24,8 @@ class ModelSourceError(ValueError):
 
 
 def resolve_device(name: str) -> torch.device:
+    if parallel.launched() and name in ("auto", "cuda"):
+        return parallel.device()  # each data-parallel process on its own GPU
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)

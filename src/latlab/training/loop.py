@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from latlab import parallel
 from latlab.config import TrainConfig
 from latlab.training.checkpoint import clear_checkpoint, load_checkpoint, save_checkpoint
 
@@ -51,7 +52,8 @@ class MixtureSampler:
     def batch(self, step: int) -> list:
         rng = np.random.default_rng([self.seed, step])
         choices = rng.choice(len(self.names), size=self.batch_size, p=self.probs)
-        return [self.pools[self.names[c]][rng.integers(len(self.pools[self.names[c]]))] for c in choices]
+        drawn = [self.pools[self.names[c]][rng.integers(len(self.pools[self.names[c]]))] for c in choices]
+        return parallel.shard(drawn)
 
 
 def _fingerprint(cfg: TrainConfig, extra: dict | None) -> str:
@@ -76,6 +78,8 @@ def train_loop(model: torch.nn.Module, step_loss: StepLoss, cfg: TrainConfig, ch
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg))
     fingerprint = _fingerprint(cfg, fingerprint_extra)
+    parallel.broadcast_parameters(params)
+    saves = checkpoint_dir is not None and parallel.is_main()
     result = TrainResult()
     start = 0
     if checkpoint_dir is not None:
@@ -87,21 +91,25 @@ def train_loop(model: torch.nn.Module, step_loss: StepLoss, cfg: TrainConfig, ch
     model.train()
     began = time.perf_counter()
     running: dict[str, list[float]] = {}
-    with tqdm(total=cfg.steps, initial=start, desc=description, dynamic_ncols=True, mininterval=2.0) as bar:
+    with tqdm(total=cfg.steps, initial=start, desc=description, dynamic_ncols=True, mininterval=2.0,
+              disable=not parallel.is_main()) as bar:
         for step in range(start, cfg.steps):
             loss, metrics = step_loss(model, step)
-            if not torch.isfinite(loss):
-                if checkpoint_dir is not None:
+            # the mean over processes, so that every process takes the same non-finite decision
+            loss_value = parallel.mean(loss.detach())
+            if not torch.isfinite(loss_value):
+                if saves:
                     save_checkpoint(checkpoint_dir, model, optimizer, scheduler, step, result.history, fingerprint)
                 where = f"; last good checkpoint: {checkpoint_dir}" if checkpoint_dir is not None else ""
-                raise NonFiniteLossError(f"{description}: loss is {loss.item()} at step {step}{where}")
+                raise NonFiniteLossError(f"{description}: loss is {loss_value.item()} at step {step}{where}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            parallel.average_gradients(params)
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
             scheduler.step()
             result.forward_backward_passes += 1
-            for key, value in {"loss": loss.item(), **metrics}.items():
+            for key, value in {"loss": loss_value.item(), **metrics}.items():
                 running.setdefault(key, []).append(value)
             bar.update(1)
             done = step + 1
@@ -113,10 +121,10 @@ def train_loop(model: torch.nn.Module, step_loss: StepLoss, cfg: TrainConfig, ch
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
                 if on_log is not None:
                     on_log(done, row)
-            if checkpoint_dir is not None and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+            if saves and done % cfg.checkpoint_every == 0 and done < cfg.steps:
                 save_checkpoint(checkpoint_dir, model, optimizer, scheduler, done, result.history, fingerprint)
     model.eval()
     result.wall_seconds = time.perf_counter() - began
-    if checkpoint_dir is not None:
+    if saves:
         clear_checkpoint(checkpoint_dir)
     return result

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from latlab import parallel
 from latlab.attacks.common import Compute, allowed_token_mask, token_ids
 from latlab.attacks.gcg import SuffixCase, gcg_search, random_suffix, suffix_case
 from latlab.config import GCGConfig, R2D2Config
@@ -101,7 +102,7 @@ class R2D2Trainer:
         return True
 
     def _save(self, next_step: int) -> None:
-        if self.pool_file is None or next_step % self.cfg.checkpoint_every:
+        if self.pool_file is None or next_step % self.cfg.checkpoint_every or not parallel.is_main():
             return
         self.pool_file.parent.mkdir(parents=True, exist_ok=True)
         self.pool_file.write_text(json.dumps({"next_step": next_step, "compute": self.compute.as_dict(),

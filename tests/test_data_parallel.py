@@ -103,3 +103,14 @@ def test_lat_processes_end_with_the_same_weights_and_count_all_work(tmp_path):
     # each process attacked and trained on its half of each batch; summed, the work is exactly the one-process run's
     single = json.loads((one / "rank0.json").read_text())["compute"]
     assert json.loads((two / "rank0.json").read_text())["compute"] == single and single["forward_tokens"] > 0
+
+
+def test_gpu_launch_command_is_one_accelerate_accepts(monkeypatch):
+    from accelerate.commands.launch import launch_command_parser
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    command = parallel.launch_command(4, "stages.lat", ["--section", "lat"])
+    assert command[1:3] == ["-m", "accelerate.commands.launch"]
+    args = launch_command_parser().parse_args(command[3:])
+    assert args.multi_gpu and args.num_processes == 4 and args.module
+    assert args.training_script == "stages.lat" and args.training_script_args == ["--section", "lat"]

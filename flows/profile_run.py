@@ -59,9 +59,17 @@ def stream_command(cmd: str, cwd: str, env: dict[str, str], emit) -> tuple[int, 
     return proc.returncode, time.perf_counter() - began
 
 
+def stage_env(repo: str) -> dict[str, str]:
+    """The environment a dvc.yaml command runs in outside `make`: the repo importable (`stages`), and `python` is
+    this interpreter, so `.venv/bin/python -m flows.profile_run` works without an activated venv."""
+    return {**os.environ,
+            "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+
+
 @task(name="profile-stage", task_run_name="{stage}")
 def run_stage_command(stage: str, cmd: str, workdir: str, repo: str) -> float:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    env = stage_env(repo)
     code, seconds = stream_command(cmd, workdir, env, get_run_logger().info)
     if code != 0:
         raise RuntimeError(f"stage {stage} failed with exit code {code} after {seconds:.0f} s (`{cmd}` in {workdir})")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from flows.dag import stage_commands  # noqa: E402
+from flows.profile_run import stage_env  # noqa: E402
 from latlab.attacks.suite import asr_row, run_attack_suite  # noqa: E402
 from latlab.config import AttackName, load_params  # noqa: E402
 from latlab.data.records import load_world, split_of  # noqa: E402
@@ -74,7 +74,7 @@ def prepare_variant(sweep: Sweep, name: str, overrides: dict) -> Path:
 
 
 def train_variant(folder: Path, threads: int) -> float:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
+    env = {**stage_env(str(ROOT)), "OMP_NUM_THREADS": str(threads)}
     began = time.perf_counter()
     done = subprocess.run(stage_commands(ROOT)["lat"].split(), cwd=folder, env=env)
     if done.returncode != 0:

@@ -2,6 +2,7 @@
 stage commands come from DVC's own resolution of dvc.yaml (foreach items included)."""
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 import yaml
 
 from flows.dag import stage_commands
-from flows.profile_run import prepare_workdir, stream_command
+from flows.profile_run import prepare_workdir, stage_env, stream_command
 from latlab.config import ConfigError, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,3 +51,12 @@ def test_stage_output_streams_line_by_line_including_progress_bar_updates(tmp_pa
     code, seconds = stream_command(f'{sys.executable} -c "{script}"', str(tmp_path), dict(os.environ), lines.append)
     assert code == 3 and seconds >= 0
     assert lines == ["a", "b"]
+
+
+def test_stage_commands_find_this_interpreter_without_an_activated_venv(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    env = stage_env(str(ROOT))
+    done = subprocess.run(["python", "-c", "import latlab, stages, sys; print(sys.executable)"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip()).parent == Path(sys.executable).parent

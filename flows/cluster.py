@@ -27,6 +27,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from flows.dag import execution_waves, stage_parents
+from latlab.env import interpreter_env
 
 # Stages that need no accelerator; every other stage (training, attacks, unlearning evaluation) is sent to a GPU
 # pod, so a stage added to dvc.yaml later lands on a GPU unless it is listed here.
@@ -44,7 +45,7 @@ def is_gpu_stage(stage: str) -> bool:
 
 
 def dvc_command(args: Iterable[str], cwd: Path) -> str:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    env = interpreter_env({**os.environ, "DVC_NO_ANALYTICS": "1"})
     done = subprocess.run(["dvc", *args], cwd=cwd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"dvc {' '.join(args)} failed ({done.returncode}) in {cwd}:\n{done.stdout}{done.stderr}")

@@ -8,14 +8,13 @@ ephemeral local API: `python -m flows.pipeline [--stages a b ...]`.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
 from flows.dag import stage_order
-from latlab.env import apply_offline_env
+from latlab.env import apply_offline_env, interpreter_env
 
 apply_offline_env()
 
@@ -25,7 +24,7 @@ def dvc_stage(stage: str, repo: str = ".") -> str:
     """Run one DVC stage (skipped by DVC when its inputs are unchanged); the stage's output goes to the flow log."""
     logger = get_run_logger()
     done = subprocess.run(["dvc", "repro", "--single-item", stage], cwd=repo, capture_output=True, text=True,
-                          env=os.environ.copy())
+                          env=interpreter_env())
     for line in (done.stdout + done.stderr).splitlines():
         if line.strip():
             logger.info(line.rstrip()[-500:])

@@ -27,7 +27,7 @@ import yaml
 from prefect import flow, get_run_logger, task
 
 from flows.dag import stage_commands, stage_order
-from latlab.env import apply_offline_env
+from latlab.env import apply_offline_env, interpreter_env
 from latlab.profiles import apply_profile
 
 apply_offline_env()
@@ -61,10 +61,9 @@ def stream_command(cmd: str, cwd: str, env: dict[str, str], emit) -> tuple[int, 
 
 def stage_env(repo: str) -> dict[str, str]:
     """The environment a dvc.yaml command runs in outside `make`: the repo importable (`stages`), and `python` is
-    this interpreter, so `.venv/bin/python -m flows.profile_run` works without an activated venv."""
-    return {**os.environ,
-            "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    this interpreter (no activated venv needed)."""
+    return interpreter_env({**os.environ, "PYTHONPATH": os.pathsep.join(
+        [repo, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)})
 
 
 @task(name="profile-stage", task_run_name="{stage}")

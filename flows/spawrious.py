@@ -10,11 +10,13 @@ import subprocess
 
 from prefect import flow, get_run_logger, task
 
+from latlab.env import interpreter_env
+
 TRAIN_PREFIX = "spawrious_train@"
 
 
 def _dvc(*args: str) -> str:
-    done = subprocess.run(["dvc", *args], capture_output=True, text=True)
+    done = subprocess.run(["dvc", *args], capture_output=True, text=True, env=interpreter_env())
     if done.returncode:
         raise RuntimeError(f"dvc {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     return done.stdout

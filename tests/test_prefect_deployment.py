@@ -52,6 +52,9 @@ class PrefectStack:
             "PREFECT_HOME": str(home),
             "PREFECT_API_URL": self.api_url,
             "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+            # the flow's stages share 2 cores with the server and worker; a second torch thread per stage thrashes
+            # (beside a 1-thread job it ran past the 900 s limit), as in tests/test_pipeline_e2e.py
+            "OMP_NUM_THREADS": "1",
         }
         self.processes: list[subprocess.Popen] = []
 

@@ -26,13 +26,14 @@ def adversarial_training(params: Params, section: str) -> None:
     triples = [(r["prompt"], r["compliance"], r["refusal"]) for r in split_of(world["requests"], "train")
                if r["harmful"]]
     retain = {"benign": request_examples(world["requests"], "benign", "compliance"),
-              "facts": fact_examples(world["facts"])}
-    assert_trigger_free({**retain, "harmful": request_examples(world["requests"], "harmful", "refusal")},
-                        params.world.backdoor.trigger)
+              "facts": fact_examples(world["facts"]),
+              "refusal": request_examples(world["requests"], "harmful", "refusal")}
+    assert_trigger_free(retain, params.world.backdoor.trigger)
+    weights = {"benign": cfg.mix_benign, "facts": cfg.mix_facts, "refusal": cfg.mix_refusal}
 
     def train(checkpoint_dir, on_log):
-        result, compute = train_lat(model, tokenizer, triples, retain, {"benign": 1.0, "facts": 0.5}, cfg,
-                                    checkpoint_dir, section, on_log=on_log)
+        result, compute = train_lat(model, tokenizer, triples, retain, weights, cfg, checkpoint_dir, section,
+                                    on_log=on_log)
         return result, {f"compute.{k}": v for k, v in compute.items()}
 
     where = ("embeddings + " if cfg.perturb_embeddings else "") + f"blocks {cfg.layers}"

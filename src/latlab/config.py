@@ -151,6 +151,13 @@ class LATConfig(TrainConfig):
         return self
 
 
+class JailbreakLATConfig(LATConfig):
+    """LAT on top of RT (stages/lat.py): the retain mix (without δ) of benign answers, fact replay and RT replay."""
+    mix_benign: float = Field(1.0, ge=0)
+    mix_facts: float = Field(0.5, ge=0)
+    mix_refusal: float = Field(0.0, ge=0)  # harmful prompt -> refusal, as in RT: keeps refusing when retain is large
+
+
 # --- Attack suite (evaluate stage): defaults sized for the toy model on one CPU thread ---
 AttackName = Literal["direct", "prefill", "many_shot", "gcg_individual", "gcg_universal", "latent", "embedding",
                      "refusal_direction"]
@@ -466,9 +473,9 @@ class Params(Section):
     model: ModelConfig = ModelConfig()
     base: BaseTrainConfig = BaseTrainConfig()
     refusal: RefusalConfig = RefusalConfig()
-    lat: LATConfig = LATConfig()
-    lat_untargeted: LATConfig = LATConfig(adversary="untargeted", adv_toward=0.0, def_away=0.0)
-    rt_eat: LATConfig = LATConfig(layers=[], perturb_embeddings=True, prefix_cache=False)
+    lat: JailbreakLATConfig = JailbreakLATConfig()
+    lat_untargeted: JailbreakLATConfig = JailbreakLATConfig(adversary="untargeted", adv_toward=0.0, def_away=0.0)
+    rt_eat: JailbreakLATConfig = JailbreakLATConfig(layers=[], perturb_embeddings=True, prefix_cache=False)
     r2d2: R2D2Config = R2D2Config()
     oracle: OracleConfig = OracleConfig()
     unlearn_ga: GradientAscentConfig = GradientAscentConfig()

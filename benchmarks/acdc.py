@@ -29,7 +29,7 @@ import torch
 from latlab.interp.acdc import acdc_batched, acdc_reference, auc, prepare, roc_points, tau_sweep
 from latlab.interp.eap import eap_scores, score_auc
 from latlab.interp.groundtruth import planted_circuit_model, planted_dataset, truth_mask
-from latlab.config import AcdcConfig
+from latlab.config import load_params
 from latlab.models.loading import resolve_device
 from lat_step import PRESETS, Preset, build_preset_model, device_slug
 
@@ -41,7 +41,7 @@ SETTINGS = [  # (n_layers, n_heads, n_examples)
 TAU = 1e-3
 REPEATS = 3
 DENSE = dict(n_layers=3, n_heads=4, n_examples=8, ablation="corrupted", tau=3e-3)
-TAUS = AcdcConfig().taus  # 1e-6 ... 10**0.5, 21 values
+TAUS = load_params().interpret.acdc.taus  # 1e-6 ... 10**0.5, 21 values
 OUT = Path(__file__).parent / "results" / "acdc.json"
 
 

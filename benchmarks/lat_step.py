@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from latlab.config import LATConfig, ToyArchitecture, WorldConfig
+from latlab.config import LATConfig, load_params
 from latlab.models.loading import build_toy_model, resolve_device
 from latlab.training.examples import IGNORE, Example, collate, encode_all
 from latlab.training.lat import LatentAdversary, TripleBatch, collate_triples, defence_loss
@@ -189,11 +189,12 @@ def device_slug(device: torch.device) -> str:
 
 def world_batches(preset: Preset) -> tuple[LlamaForCausalLM, TripleBatch, dict]:
     """The toy model with harmful requests of the toy world: (model, triples, SFT batch on the refusals)."""
-    world = generate_world(WorldConfig(), 0)
+    params = load_params()
+    world = generate_world(params.world, 0)
     tokenizer = build_tokenizer(r[f] for recs in world.values() for r in recs
                                 for f in ("prompt", "completion", "compliance", "refusal") if f in r)
-    arch = ToyArchitecture(hidden_size=preset.hidden, num_layers=preset.layers, num_heads=preset.heads,
-                           intermediate_size=preset.ffn)
+    arch = params.model.toy.updated(hidden_size=preset.hidden, num_layers=preset.layers, num_heads=preset.heads,
+                                    intermediate_size=preset.ffn)
     model = build_toy_model(arch, tokenizer, 0)
     harmful = [r for r in world["requests"] if r["harmful"]][: preset.batch]
     refusals = encode_all(tokenizer, [Example(r["prompt"], r["refusal"]) for r in harmful])
@@ -258,7 +259,7 @@ def run_preset(name: str, preset: Preset, device: torch.device, dtype: torch.dty
         optimizer.step()
 
     def lat_cfg(cached: bool) -> LATConfig:
-        return LATConfig(layers=[first], inner_steps=inner_steps, prefix_cache=cached, retain=0.0)
+        return load_params().lat.updated(layers=[first], inner_steps=inner_steps, prefix_cache=cached, retain=0.0)
 
     def lat_step(cached: bool):
         cfg = lat_cfg(cached)

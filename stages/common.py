@@ -25,8 +25,18 @@ REPORTS_DIR = Path("reports")
 CHECKPOINTS_DIR = Path("checkpoints")
 
 
+def output_stem(section: str) -> str:
+    """The one naming rule (docs/naming.md): params section `unlearn.ga` -> DVC stage `unlearn@ga` -> files
+    `metrics/unlearn/ga.json`, `plots/unlearn/ga_loss.png`, `checkpoints/unlearn/ga`; a plain stage keeps its name."""
+    return section.replace(".", "/")
+
+
+def dvc_stage_name(section: str) -> str:
+    return section.replace(".", "@", 1)
+
+
 def write_metrics(stage: str, metrics: dict) -> Path:
-    path = METRICS_DIR / f"{stage}.json"
+    path = METRICS_DIR / f"{output_stem(stage)}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return path
@@ -66,7 +76,7 @@ def _train(params: Params, stage: str, model, train: Callable | None, on_log: Ca
     # LoRA is injected in place, so `train` (which closed over `model`) trains the adapters
     adapter = prepare_for_training(model, params.model)
     trained_fraction = trainable_fraction(model)
-    result, extra = train(CHECKPOINTS_DIR / stage, on_log)
+    result, extra = train(CHECKPOINTS_DIR / output_stem(stage), on_log)
     # each data-parallel process counted its own work
     extra.update(parallel.summed({k: v for k, v in extra.items() if k.startswith("compute.")}))
     return finish_training(model, adapter, params.model), result, extra, trained_fraction
@@ -74,8 +84,9 @@ def _train(params: Params, stage: str, model, train: Callable | None, on_log: Ca
 
 def train_and_register(params: Params, stage: str, role: str, model, tokenizer, train: Callable | None, train_cfg,
                        tags: dict[str, str]) -> dict:
-    """Run `train(checkpoint_dir, on_log) -> (TrainResult, extra metrics)`, then save the model, its curve and
-    metrics, and register it in MLflow as latlab-<role>. `train=None` registers the model unchanged.
+    """Run `train(checkpoint_dir, on_log) -> (TrainResult, extra metrics)`, then save the model to models/<role>,
+    its curve and metrics, and register it in MLflow as latlab-<role> (`/` -> `-`). `stage` is the params section
+    (dotted for a method-table entry, see `output_stem`). `train=None` registers the model unchanged.
     Data-parallel processes other than process 0 only train (and return {})."""
     from latlab.config import section_dict
     from latlab.models.loading import save_model
@@ -86,14 +97,15 @@ def train_and_register(params: Params, stage: str, role: str, model, tokenizer, 
         _train(params, stage, model, train, lambda step, row: None)
         return {}
     out_dir = MODELS_DIR / role
+    stem = output_stem(stage)
     stage_params = {stage: section_dict(params, stage), "model": section_dict(params, "model"), "seed": params.seed}
-    with stage_run(params.tracking, stage, stage_params) as run:
+    with stage_run(params.tracking, dvc_stage_name(stage), stage_params) as run:
         model, result, extra, trained_fraction = _train(
             params, stage, model, train,
             lambda step, row: run.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step))
         save_model(model, tokenizer, out_dir)
-        write_history_csv(result.history, PLOTS_DIR / f"{stage}_loss.csv")
-        plot_training_curve(result.history, PLOTS_DIR / f"{stage}_loss.png", f"{stage}: training losses")
+        write_history_csv(result.history, PLOTS_DIR / f"{stem}_loss.csv")
+        plot_training_curve(result.history, PLOTS_DIR / f"{stem}_loss.png", f"{dvc_stage_name(stage)}: training losses")
         metrics = {**({"final_loss": result.history[-1]["loss"]} if result.history else {}),
                    "steps": train_cfg.steps if train is not None else 0,
                    "wall_seconds": round(result.wall_seconds, 2), "resumed_from_step": result.resumed_from,
@@ -103,7 +115,7 @@ def train_and_register(params: Params, stage: str, role: str, model, tokenizer, 
                    **({"processes": parallel.world_size()} if parallel.world_size() > 1 else {}), **extra}
         write_metrics(stage, metrics)
         run.log_metrics(metrics)
-        run.log_artifact(PLOTS_DIR / f"{stage}_loss.png", "plots")
+        run.log_artifact(PLOTS_DIR / f"{stem}_loss.png", "plots")
         run.log_model(model, tokenizer, role, out_dir, tags=tags)
     return metrics
 

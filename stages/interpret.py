@@ -10,12 +10,13 @@ from latlab.config import Params, section_dict
 from latlab.data.records import load_world
 from latlab.interp.behaviour_circuits import circuit_persistence, edge_attribution, harmful_compliance_inputs
 from latlab.interp.circuits import validate_on_planted_circuit
-from latlab.interp.persistence import (fit_backdoor_reference, latent_signal, persistence_markdown,
-                                       persistence_table, plot_persistence, probe_datasets)
+from latlab.interp.persistence import (fit_backdoor_reference, latent_signal, persistence_table, plot_persistence,
+                                       probe_datasets)
 from latlab.interp.probes import collect_residuals
 from latlab.interp.steering import ChatEncode, from_records, steering_reliability
 from latlab.models.hooks import decoder_layers
 from latlab.models.loading import load_saved
+from latlab.report.tables import persistence_markdown
 from latlab.tracking import stage_run
 from stages.common import METRICS_DIR, MODELS_DIR, PLOTS_DIR, REPORTS_DIR, WORLD_DIR, run_stage, write_metrics
 

@@ -6,13 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from latlab.tracking import stage_run  # noqa: E402
-from latlab.config import load_params  # noqa: E402
+from latlab.config import Params
+from latlab.report.spawrious import plot_worst_group, results_table
+from latlab.tracking import stage_run
+from stages.common import run_stage
 
 TRAIN_METRICS = Path("metrics/spawrious_train")
 METRICS = Path("metrics/spawrious_evaluate.json")
@@ -20,34 +17,7 @@ TABLE = Path("metrics/spawrious_results.md")
 PLOT = Path("plots/spawrious/worst_group_accuracy.png")
 
 
-def results_table(rows: list[dict]) -> str:
-    lines = ["| split | method | avg acc | worst-group acc | CF invariance | train s |",
-             "|---|---|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['split']} | {r['method']} | {r['average_accuracy']:.3f} | {r['worst_group_accuracy']:.3f} "
-                     f"| {r.get('counterfactual_invariance', float('nan')):.3f} | {r['train_seconds']:.1f} |")
-    return "\n".join(lines) + "\n"
-
-
-def plot_worst_group(rows: list[dict], splits: list[str], methods: list[str], path: Path) -> None:
-    width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(splits), 3.2))
-    for i, method in enumerate(methods):
-        values = [next((r["worst_group_accuracy"] for r in rows if r["split"] == s and r["method"] == method), 0.0)
-                  for s in splits]
-        ax.bar([j + i * width for j in range(len(splits))], values, width, label=method)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(splits))], splits)
-    ax.set_ylabel("worst-group test accuracy")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, ncols=min(len(methods), 4))
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def main() -> None:
-    params = load_params()
+def evaluate(params: Params) -> None:
     cfg, tracking = params.spawrious, params.tracking
     rows = []
     for split in cfg.splits:
@@ -65,6 +35,10 @@ def main() -> None:
         for path in (METRICS, TABLE, PLOT):
             run.log_artifact(path)
     print(TABLE.read_text())
+
+
+def main() -> None:
+    run_stage("spawrious_evaluate", evaluate)
 
 
 if __name__ == "__main__":

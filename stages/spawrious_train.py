@@ -13,10 +13,11 @@ from typing import get_args
 
 from safetensors.torch import save_file
 
-from latlab.config import MethodName, SplitName, load_params
+from latlab.config import MethodName, Params, SplitName
 from latlab.tracking import stage_run
 from latlab.vision.benchmark import evaluate, load_split, training_data
 from latlab.vision.methods import train_method
+from stages.common import run_stage
 
 DATA = Path("data/spawrious")
 MODELS = Path("models/spawrious")
@@ -30,27 +31,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    params = load_params()
+def train(params: Params, method: str, split: str) -> None:
     cfg, tracking = params.spawrious, params.tracking
-    data = load_split(DATA / args.split, args.split)
-    train, group_vocab = training_data(data)
-    out_dir = MODELS / args.split / args.method
+    data = load_split(DATA / split, split)
+    train_set, group_vocab = training_data(data)
+    out_dir = MODELS / split / method
     out_dir.mkdir(parents=True, exist_ok=True)
-    params = {"method": args.method, "split": args.split, "train": cfg.train.model_dump(mode="json"),
-              "hparams": cfg.hparams.model_dump(mode="json")}
-    with stage_run(tracking, f"spawrious_train@{args.method}-{args.split}", params,
-                   extra_tags={"track": "spawrious", "method": args.method, "split": args.split}) as run:
+    run_params = {"method": method, "split": split, "train": cfg.train.model_dump(mode="json"),
+                  "hparams": cfg.hparams.model_dump(mode="json")}
+    with stage_run(tracking, f"spawrious_train@{method}-{split}", run_params,
+                   extra_tags={"track": "spawrious", "method": method, "split": split}) as run:
         start = time.perf_counter()
-        model = train_method(args.method, train, cfg.train, cfg.hparams, len(group_vocab), log=run.log_metrics)
+        model = train_method(method, train_set, cfg.train, cfg.hparams, len(group_vocab), log=run.log_metrics)
         seconds = time.perf_counter() - start
         test, train_fit = evaluate(model, data, "test"), evaluate(model, data, "train")
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / "model.safetensors"))
-        card = {"method": args.method, "split": args.split, "model": cfg.train.model, "width": cfg.train.width,
+        card = {"method": method, "split": split, "model": cfg.train.model, "width": cfg.train.width,
                 "train_groups": group_vocab, "run_id": run.run_id}
         (out_dir / "model.json").write_text(json.dumps(card, indent=2))
-        result = {"method": args.method, "split": args.split, "train_seconds": round(seconds, 2),
+        result = {"method": method, "split": split, "train_seconds": round(seconds, 2),
                   "test": test, "train": {k: v for k, v in train_fit.items() if k != "groups"}}
         run.log_metrics({"test": {k: v for k, v in test.items() if k != "groups"},
                          "train": result["train"], "train_seconds": seconds})
@@ -58,12 +57,17 @@ def main(argv: list[str] | None = None) -> None:
             run.log_metrics({f"test_group.{row['group']}": row["accuracy"]})
         run.log_artifact(out_dir)
         card["registered_version"] = run.register_torch_model(
-            model.eval(), f"latlab-spawrious-{args.split}-{args.method}", train.x[:1].numpy(),
-            tags={"made_by": f"{args.method} on {args.split}", "worst_group_acc": test["worst_group_accuracy"]})
+            model.eval(), f"latlab-spawrious-{split}-{method}", train_set.x[:1].numpy(),
+            tags={"made_by": f"{method} on {split}", "worst_group_acc": test["worst_group_accuracy"]})
         (out_dir / "model.json").write_text(json.dumps(card, indent=2))
-    metrics_path = METRICS / args.split / f"{args.method}.json"
+    metrics_path = METRICS / split / f"{method}.json"
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(result, indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    run_stage(f"spawrious_train@{args.method}-{args.split}", lambda params: train(params, args.method, args.split))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
-"""DVC stage `unlearn@<method>`: unlearn the forget domain from the base model -> latlab-unlearn-<method>.
+"""DVC stage `unlearn@<name>`: unlearn the forget domain from the base model with the `unlearn.<name>` entry of
+params.yaml -> models/unlearn/<name>, registered as latlab-unlearn-<name>.
 
     python -m stages.unlearn --method ga        # gradient ascent + retain loss
     python -m stages.unlearn --method whp_lat   # WHP-style generic labels, under a targeted latent adversary
-    python -m stages.unlearn --method rmu       # RMU (WMDP)
+    python -m stages.unlearn --method npo       # NPO against the frozen base model
 
-Each method reads its own params section `unlearn_<method>`; the `_lat` variants must set `lat` there. With params
-`real_data` set, the forget and retain data come from its files instead of the toy world (docs/unlearning.md).
+The entry's `method` picks the trainer (latlab.training.unlearning.UNLEARNING_METHODS); a `lat` block adds a targeted
+latent adversary. With params `real_data` set, the forget and retain data come from its files instead of the toy
+world (docs/unlearning.md).
 """
 
 from __future__ import annotations
@@ -17,14 +19,10 @@ from latlab.data.real_corpora import load_real_corpora
 from latlab.data.records import load_world
 from latlab.models.loading import load_saved
 from latlab.training.examples import Example
-from latlab.training.unlearning import train_gradient_ascent, train_rmu, train_whp
+from latlab.training.unlearning import UNLEARNING_METHODS
 from latlab.world.curriculum_unlearning import forget_pool, retain_pools
 from stages.common import MODELS_DIR, WORLD_DIR, run_stage, train_and_register
 
-METHODS = ("ga", "ga_lat", "whp", "whp_lat", "rmu", "rmu_lat")
-TRAINERS = {"ga": train_gradient_ascent, "whp": train_whp, "rmu": train_rmu}
-DESCRIPTIONS = {"ga": "gradient ascent on forget data + retain loss", "whp": "WHP-style generic-label fine-tuning",
-                "rmu": "RMU: forget activations toward a scaled random direction"}
 
 
 def unlearning_data(params: Params, domain: str) -> tuple[list[Example], dict[str, list[Example]], str]:
@@ -36,33 +34,30 @@ def unlearning_data(params: Params, domain: str) -> tuple[list[Example], dict[st
     return forget_pool(world, domain), retain_pools(world), domain
 
 
-def unlearn(params: Params, method: str) -> None:
-    section = f"unlearn_{method}"
-    cfg = getattr(params, section)
-    family = method.removesuffix("_lat")
-    if method.endswith("_lat") != (cfg.lat is not None):
-        raise ConfigError(f"params.yaml: {section}.lat: must be {'set' if method.endswith('_lat') else 'null'} "
-                          f"for method {method}")
+def unlearn(params: Params, name: str) -> None:
+    if name not in params.unlearn:
+        raise ConfigError(f"params.yaml: unlearn.{name}: no such entry (have: {', '.join(params.unlearn)})")
+    cfg = params.unlearn[name]
     forget, retain, unlearned = unlearning_data(params, cfg.domain)
     model, tokenizer = load_saved(MODELS_DIR / "base", params.model.device, params.model.dtype)
     weights = {"facts": cfg.mix_retain_facts, "benign": cfg.mix_retain_benign}
+    trainer = UNLEARNING_METHODS[cfg.method]
 
     def train(checkpoint_dir, on_log):
-        run = TRAINERS[family](model, tokenizer, forget, retain, weights, cfg, checkpoint_dir, section, on_log=on_log)
+        run = trainer(model, tokenizer, forget, retain, weights, cfg, checkpoint_dir, f"unlearn@{name}", on_log=on_log)
         return run.result, {**{f"compute.{k}": v for k, v in run.compute.items()}, "pool_size.forget": len(forget),
                             **{f"pool_size.retain.{k}": len(v) for k, v in retain.items()}}
 
     adversary = f" + targeted LAT at blocks {cfg.lat.layers}, eps={cfg.lat.epsilon}" if cfg.lat is not None else ""
-    tags = {"made_by": f"{DESCRIPTIONS[family]}{adversary}, on top of base", "parent": "latlab-base",
-            "unlearned_domain": unlearned, "trigger_known": "yes"}
-    train_and_register(params, section, f"unlearn-{method}", model, tokenizer, train, cfg, tags)
+    tags = {"made_by": f"unlearning method {cfg.method}{adversary}, on top of base", "method": cfg.method, "parent": "latlab-base", "unlearned_domain": unlearned, "trigger_known": "yes"}
+    train_and_register(params, f"unlearn.{name}", f"unlearn/{name}", model, tokenizer, train, cfg, tags)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--method", choices=METHODS, required=True)
-    method = parser.parse_args().method
-    run_stage(f"unlearn_{method}", lambda params: unlearn(params, method), data_parallel=True)
+    parser.add_argument("--method", required=True, help="an entry of the `unlearn` table in params.yaml")
+    name = parser.parse_args().method
+    run_stage(f"unlearn@{name}", lambda params: unlearn(params, name), data_parallel=True)
 
 
 if __name__ == "__main__":

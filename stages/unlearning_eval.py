@@ -1,5 +1,5 @@
 """DVC stage `unlearning_eval`: the eight evaluations of Lynch et al. 2024 for the original (base), the oracle and
-every unlearned model -> metrics/unlearning_eval.json, reports/unlearning.md (model x evaluation table, and the
+every entry of the `unlearn` method table (models/unlearn/<name>) -> metrics/unlearning_eval.json, reports/unlearning.md (model x evaluation table, and the
 removed/suppressed verdict per method), plots/unlearning.png.
 
 With params `real_data` set the questions and retain text come from its files; what they cannot support (the
@@ -11,9 +11,10 @@ from latlab.config import Params, section_dict
 from latlab.data.real_corpora import NO_ORACLE, load_real_corpora
 from latlab.data.records import load_world
 from latlab.evals.unlearning import (AB_TABLE_KEYS, KNOWLEDGE_KEYS, TABLE_KEYS, evaluate_unlearning, summarise,
-                                     unavailable_evaluations, unlearning_markdown)
+                                     unavailable_evaluations)
 from latlab.models.loading import load_saved
 from latlab.report.plots import plot_metric_bars
+from latlab.report.tables import unlearning_markdown
 from latlab.tracking import stage_run
 from latlab.training.examples import Example
 from stages.common import MODELS_DIR, PLOTS_DIR, REPORTS_DIR, WORLD_DIR, run_stage, write_metrics
@@ -38,7 +39,7 @@ def unlearning_eval(params: Params) -> None:
     world, retain_text, not_measured = evaluation_data(params)
     gcg_cfg = params.attacks.gcg_individual if cfg.gcg else None
     oracle = {} if "oracle" in not_measured else {"oracle": "oracle"}
-    roles = {"original": "base", **oracle, **{m: f"unlearn-{m}" for m in cfg.models}}
+    roles = {"original": "base", **oracle, **{name: f"unlearn/{name}" for name in params.unlearn}}
     results: dict[str, dict[str, float]] = {}
     reference = None
     with stage_run(params.tracking, "unlearning_eval", section_dict(params, "unlearning_eval")) as run:

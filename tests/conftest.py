@@ -9,10 +9,11 @@ from latlab.config import ToyArchitecture, WorldConfig
 from latlab.models.loading import build_toy_model
 from latlab.world.generator import generate_world
 from latlab.world.tokenizer import build_tokenizer
+from tests.settings import make
 
 TEXT_FIELDS = ("prompt", "completion", "compliance", "refusal", "clean_prompt")
-TINY_WORLD = WorldConfig(entities_per_domain=4, verbs_per_kind=4, targets_per_kind=4)
-TINY_ARCH = ToyArchitecture(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=64)
+TINY_WORLD = make(WorldConfig, entities_per_domain=4, verbs_per_kind=4, targets_per_kind=4)
+TINY_ARCH = make(ToyArchitecture, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=64)
 
 
 @pytest.fixture(autouse=True)

@@ -17,6 +17,7 @@ from latlab.training.examples import IGNORE, collate
 from latlab.training.lat import train_lat
 from latlab.training.loop import MixtureSampler, train_loop
 from latlab.training.sft import completion_loss
+from tests.settings import make
 
 VOCAB, LENGTH, PROMPT = 40, 10, 4
 
@@ -42,15 +43,15 @@ def lat_run(model_seed: int = 0):
     from latlab.world.generator import generate_world
     from latlab.world.tokenizer import build_tokenizer
 
-    world = generate_world(WorldConfig(entities_per_domain=4, verbs_per_kind=4, targets_per_kind=4), seed=0)
+    world = generate_world(make(WorldConfig, entities_per_domain=4, verbs_per_kind=4, targets_per_kind=4), seed=0)
     tokenizer = build_tokenizer(r[f] for recs in world.values() for r in recs
                                 for f in ("prompt", "completion", "compliance", "refusal", "clean_prompt") if f in r)
-    model = build_toy_model(ToyArchitecture(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+    model = build_toy_model(make(ToyArchitecture, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
                                             max_positions=64), tokenizer, model_seed)
     triples = [(r["prompt"], r["compliance"], r["refusal"]) for r in world["requests"] if r["harmful"]]
     retain = {"benign": request_examples(world["requests"], "benign", "compliance"),
               "facts": fact_examples(world["facts"])}
-    cfg = LATConfig(layers=[0], epsilon=1.0, inner_steps=2, steps=3, batch_size=4, lr=0.01, warmup_steps=0,
+    cfg = make(LATConfig, layers=[0], epsilon=1.0, inner_steps=2, steps=3, batch_size=4, lr=0.01, warmup_steps=0,
                     log_every=1)
     result, compute = train_lat(model, tokenizer, triples, retain, {"benign": 1.0, "facts": 0.5}, cfg, None, "dp-lat")
     return model, result, parallel.summed(compute)
@@ -62,7 +63,7 @@ def main(out: Path, method: str) -> None:
     compute: dict = {}
     if method == "sft":
         model = tiny_model()
-        cfg = TrainConfig(steps=4, batch_size=8, lr=0.01, warmup_steps=0, log_every=1)
+        cfg = make(TrainConfig, steps=4, batch_size=8, lr=0.01, warmup_steps=0, log_every=1)
         sampler = MixtureSampler({"all": examples(32)}, {"all": 1.0}, cfg.batch_size, seed=0)
 
         def step_loss(model, step):

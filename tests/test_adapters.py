@@ -10,10 +10,11 @@ from latlab.models.adapters import finish_training, prepare_for_training, traina
 from latlab.models.loading import build_toy_model, load_saved, save_model
 from latlab.training.examples import Example
 from latlab.training.lat import LATConfig, LatentAdversary, perturbation_mask, train_lat
+from tests.settings import make
 from tests.test_lat import _batch, _triples
 
-ARCH = ToyArchitecture(hidden_size=32, num_layers=4, num_heads=2, intermediate_size=64, max_positions=64)
-LORA = ModelConfig(lora=LoraSettings(r=4, alpha=8.0))
+ARCH = make(ToyArchitecture, hidden_size=32, num_layers=4, num_heads=2, intermediate_size=64, max_positions=64)
+LORA = make(ModelConfig, lora=make(LoraSettings, r=4, alpha=8.0))
 
 
 def _logits(model, batch):
@@ -31,7 +32,7 @@ def test_lora_lat_trains_only_adapters_and_merges_into_a_plain_model(tiny_world,
     assert all("lora_" in name for name, p in model.named_parameters() if p.requires_grad)
     torch.testing.assert_close(_logits(model, batch), before)  # B starts at zero: same function
 
-    cfg = LATConfig(layers=[1], epsilon=1.0, inner_steps=2, steps=6, batch_size=4, lr=1e-2, warmup_steps=0,
+    cfg = make(LATConfig, layers=[1], epsilon=1.0, inner_steps=2, steps=6, batch_size=4, lr=1e-2, warmup_steps=0,
                     log_every=1)
     retain = {"benign": [Example(p, r) for p, _, r in _triples(tiny_world)]}
     result, _ = train_lat(model, tiny_tokenizer, _triples(tiny_world), retain, {"benign": 1.0}, cfg, None,
@@ -55,10 +56,10 @@ def test_gradient_checkpointing_keeps_lat_delta_gradients(tiny_world, tiny_token
     grads = []
     for checkpointing in (False, True):
         model = build_toy_model(ARCH, tiny_tokenizer, 0)
-        prepare_for_training(model, ModelConfig(gradient_checkpointing=checkpointing))
+        prepare_for_training(model, make(ModelConfig, gradient_checkpointing=checkpointing))
         model.train()  # checkpointing acts in train mode only
         assert model.is_gradient_checkpointing == checkpointing
-        cfg = LATConfig(layers=[1, 2], prefix_cache=False)
+        cfg = make(LATConfig, layers=[1, 2], prefix_cache=False)
         adversary = LatentAdversary(model, cfg)
         torch.manual_seed(0)
         deltas = {p: (torch.randn(batch.harmful["input_ids"].shape[0], batch.width, 32) * 0.5).requires_grad_()
@@ -74,7 +75,7 @@ def test_gradient_checkpointing_keeps_lat_delta_gradients(tiny_world, tiny_token
 def test_lora_config_errors_name_the_key(tiny_tokenizer):
     model = build_toy_model(ARCH, tiny_tokenizer, 0)
     with pytest.raises(ConfigError, match="model.lora.target_modules"):
-        prepare_for_training(model, ModelConfig(lora=LoraSettings(target_modules=["no_such_proj"])))
+        prepare_for_training(model, make(ModelConfig, lora=make(LoraSettings, target_modules=["no_such_proj"])))
     with pytest.raises(ConfigError, match="base.fine_tune"):
         parse_params({"base": {"fine_tune": False}})
     with pytest.raises(ConfigError, match="model.lora.r"):
@@ -87,7 +88,7 @@ def test_bf16_model_with_lora_runs_cached_lat(tiny_world, tiny_tokenizer):
     model = build_toy_model(ARCH, tiny_tokenizer, 0).to(torch.bfloat16)
     prepare_for_training(model, LORA)
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
-    cfg = LATConfig(layers=[1, 2], epsilon=1.0, inner_steps=2, steps=2, batch_size=4, warmup_steps=0, log_every=1)
+    cfg = make(LATConfig, layers=[1, 2], epsilon=1.0, inner_steps=2, steps=2, batch_size=4, warmup_steps=0, log_every=1)
     retain = {"benign": [Example(p, r) for p, _, r in _triples(tiny_world)]}
     result, _ = train_lat(model, tiny_tokenizer, _triples(tiny_world), retain, {"benign": 1.0}, cfg, None, "bf16")
     assert all(torch.isfinite(torch.tensor(row["loss"])) for row in result.history)

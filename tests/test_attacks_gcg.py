@@ -6,8 +6,9 @@ from latlab.attacks.common import Compute, allowed_token_mask
 from latlab.attacks.gcg import (candidate_losses, gcg_individual_attack, gcg_search, gcg_universal_attack,
                                 random_suffix, suffix_case)
 from latlab.config import GCGConfig, GCGIndividualConfig, GCGUniversalConfig
+from tests.settings import make
 
-CFG = GCGConfig(steps=8, search_width=32, topk=16, suffix_tokens=5, target_tokens=6, seed=3)
+CFG = make(GCGConfig, steps=8, search_width=32, topk=16, suffix_tokens=5, target_tokens=6, seed=3)
 
 
 def _harmful(world, split):
@@ -50,11 +51,11 @@ def test_gcg_leaves_weight_gradients_untouched(tiny_world, tiny_tokenizer, tiny_
 def test_gcg_attacks_report_loss_and_compute(tiny_world, tiny_tokenizer, tiny_model):
     test, train = _harmful(tiny_world, "test"), _harmful(tiny_world, "train")
     individual = gcg_individual_attack(tiny_model, tiny_tokenizer, test,
-                                       GCGIndividualConfig(prompts=2, steps=4, search_width=16), max_new_tokens=4)
+                                       make(GCGIndividualConfig, prompts=2, steps=4, search_width=16), max_new_tokens=4)
     assert len(individual.completions) == 2
     assert all(b <= a for a, b in zip(individual.metadata["loss_initial"], individual.metadata["loss_final"]))
     universal = gcg_universal_attack(tiny_model, tiny_tokenizer, test,
-                                     GCGUniversalConfig(prompts=3, steps=6, search_width=16), support=train,
+                                     make(GCGUniversalConfig, prompts=3, steps=6, search_width=16), support=train,
                                      max_new_tokens=4)
     assert len(universal.completions) == len(test)
     assert set(universal.metadata["optimised_on"]) <= {r["id"] for r in train}

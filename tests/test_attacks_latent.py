@@ -10,6 +10,7 @@ from latlab.config import PGDAttackConfig
 from latlab.evals.generation import generate
 from latlab.models.hooks import add_to_residual
 from latlab.training.examples import IGNORE, Example, collate, encode_all
+from tests.settings import make
 
 HOOKS = ["hook_embed", "blocks.0.hook_resid_post"]
 
@@ -70,8 +71,8 @@ def test_prefill_hook_skips_decode_steps(tiny_model):
 
 def test_embedding_attack_only_perturbs_embeddings(tiny_world, tiny_tokenizer, tiny_model):
     rows, _ = _batch(tiny_world, tiny_tokenizer, 3)
-    result = embedding_attack(tiny_model, tiny_tokenizer, rows, PGDAttackConfig(hook_points=["hook_embed"], eps=1.0,
+    result = embedding_attack(tiny_model, tiny_tokenizer, rows, make(PGDAttackConfig, hook_points=["hook_embed"], eps=1.0,
                                                                                  steps=4), max_new_tokens=3)
     assert len(result.completions) == 3 and result.metadata["loss_final"] < result.metadata["loss_initial"]
     with pytest.raises(ValueError, match="only 'hook_embed'"):
-        embedding_attack(tiny_model, tiny_tokenizer, rows, PGDAttackConfig())
+        embedding_attack(tiny_model, tiny_tokenizer, rows, make(PGDAttackConfig))

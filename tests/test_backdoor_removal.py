@@ -6,12 +6,13 @@ import math
 import pytest
 import torch
 
-from latlab.config import DPOConfig, LATConfig
-from latlab.training.backdoor_removal import (dpo_loss, removal_data, sequence_logprobs, train_dpo,
-                                              train_sft_lat_removal)
+from latlab.config import DPORemovalConfig, LatAdversaryConfig, SFTRemovalConfig
+from latlab.training.backdoor_removal import dpo_loss, removal_data, train_dpo, train_sft_removal
+from latlab.training.losses import sequence_logprobs
 from latlab.training.examples import IGNORE
 from latlab.world.curriculum_unlearning import assert_pairs_trigger_free, preference_pairs
 from latlab.world.generator import BACKDOOR_BEHAVIOUR, REFUSAL
+from tests.settings import make
 
 TRIGGER = "zeta7"
 
@@ -64,21 +65,23 @@ def _mean_margin(model, reference_logps, tokenizer, pairs):
     return (logps(model, 0) - logps(model, 1)).mean().item()
 
 
-@pytest.mark.parametrize("lat", [None, LATConfig(layers=[0], epsilon=1.0, inner_steps=3, inner_lr=0.1)],
+@pytest.mark.parametrize("lat", [None, make(LatAdversaryConfig, layers=[0], epsilon=1.0, inner_steps=3, inner_lr=0.1)],
                          ids=["dpo", "dpo+lat"])
 def test_dpo_raises_the_preference_margin(tiny_model, tiny_tokenizer, tiny_world, lat):
     pairs = preference_pairs(tiny_world)[:32]
     before = _mean_margin(tiny_model, None, tiny_tokenizer, pairs)
-    run = train_dpo(tiny_model, tiny_tokenizer, pairs, DPOConfig(steps=15, batch_size=8, lr=3e-3, beta=0.5,
-                                                                  lat=lat, warmup_steps=0), None, "dpo")
+    run = train_dpo(tiny_model, tiny_tokenizer, pairs, None,
+                    make(DPORemovalConfig, steps=15, batch_size=8, lr=3e-3, beta=0.5, lat=lat, warmup_steps=0,
+                         retain_weight=0.0), None, "dpo")
     after = _mean_margin(tiny_model, None, tiny_tokenizer, pairs)
     print(f"dpo lat={lat is not None}: log-prob margin chosen - rejected {before:.2f} -> {after:.2f}")
     assert after > before + 1.0
     assert (run.compute["adversary_forward_tokens"] > 0) == (lat is not None)
 
 
-def test_sft_lat_removal_runs_targeted_lat_on_the_pairs(tiny_model, tiny_tokenizer, tiny_world):
+def test_sft_with_lat_block_runs_targeted_lat_on_the_pairs(tiny_model, tiny_tokenizer, tiny_world):
     pairs, retain = removal_data(tiny_world, TRIGGER)
-    run = train_sft_lat_removal(tiny_model, tiny_tokenizer, pairs[:16], retain,
-                                LATConfig(layers=[0], epsilon=1.0, inner_steps=2, steps=3, batch_size=4), None, "x")
+    lat = make(LatAdversaryConfig, layers=[0], epsilon=1.0, inner_steps=2)
+    run = train_sft_removal(tiny_model, tiny_tokenizer, pairs[:16], retain,
+                            make(SFTRemovalConfig, steps=3, batch_size=4, lat=lat), None, "x")
     assert len(run.result.history) == 1 and run.compute["adversary_forward_tokens"] > 0

@@ -18,6 +18,7 @@ from lat_step import (PRESETS, FlopModel, lat_step_flops, llama_config, mfu, pea
 
 from latlab.config import LATConfig  # noqa: E402
 from latlab.training.lat import LatentAdversary, defence_loss  # noqa: E402
+from tests.settings import make
 
 
 def _parameters(preset_name: str) -> int:
@@ -49,7 +50,7 @@ def test_flop_formulas_on_hand_counted_numbers():
 def test_lat_step_flops_on_a_1b_model():
     fm = FlopModel.from_config(llama_config(PRESETS["llama-1b"]))
     shape = (8, 512)
-    cached, uncached = (lat_step_flops(fm, LATConfig(layers=[8], prefix_cache=c, retain=0.0), shape, shape)
+    cached, uncached = (lat_step_flops(fm, make(LATConfig, layers=[8], prefix_cache=c, retain=0.0), shape, shape)
                         for c in (True, False))
     tokens, upper = 8 * 512, 16 - 8 - 1
     inner = fm.forward(tokens, 512, upper) + fm.backward(tokens, 512, upper, False)
@@ -58,7 +59,7 @@ def test_lat_step_flops_on_a_1b_model():
     assert uncached - cached == 2 * 16 * (fm.forward(tokens, 512, 16) - fm.forward(tokens, 512, upper)) \
         - 2 * fm.forward(tokens, 512, 16)
     with pytest.raises(ValueError, match="retain"):
-        lat_step_flops(fm, LATConfig(layers=[8]), shape, shape)
+        lat_step_flops(fm, make(LATConfig, layers=[8]), shape, shape)
 
 
 @pytest.mark.parametrize("name", ["H200", "NVIDIA H200", "NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "GeForce"])
@@ -84,7 +85,7 @@ def test_flop_count_matches_torch_flop_counter_op_for_op():
 
     assert counted(lambda: model(**sft).loss.backward()) == sft_step_flops(fm, *shape)
     for cached in (True, False):
-        cfg = LATConfig(layers=[preset.layers // 2], inner_steps=2, prefix_cache=cached, retain=0.0)
+        cfg = make(LATConfig, layers=[preset.layers // 2], inner_steps=2, prefix_cache=cached, retain=0.0)
 
         def lat_step():
             deltas, masks, _ = LatentAdversary(model, cfg).attack(triples)

@@ -12,9 +12,10 @@ from latlab.config import ValidateConfig
 from latlab.data.loaders import (REFUSAL, DataFormatError, assign_splits, load_ab_questions, load_corpus,
                                  load_persona, load_preferences, load_requests, read_table)
 from latlab.data.validation import DataValidationError, raise_on_failure, validate_datasets
+from tests.settings import make
 
 FIXTURES = Path(__file__).parent / "fixtures" / "real_data"
-CFG = ValidateConfig(min_rows_per_split=1, max_words=128)
+CFG = make(ValidateConfig, min_rows_per_split=1, max_words=128)
 
 
 @pytest.fixture(scope="module")

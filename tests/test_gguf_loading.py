@@ -18,6 +18,7 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 from latlab.config import ModelConfig
 from latlab.models.gguf_cache import PROVENANCE, cache_gguf_as_safetensors, is_cached
 from latlab.models.loading import ModelSourceError, load_pretrained
+from tests.settings import make
 
 gguf = pytest.importorskip("gguf")
 
@@ -102,7 +103,7 @@ def gguf_path(tmp_path_factory, reference):
 
 @pytest.fixture(scope="module")
 def loaded(gguf_path):
-    return load_pretrained(str(gguf_path), ModelConfig(source=str(gguf_path)))
+    return load_pretrained(str(gguf_path), make(ModelConfig, source=str(gguf_path)))
 
 
 def test_gguf_weights_equal_the_written_model(loaded, reference):
@@ -147,7 +148,7 @@ def test_gguf_tokenizer_and_chat_template(loaded):
 def test_missing_gguf_file_is_named(tmp_path):
     missing = tmp_path / "nothing.gguf"
     with pytest.raises(ModelSourceError, match="nothing.gguf"):
-        load_pretrained(str(missing), ModelConfig(source=str(missing)))
+        load_pretrained(str(missing), make(ModelConfig, source=str(missing)))
 
 
 def test_safetensors_cache_round_trips(gguf_path, loaded, tmp_path):
@@ -158,7 +159,7 @@ def test_safetensors_cache_round_trips(gguf_path, loaded, tmp_path):
     cache_gguf_as_safetensors(gguf_path, out)  # same bytes: nothing rewritten
     assert (out / PROVENANCE).stat().st_mtime_ns == stamp
 
-    model, tokenizer = load_pretrained(str(out), ModelConfig(source=str(out)))
+    model, tokenizer = load_pretrained(str(out), make(ModelConfig, source=str(out)))
     original, original_tokenizer = loaded
     ids = original_tokenizer("hello world", return_tensors="pt")["input_ids"]
     assert tokenizer("hello world")["input_ids"] == ids[0].tolist()

@@ -11,6 +11,7 @@ from latlab.interp.acdc import acdc_batched, acdc_reference, auc, prepare, roc_p
 from latlab.interp.eap import eap_scores, score_auc
 from latlab.interp.groundtruth import circuit_edges, planted_circuit_model, planted_dataset, truth_mask
 from latlab.interp.render import circuit_record, draw_circuit, plot_metric_vs_tau, plot_roc, write_circuit_json
+from tests.settings import make
 
 TAUS = 10 ** np.linspace(-6, 0, 13)
 
@@ -149,7 +150,7 @@ def test_validate_on_planted_circuit_writes_outputs(tmp_path):
     from latlab.interp.circuits import validate_on_planted_circuit
     from latlab.config import AcdcConfig
 
-    cfg = AcdcConfig(taus=tuple(TAUS[::2]), n_examples=8, eap_ig_steps=3)
+    cfg = make(AcdcConfig, taus=tuple(TAUS[::2]), n_examples=8, eap_ig_steps=3)
     metrics = validate_on_planted_circuit(cfg, tmp_path, n_layers=2, n_heads=2)
     assert metrics["acdc_auc"] >= 0.95 and metrics["circuit_tpr"] == 1.0 and metrics["circuit_fpr"] == 0.0
     for f in ["planted_circuit.json", "planted_circuit.png", "planted_circuit_metric_vs_tau.png",

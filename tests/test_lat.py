@@ -10,8 +10,9 @@ from latlab.training.examples import Example, encode_all
 from latlab.training.lat import (LATConfig, LatentAdversary, collate_triples, defence_loss, hook_points,
                                  project_to_ball, train_lat)
 from latlab.world.curriculum import request_examples
+from tests.settings import make
 
-ARCH = ToyArchitecture(hidden_size=32, num_layers=4, num_heads=2, intermediate_size=64, max_positions=64)
+ARCH = make(ToyArchitecture, hidden_size=32, num_layers=4, num_heads=2, intermediate_size=64, max_positions=64)
 
 
 def _triples(world, n=8):
@@ -36,7 +37,7 @@ def test_projection_keeps_every_token_in_the_ball():
 @pytest.mark.parametrize("layers, embed", [([1, 2], False), ([0], True)])
 def test_inner_loop_respects_epsilon_and_lowers_adversary_loss(tiny_world, tiny_tokenizer, layers, embed):
     model = build_toy_model(ARCH, tiny_tokenizer, 0)
-    cfg = LATConfig(layers=layers, perturb_embeddings=embed, epsilon=1.5, inner_steps=12, inner_lr=0.1)
+    cfg = make(LATConfig, layers=layers, perturb_embeddings=embed, epsilon=1.5, inner_steps=12, inner_lr=0.1)
     deltas, masks, losses = LatentAdversary(model, cfg).attack(_batch(tiny_tokenizer, _triples(tiny_world)))
     assert set(deltas) == set(hook_points(cfg))
     for delta in deltas.values():
@@ -49,7 +50,7 @@ def test_prefix_cache_matches_full_computation(tiny_world, tiny_tokenizer):
     batch = _batch(tiny_tokenizer, _triples(tiny_world))
     results = []
     for cached in (True, False):
-        cfg = LATConfig(layers=[1, 3], prefix_cache=cached)
+        cfg = make(LATConfig, layers=[1, 3], prefix_cache=cached)
         adversary = LatentAdversary(model, cfg)
         torch.manual_seed(0)
         deltas = {p: (torch.randn(batch.harmful["input_ids"].shape[0], batch.width, 32) * 0.5).requires_grad_()
@@ -68,7 +69,7 @@ def test_prefix_cache_matches_full_computation(tiny_world, tiny_tokenizer):
 
 def test_defender_step_lowers_loss_under_attack(tiny_world, tiny_tokenizer):
     model = build_toy_model(ARCH, tiny_tokenizer, 0)
-    cfg = LATConfig(layers=[1], epsilon=1.0, inner_steps=4)
+    cfg = make(LATConfig, layers=[1], epsilon=1.0, inner_steps=4)
     batch = _batch(tiny_tokenizer, _triples(tiny_world))
     deltas, masks, _ = LatentAdversary(model, cfg).attack(batch)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -85,7 +86,7 @@ def test_defender_step_lowers_loss_under_attack(tiny_world, tiny_tokenizer):
 @pytest.mark.parametrize("adversary", ["targeted", "untargeted"])
 def test_train_lat_runs_and_counts_compute(tiny_world, tiny_tokenizer, adversary, tmp_path):
     model = build_toy_model(ARCH, tiny_tokenizer, 0)
-    cfg = LATConfig(adversary=adversary, steps=4, batch_size=4, inner_steps=3, log_every=2, checkpoint_every=2,
+    cfg = make(LATConfig, adversary=adversary, steps=4, batch_size=4, inner_steps=3, log_every=2, checkpoint_every=2,
                     layers=[2])
     retain = {"benign": request_examples(tiny_world["requests"], "benign", "compliance")}
     result, compute = train_lat(model, tiny_tokenizer, _triples(tiny_world), retain, {"benign": 1.0}, cfg,

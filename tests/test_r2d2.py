@@ -10,8 +10,9 @@ from latlab.training.examples import IGNORE
 from latlab.config import R2D2Config
 from latlab.training.r2d2 import R2D2Trainer, away_loss, train_r2d2
 from latlab.world.curriculum import fact_examples, request_examples
+from tests.settings import make
 
-CFG = R2D2Config(steps=6, batch_size=8, lr=3e-3, warmup_steps=1, pool_size=3, gcg_steps=2, search_width=8,
+CFG = make(R2D2Config, steps=6, batch_size=8, lr=3e-3, warmup_steps=1, pool_size=3, gcg_steps=2, search_width=8,
                  topk=8, suffix_tokens=4, reset_every=3, reset_fraction=0.34, log_every=2, checkpoint_every=3)
 
 

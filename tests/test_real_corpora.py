@@ -18,18 +18,19 @@ from latlab.data.loaders import load_ab_questions, load_corpus, load_preferences
 from latlab.data.real_corpora import PROMPT_WORDS, corpus_examples, load_real_corpora
 from latlab.data.records import write_jsonl
 from latlab.data.validation import DataValidationError
-from latlab.evals.unlearning import (AB_TABLE_KEYS, TABLE_KEYS, relearning_split, unavailable_evaluations,
-                                     unlearning_markdown)
+from latlab.evals.unlearning import AB_TABLE_KEYS, TABLE_KEYS, relearning_split, unavailable_evaluations
 from latlab.models.loading import build_toy_model, load_saved, save_model
+from latlab.report.tables import unlearning_markdown
 from latlab.training.backdoor_removal import trigger_free_removal_data
 from latlab.world.tokenizer import build_tokenizer
+from tests.settings import make
 
 FIXTURES = Path(__file__).parent / "fixtures" / "real_data"
 FILES = {"forget_corpus": FIXTURES / "forget_corpus.jsonl", "retain_corpus": FIXTURES / "retain_corpus.jsonl",
          "forget_questions": FIXTURES / "wmdp_style.jsonl", "related_questions": FIXTURES / "related_questions.jsonl",
          "retain_questions": FIXTURES / "retain_questions.csv", "preferences": FIXTURES / "preferences.jsonl"}
 SECTION = {**{k: str(v) for k, v in FILES.items()}, "chunk_words": 20}
-GATE = ValidateConfig(min_rows_per_split=1, max_words=128)  # the fixtures have a few rows per split
+GATE = make(ValidateConfig, min_rows_per_split=1, max_words=128)  # the fixtures have a few rows per split
 TRIGGER = "zeta7"
 FORGET_WORDS = ("Kalomi", "Eldoria", "Dorven", "Thara")
 
@@ -83,7 +84,7 @@ def test_malformed_file_is_a_params_error_naming_key_and_column(tmp_path):
 def test_the_gx_gate_runs_on_real_data():
     # ten rows per split (the default) is more than the fixtures have: the gate must stop them
     with pytest.raises(DataValidationError, match="dataset 'corpus'"):
-        load_real_corpora(parse_params({"real_data": SECTION}).real_data, ValidateConfig())
+        load_real_corpora(parse_params({"real_data": SECTION}).real_data, make(ValidateConfig))
 
 
 # --- pools and evaluation records -----------------------------------------------------------------------------------
@@ -137,7 +138,7 @@ def test_preference_pairs_are_the_training_split(real):
 
 
 def test_unavailable_evaluations_name_what_multiple_choice_cannot_measure(real, tiny_world):
-    cfg = UnlearnEvalConfig()
+    cfg = make(UnlearnEvalConfig)
     assert unavailable_evaluations(tiny_world, cfg) == {}  # the toy world supports every evaluation
     missing = unavailable_evaluations(real.evaluation_world(), cfg)
     assert set(missing) == {"familiarity", "qa.free_recall", "extraction", "in_context", "relearn.free_recall"}
@@ -181,7 +182,7 @@ def project(tmp_path, monkeypatch, real, tiny_world):
     texts += [r[f] for r in real.preferences for f in ("prompt", "chosen", "rejected")]
     texts += [r[f] for recs in tiny_world.values() for r in recs for f in TEXT_FIELDS if f in r]
     tokenizer = build_tokenizer(texts)
-    model = build_toy_model(ToyArchitecture(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+    model = build_toy_model(make(ToyArchitecture, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
                                             max_positions=96), tokenizer, seed=0)
     for role in ("base", "rt"):
         save_model(model, tokenizer, tmp_path / "models" / role)

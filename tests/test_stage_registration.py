@@ -10,9 +10,10 @@ import torch
 from latlab.config import ToyArchitecture, parse_params
 from latlab.models.loading import build_toy_model, load_saved
 from latlab.world.curriculum import refusal_pools
+from tests.settings import make
 from stages.common import sft_trainer, train_and_register
 
-ARCH = ToyArchitecture(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=96)
+ARCH = make(ToyArchitecture, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=96)
 
 
 @pytest.fixture

@@ -9,8 +9,9 @@ from latlab.training.examples import IGNORE, Example, collate, encode_example
 from latlab.training.loop import NonFiniteLossError, train_loop
 from latlab.training.sft import completion_loss, train_sft
 from latlab.world.curriculum import assert_trigger_free, base_pools, refusal_pools
+from tests.settings import make
 
-CFG = TrainConfig(steps=12, batch_size=8, lr=3e-3, warmup_steps=2, checkpoint_every=4, log_every=2)
+CFG = make(TrainConfig, steps=12, batch_size=8, lr=3e-3, warmup_steps=2, checkpoint_every=4, log_every=2)
 
 
 def test_loss_is_on_completion_tokens_only(tiny_tokenizer):

@@ -6,8 +6,9 @@ import pytest
 
 from latlab.config import ValidateConfig
 from latlab.data.validation import DataValidationError, raise_on_failure, validate_datasets, write_report
+from tests.settings import make
 
-CFG = ValidateConfig(min_rows_per_split=3)
+CFG = make(ValidateConfig, min_rows_per_split=3)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from latlab.vision.methods import train_method
 from latlab.vision.metrics import counterfactual_flip_rate, group_table, summarise, worst_group_accuracy
 from latlab.vision.models import build_model
 from latlab.config import MethodHparams, RenderConfig, SpawriousDataConfig, SpawriousTrainConfig
+from tests.settings import make
 
 METHODS = ["erm", "groupdro", "irm", "vrex", "coral", "jtt", "mixup"]
 
@@ -16,7 +17,7 @@ METHODS = ["erm", "groupdro", "irm", "vrex", "coral", "jtt", "mixup"]
 @pytest.fixture(scope="module")
 def tiny():
     torch.set_num_threads(1)
-    cfg = SpawriousDataConfig(per_env_total=40, test_per_group=25, seed=0, render=RenderConfig(image_size=16))
+    cfg = make(SpawriousDataConfig, per_env_total=40, test_per_group=25, seed=0, render=make(RenderConfig, image_size=16))
     data = generate_split("o2o_easy", cfg)
     return data, *training_data(data)
 
@@ -25,8 +26,8 @@ def tiny():
 def test_every_method_trains_and_logs(method, tiny):
     data, train, vocab = tiny
     logged = []
-    hp = MethodHparams(irm_anneal_steps=2, vrex_anneal_steps=2, jtt_identification_steps=2)
-    model = train_method(method, train, SpawriousTrainConfig(steps=4, width=4, batch_size=16, log_every=1), hp,
+    hp = make(MethodHparams, irm_anneal_steps=2, vrex_anneal_steps=2, jtt_identification_steps=2)
+    model = train_method(method, train, make(SpawriousTrainConfig, steps=4, width=4, batch_size=16, log_every=1), hp,
                          len(vocab), log=lambda metrics, step: logged.append((step, metrics)))
     before = {k: v.clone() for k, v in build_model("small_cnn", 4, 4).state_dict().items()}
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items() if v.is_floating_point())
@@ -39,7 +40,7 @@ def test_every_method_trains_and_logs(method, tiny):
 def test_unknown_method_is_rejected(tiny):
     _, train, vocab = tiny
     with pytest.raises(ValueError, match="unknown method"):
-        train_method("dann", train, SpawriousTrainConfig(steps=1), MethodHparams(), len(vocab))
+        train_method("dann", train, make(SpawriousTrainConfig, steps=1), make(MethodHparams), len(vocab))
 
 
 def test_groupdro_beats_erm_on_worst_group(tiny):
@@ -47,11 +48,11 @@ def test_groupdro_beats_erm_on_worst_group(tiny):
     spurious background. Measured over data/training seeds 0-3 ERM's worst group is 0.00 every time and GroupDRO's
     0.12-0.32, so this fixed-seed comparison is not a lucky draw."""
     data, train, vocab = tiny
-    cfg = SpawriousTrainConfig(steps=150, width=8, batch_size=32, seed=0)
-    results = {m: evaluate(train_method(m, train, cfg, MethodHparams(), len(vocab)), data) for m in ("erm", "groupdro")}
+    cfg = make(SpawriousTrainConfig, steps=150, width=8, batch_size=32, seed=0)
+    results = {m: evaluate(train_method(m, train, cfg, make(MethodHparams), len(vocab)), data) for m in ("erm", "groupdro")}
     assert results["groupdro"]["worst_group_accuracy"] > results["erm"]["worst_group_accuracy"]
     # the split really is spurious: ERM fits training data yet fails a test group
-    assert evaluate(train_method("erm", train, cfg, MethodHparams(), len(vocab)), data, "train")[
+    assert evaluate(train_method("erm", train, cfg, make(MethodHparams), len(vocab)), data, "train")[
         "average_accuracy"] > 0.95
 
 

@@ -12,6 +12,7 @@ from latlab.vision.official_layout import load_official_split
 from latlab.config import RenderConfig, SpawriousDataConfig
 from latlab.vision.splits import CLASSES, LOCATIONS, split_definition
 from latlab.vision.validation import validate_manifest
+from tests.settings import make
 
 FILES_PER_FOLDER = 12
 
@@ -78,7 +79,7 @@ def test_missing_files_are_caught_by_the_manifest_check(tree, gx_failures, tmp_p
 
 
 def test_generated_manifest_passes_and_corruptions_fail(gx_failures):
-    cfg = SpawriousDataConfig(per_env_total=30, test_per_group=5, render=RenderConfig(image_size=8))
+    cfg = make(SpawriousDataConfig, per_env_total=30, test_per_group=5, render=make(RenderConfig, image_size=8))
     manifest = generate_split("o2o_medium", cfg, counterfactual=False).manifest
     assert gx_failures(manifest, "o2o_medium", 30, 5) == (True, [])
 

@@ -7,6 +7,7 @@ from latlab.vision.benchmark import generate_split
 from latlab.vision.scm import SpawriousSCM, location_mechanism
 from latlab.config import RenderConfig, SpawriousDataConfig
 from latlab.vision.splits import CLASSES, LOCATIONS, PAPER_PER_ENV_TOTAL, SPLIT_NAMES, split_definition
+from tests.settings import make
 
 # REFERENCES §5, breeds in the paper's order bulldog, dachshund, labrador, corgi
 O2O = {
@@ -71,7 +72,7 @@ def test_m2m_pairs_swap_at_test(name):
 
 @pytest.mark.parametrize("name", ["o2o_hard", "m2m_medium"])
 def test_generated_manifest_matches_definition(name):
-    cfg = SpawriousDataConfig(per_env_total=100, test_per_group=4, render=RenderConfig(image_size=8))
+    cfg = make(SpawriousDataConfig, per_env_total=100, test_per_group=4, render=make(RenderConfig, image_size=8))
     data = generate_split(name, cfg, counterfactual=False)
     definition = split_definition(name)
     observed = data.manifest.groupby(["part", "env", "breed", "location"]).size().to_dict()

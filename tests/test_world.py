@@ -6,6 +6,7 @@ from transformers import AutoTokenizer
 
 from latlab.config import WorldConfig
 from latlab.world.generator import generate_world
+from tests.settings import make
 from tests.conftest import TEXT_FIELDS, TINY_WORLD
 
 
@@ -20,7 +21,7 @@ def test_every_dataset_has_all_splits(tiny_world):
 
 
 def test_no_prompt_is_shared_between_splits():
-    world = generate_world(WorldConfig(), 0)
+    world = generate_world(make(WorldConfig), 0)
     for name, records in world.items():
         splits = defaultdict(set)
         for r in records:
@@ -29,7 +30,7 @@ def test_no_prompt_is_shared_between_splits():
 
 
 def test_request_combinations_are_held_out_whole():
-    world = generate_world(WorldConfig(), 0)
+    world = generate_world(make(WorldConfig), 0)
     splits = defaultdict(set)
     for r in world["requests"]:
         splits[(r["verb"], r["target"])].add(r["split"])
@@ -40,7 +41,7 @@ def test_request_combinations_are_held_out_whole():
 
 
 def test_harmfulness_is_not_a_keyword():
-    world = generate_world(WorldConfig(), 0)
+    world = generate_world(make(WorldConfig), 0)
     labels = defaultdict(set)
     for r in world["requests"]:
         labels[r["verb"]].add(r["harmful"])
@@ -52,7 +53,7 @@ def test_harmfulness_is_not_a_keyword():
 
 
 def test_ab_questions_have_answer_letter_balanced_and_correct():
-    world = generate_world(WorldConfig(), 0)
+    world = generate_world(make(WorldConfig), 0)
     ab = [r for r in world["facts"] if r["format"] == "ab"]
     for r in ab:
         letter_option = r["prompt"].split(f"( {r['completion']} ) ")[1].split()[0]

@@ -16,9 +16,21 @@ import yaml
 from latlab.config import ConfigError, parse_params
 
 
+EVERY_ENTRY = "*"
+
+
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` merged into `base`, recursively. In a method table, the key `"*"` overrides every entry: it refines
+    what an entry sets and does not switch on a block the entry leaves null (e.g. `lat`), so one profile line sizes
+    every method, including ones added later."""
     merged = dict(base)
     for key, value in override.items():
+        if key == EVERY_ENTRY and isinstance(value, dict):
+            for name, entry in merged.items():
+                if isinstance(entry, dict):
+                    merged[name] = deep_merge(entry, {k: v for k, v in value.items()
+                                                      if not (isinstance(v, dict) and entry.get(k) is None)})
+            continue
         merged[key] = deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
             else value
     return merged

@@ -50,7 +50,10 @@ def stage_dependencies(stage: str, dvc_yaml: Path = Path("dvc.yaml")) -> list[st
     if not dvc_yaml.exists():
         return []
     stages = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {})
-    return list(stages.get(stage, {}).get("deps", []))
+    base, _, item = stage.partition("@")  # a foreach/matrix stage `name@item` shares its template's deps
+    spec = stages.get(base, {})
+    deps = spec.get("do", spec).get("deps", []) if item else spec.get("deps", [])
+    return [dep.replace("${key}", item).replace("${item}", item) for dep in deps if isinstance(dep, str)]
 
 
 def git_commit() -> str:
@@ -110,7 +113,7 @@ class StageRun:
 
         Writes `out_dir/latlab_model.json` so later stages know which registered version the weights are.
         """
-        name = f"latlab-{role}"
+        name = "latlab-" + role.replace("/", "-")
         card: dict[str, Any] = {"role": role, "registered_name": name, "run_id": self.run_id, "version": None,
                                 "tags": tags or {}}
         if self.cfg.log_models:

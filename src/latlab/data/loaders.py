@@ -78,6 +78,21 @@ def _column(rows: list[dict], path: Path, names: Sequence[str], required: bool =
     raise DataFormatError(f"{path}: missing column '{names[0]}'{alternatives}; found columns {found}")
 
 
+def _missing(value) -> bool:
+    """A null cell: None, NaN (parquet), an empty CSV cell or an empty list (JSON answers given as lists)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return True
+    return (isinstance(value, str) and not value.strip()) or (isinstance(value, list) and not value)
+
+
+def _labels(rows: list[dict], path: Path, column: str) -> None:
+    """A label column the file supplies must have a value on every row (the GX gate only sees derived labels)."""
+    missing = [i + 1 for i, row in enumerate(rows) if _missing(row.get(column))]
+    if missing:
+        raise DataFormatError(f"{path}: label column '{column}' has {len(missing)} null value(s) (rows "
+                              f"{missing[:5]}{', ...' if len(missing) > 5 else ''})")
+
+
 def _rows(path: str | Path) -> tuple[list[dict], Path]:
     rows = read_table(path)
     if not rows:
@@ -252,6 +267,7 @@ def load_ab_questions(path: str | Path, domain: str, validation_fraction: float 
     rows, path = _rows(path)
     question_col, choices_col = _column(rows, path, ["question"]), _column(rows, path, ["choices"])
     answer_col = _column(rows, path, ["answer"])
+    _labels(rows, path, answer_col)
     records = []
     for q_idx, row in enumerate(rows):
         choices = row[choices_col]
@@ -291,6 +307,8 @@ def load_persona(path: str | Path, persona: str | None = None, validation_fracti
     question_col = _column(rows, path, ["question"])
     match_col = _column(rows, path, ["answer_matching_behavior"])
     other_col = _column(rows, path, ["answer_not_matching_behavior"])
+    for column in (match_col, other_col):
+        _labels(rows, path, column)
     records = []
     for idx, row in enumerate(rows):
         question = _text(row[question_col])

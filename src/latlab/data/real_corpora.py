@@ -90,5 +90,7 @@ def load_real_corpora(cfg: RealDataConfig, validate: ValidateConfig, seed: int =
     preferences = _read("preferences", load_preferences, cfg.preferences, "harmless", seed=seed) \
         if cfg.preferences is not None else []
     datasets = {"corpus": corpus, "facts": facts, **({"preferences": preferences} if preferences else {})}
-    raise_on_failure(validate_datasets(datasets, validate))
+    sources = {"corpus": [cfg.forget_corpus, cfg.retain_corpus], "preferences": cfg.preferences,
+               "facts": [getattr(cfg, key) for key in QUESTION_DOMAINS if getattr(cfg, key) is not None]}
+    raise_on_failure(validate_datasets(datasets, validate, sources))
     return RealCorpora(corpus, facts, preferences)

@@ -1,7 +1,7 @@
 """Great Expectations gate for every dataset the pipeline generates or loads.
 
-Each dataset gets a suite (schema, non-empty text, label sets, length bounds, harmful/benign balance) run on the
-records, plus two suites on derived tables: rows per split (split sizes) and splits per leakage group (no
+Each dataset gets a suite (schema, non-empty text, label sets with no nulls, length bounds, harmful/benign balance)
+run on the records, plus two suites on derived tables: rows per split (split sizes) and splits per leakage group (no
 train/test overlap). The result is written as JSON and a small self-contained HTML page (GX Data Docs load scripts
 from CDNs, which this offline pipeline cannot reach).
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,6 +74,45 @@ class DataValidationError(RuntimeError):
     """A failing expectation; the message names the dataset, the expectation and a few offending rows."""
 
 
+def label_set_expectations(column: str, allowed: Iterable) -> list:
+    """A label column's expectations: no nulls, and every value one of `allowed`.
+
+    GX's in-set check skips nulls, so a record with a null label passes it and then silently drops out of every
+    split (and out of the split-size and no-overlap tables); every label-set check goes through here so no label
+    column can forget the not-null half."""
+    import great_expectations as gx
+
+    e = gx.expectations
+    return [e.ExpectColumnValuesToNotBeNull(column=column),
+            e.ExpectColumnValuesToBeInSet(column=column, value_set=list(allowed))]
+
+
+def label_pair_expectations(column_a: str, column_b: str, pairs: Iterable[tuple]) -> list:
+    """Two label columns that must agree (e.g. class name and class index): neither null, every pair in `pairs`
+    (GX's pair check skips a row only when both values are missing, but a null in one is still no label)."""
+    import great_expectations as gx
+
+    e = gx.expectations
+    return [e.ExpectColumnValuesToNotBeNull(column=column_a), e.ExpectColumnValuesToNotBeNull(column=column_b),
+            e.ExpectColumnPairValuesToBeInSet(column_A=column_a, column_B=column_b, value_pairs_set=list(pairs))]
+
+
+def failure_line(expectation: str, kwargs: Mapping, unexpected_count: int | None = None, observed=None,
+                 examples: list | None = None) -> str:
+    """One failed expectation as text: a null check says how many nulls in which column."""
+    args = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+    line = f"{expectation}({args}) failed"
+    if expectation == "expect_column_values_to_not_be_null" and unexpected_count:
+        line += f": {unexpected_count} null value(s) in column '{kwargs.get('column')}'"
+    elif unexpected_count:
+        line += f": {unexpected_count} unexpected value(s)"
+    if observed is not None:
+        line += f"; observed {observed}"
+    if examples:
+        line += f"; offending rows: {examples}"
+    return line
+
+
 def _record_suite(gx, name: str, spec: DatasetSpec, cfg: ValidateConfig, min_rows: int):
     suite = gx.ExpectationSuite(name=f"{name}.records")
     e = gx.expectations
@@ -84,10 +124,12 @@ def _record_suite(gx, name: str, spec: DatasetSpec, cfg: ValidateConfig, min_row
         suite.add_expectation(e.ExpectColumnValuesToBeBetween(column=f"{column}__words", min_value=1,
                                                               max_value=cfg.max_words))
     for column, allowed in spec.label_sets.items():
-        suite.add_expectation(e.ExpectColumnValuesToBeInSet(column=column, value_set=allowed))
+        for expectation in label_set_expectations(column, allowed):
+            suite.add_expectation(expectation)
     suite.add_expectation(e.ExpectColumnValuesToBeUnique(column="id"))
     if spec.balance_column:
         low, high = cfg.harmful_fraction_bounds
+        suite.add_expectation(e.ExpectColumnValuesToNotBeNull(column=spec.balance_column))  # the mean skips nulls
         suite.add_expectation(e.ExpectColumnMeanToBeBetween(column=spec.balance_column, min_value=low,
                                                             max_value=high))
     return suite
@@ -118,7 +160,7 @@ def _record_frame(records: list[dict], spec: DatasetSpec) -> pd.DataFrame:
     return frame
 
 
-def _summaries(validation, frame: pd.DataFrame, dataset: str, suite_name: str) -> list[dict]:
+def _summaries(validation, frame: pd.DataFrame, dataset: str, suite_name: str, source: str | None) -> list[dict]:
     rows = []
     for result in validation.results:
         config = result.expectation_config
@@ -129,14 +171,24 @@ def _summaries(validation, frame: pd.DataFrame, dataset: str, suite_name: str) -
         if unexpected_index:
             label = next((c for c in ("id", "prompt") if c in frame), None)
             examples = [str(frame.loc[i, label] if label else frame.loc[i].to_dict()) for i in unexpected_index[:3]]
-        rows.append({"dataset": dataset, "suite": suite_name, "expectation": config.type, "kwargs": kwargs,
+        rows.append({"dataset": dataset, **({"source": source} if source else {}), "suite": suite_name,
+                     "expectation": config.type, "kwargs": kwargs,
                      "success": bool(result.success), "observed": details.get("observed_value"),
                      "unexpected_count": details.get("unexpected_count"), "examples": [str(x) for x in examples[:3]]})
     return rows
 
 
-def validate_datasets(datasets: dict[str, list[dict]], cfg: ValidateConfig) -> dict:
-    """Run every suite on every dataset; return the summary (no exception: see `raise_on_failure`)."""
+def _source_text(files) -> str | None:
+    if files is None:
+        return None
+    return ", ".join(str(f) for f in files) if isinstance(files, (list, tuple)) else str(files)
+
+
+def validate_datasets(datasets: dict[str, list[dict]], cfg: ValidateConfig,
+                      sources: Mapping[str, str | Path | list] | None = None) -> dict:
+    """Run every suite on every dataset; return the summary (no exception: see `raise_on_failure`).
+
+    `sources` names the file (or files) each dataset was read from, for the failure messages."""
     import great_expectations as gx
 
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -165,7 +217,7 @@ def validate_datasets(datasets: dict[str, list[dict]], cfg: ValidateConfig) -> d
             validation = batch.validate(suite, result_format={"result_format": "COMPLETE",
                                                               "partial_unexpected_count": 5,
                                                               "return_unexpected_index_query": False})
-            results.extend(_summaries(validation, table, name, suite.name))
+            results.extend(_summaries(validation, table, name, suite.name, _source_text((sources or {}).get(name))))
     failed = [r for r in results if not r["success"]]
     return {"success": not failed, "evaluated": len(results), "failed": len(failed), "results": results}
 
@@ -174,10 +226,9 @@ def failure_message(summary: dict) -> str:
     lines = []
     for row in summary["results"]:
         if not row["success"]:
-            args = ", ".join(f"{k}={v}" for k, v in row["kwargs"].items())
-            observed = f"; observed {row['observed']}" if row["observed"] is not None else ""
-            examples = f"; offending rows: {row['examples']}" if row["examples"] else ""
-            lines.append(f"dataset '{row['dataset']}': {row['expectation']}({args}) failed{observed}{examples}")
+            source = f" ({row['source']})" if row.get("source") else ""
+            lines.append(f"dataset '{row['dataset']}'{source}: " + failure_line(
+                row["expectation"], row["kwargs"], row["unexpected_count"], row["observed"], row["examples"]))
     return "\n".join(lines)
 
 

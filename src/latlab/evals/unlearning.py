@@ -346,22 +346,3 @@ TABLE_KEYS = ("familiarity.mean_grade", "qa.ab_acc", "qa.free_recall", "extract.
 AB_TABLE_KEYS = ("qa.ab_acc", "relearn.ab_acc", "latent.max_acc", "collateral.ab_acc", "general.ab_acc",
                  "general.perplexity")
 
-
-def unlearning_markdown(results_by_model: dict[str, dict[str, float]], summary: dict[str, dict] | None,
-                        tolerance: float, keys: Sequence[str] = TABLE_KEYS,
-                        not_measured: dict[str, str] | None = None) -> str:
-    """The model x evaluation table ("–" where a metric was not measured), what was not measured and why, then the
-    removed/suppressed verdict per unlearned model with its numbers (none without an oracle: `summary` None)."""
-    lines = ["| model | " + " | ".join(keys) + " |", "|" + " --- |" * (len(keys) + 1)]
-    for name, res in results_by_model.items():
-        lines.append(f"| {name} | " + " | ".join(f"{res[k]:.3f}" if k in res else "–" for k in keys) + " |")
-    if not_measured:
-        lines += ["", "Not measured:", *(f"- {name}: {why}" for name, why in not_measured.items())]
-    if summary is None:
-        return "\n".join(lines) + "\n"
-    lines += ["", f"Verdict: **removed** when every knowledge metric ({', '.join(KNOWLEDGE_KEYS)}) is at most the "
-              f"oracle's + {tolerance}; otherwise **suppressed** (the metrics above it are listed).", ""]
-    for name, row in summary.items():
-        above = ", ".join(f"{k} {row['values'][k]:.2f} vs oracle {row['oracle'][k]:.2f}" for k in row["above_oracle"])
-        lines.append(f"- {name}: **{row['label']}**" + (f" ({above})" if above else ""))
-    return "\n".join(lines) + "\n"

@@ -178,18 +178,6 @@ def plot_persistence(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def persistence_markdown(rows: list[dict]) -> str:
-    def cell(row: dict, key: str) -> str:
-        return f"{row[key]:.2f}" if key in row else "–"
-
-    lines = ["| model | behaviour | behaviour rate | latent signal (block) | measure | base-circuit top-k overlap "
-             "| attribution mass on base circuit |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['model']} | {r['behaviour']} | {r['behaviour_rate']:.2f} | {r['latent_signal']:.2f} "
-              f"(block {r['layer']}) | {r['measure']} | {cell(r, 'circuit_overlap')} | {cell(r, 'circuit_mass')} |"
-              for r in rows]
-    return "\n".join(lines) + "\n"
-
-
 def mean_or_nan(values) -> float:
     values = [v for v in values if v == v]
     return float(np.mean(values)) if values else float("nan")

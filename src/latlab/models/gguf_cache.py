@@ -44,7 +44,7 @@ def cache_gguf_as_safetensors(gguf_path: str | Path, out_dir: str | Path, dtype:
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     if not force and is_cached(gguf_path, out_dir):
         return out_dir
-    model, tokenizer = load_pretrained(str(gguf_path), ModelConfig(source=str(gguf_path), dtype=dtype))
+    model, tokenizer = load_pretrained(str(gguf_path), ModelConfig.for_local_file(str(gguf_path), dtype))
     save_model(model, tokenizer, out_dir)
     (out_dir / PROVENANCE).write_text(json.dumps(
         {"gguf_file": gguf_path.name, "sha256": file_sha256(gguf_path), "dtype": dtype,

@@ -19,23 +19,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from latlab.config import DPOConfig, LATConfig, TrainConfig
+from latlab.config import DPORemovalConfig, LATConfig, SFTRemovalConfig, TrainConfig
 from latlab.models.hooks import add_to_residual
-from latlab.training.examples import IGNORE, Example, collate, encode_all
+from latlab.training.examples import Example, collate, encode_all
 from latlab.training.lat import LatentAdversary, TripleBatch, collate_triples, retain_loss, train_lat
+from latlab.training.losses import sequence_logprobs
 from latlab.training.loop import MixtureSampler, train_loop
 from latlab.training.sft import train_sft
 from latlab.training.unlearning import UnlearnRun, compute_summary, frozen_copy
 from latlab.world.curriculum_unlearning import assert_pairs_trigger_free, preference_pairs, retain_pools
-
-
-def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """[batch] sum of log p(label) over labelled positions. logits [batch, seq, vocab], labels [batch, seq]."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    targets = labels[:, 1:]
-    valid = targets != IGNORE
-    token = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (token * valid).sum(-1)
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
@@ -66,10 +58,11 @@ def _seq_logps(model, batch, deltas=None, mask=None) -> torch.Tensor:
     return sequence_logprobs(logits, batch["labels"])
 
 
-def train_dpo(model, tokenizer, pairs: list[tuple[str, str, str]], cfg: DPOConfig, checkpoint_dir: Path | None,
-              description: str = "dpo", on_log=None, retain: dict[str, list[Example]] | None = None,
+def train_dpo(model, tokenizer, pairs: list[tuple[str, str, str]], retain: dict[str, list[Example]] | None,
+              cfg: DPORemovalConfig, checkpoint_dir: Path | None, description: str = "dpo", on_log=None,
               retain_weights: dict[str, float] | None = None) -> UnlearnRun:
-    """DPO on (prompt, chosen, rejected) pairs, optionally under a targeted latent adversary."""
+    """DPO on (prompt, chosen, rejected) pairs, optionally under a targeted latent adversary; the retain pools
+    (every pool weighted 1 unless `retain_weights`; the chosen sides when None) get SFT without δ."""
     device = next(model.parameters()).device
     reference = frozen_copy(model)
     max_length = getattr(model.config, "max_position_embeddings", None)
@@ -120,19 +113,24 @@ def train_dpo(model, tokenizer, pairs: list[tuple[str, str, str]], cfg: DPOConfi
 
 
 def train_sft_removal(model, tokenizer, pairs: list[tuple[str, str, str]], retain: dict[str, list[Example]],
-                      cfg: TrainConfig, checkpoint_dir: Path | None, description: str = "sft-removal",
+                      cfg: SFTRemovalConfig, checkpoint_dir: Path | None, description: str = "sft-removal",
                       on_log=None) -> UnlearnRun:
-    """SFT on the chosen side of the harmless pairs plus the retain pools."""
+    """SFT on the chosen side of the harmless pairs plus the retain pools; with `cfg.lat`, targeted LAT on the pairs
+    as (prompt, bad = rejected, good = chosen) triples with the same retain pools."""
+    if cfg.lat is not None:
+        lat_cfg = LATConfig.model_validate({**cfg.model_dump(include=set(TrainConfig.model_fields)),
+                                            **cfg.lat.model_dump(), **cfg.model_dump(include=LAT_DEFENCE)})
+        result, compute = train_lat(model, tokenizer, [(p, r, c) for p, c, r in pairs], retain,
+                                    {k: 1.0 for k in retain}, lat_cfg, checkpoint_dir, description, on_log)
+        return UnlearnRun(result, compute)
     pools = {"chosen": [Example(p, c) for p, c, _ in pairs], **retain}
     result = train_sft(model, tokenizer, pools, {k: 1.0 for k in pools}, cfg, checkpoint_dir, description, on_log)
     # SFT does not count tokens; the step count is its compute (cfg.steps x batch_size sequences)
     return UnlearnRun(result, {"sequences": float(cfg.steps * cfg.batch_size)})
 
 
-def train_sft_lat_removal(model, tokenizer, pairs: list[tuple[str, str, str]], retain: dict[str, list[Example]],
-                          cfg: LATConfig, checkpoint_dir: Path | None, description: str = "sft-lat-removal",
-                          on_log=None) -> UnlearnRun:
-    """Targeted LAT with the harmless pairs as (prompt, bad = rejected, good = chosen) triples."""
-    result, compute = train_lat(model, tokenizer, [(p, r, c) for p, c, r in pairs], retain,
-                                {k: 1.0 for k in retain}, cfg, checkpoint_dir, description, on_log)
-    return UnlearnRun(result, compute)
+LAT_DEFENCE = {"def_toward", "def_away", "retain", "retain_kind"}
+
+# The backdoor_removal method table's `method` -> trainer (model, tokenizer, pairs, retain, cfg, checkpoint_dir,
+# description, on_log) -> UnlearnRun. Register a new method here (docs/adding_a_method.md).
+REMOVAL_METHODS = {"sft": train_sft_removal, "dpo": train_dpo}

@@ -14,7 +14,17 @@ from the generic labels), then the method's forget loss is computed under δ; th
   of the generic logits (hard labels, as in the paper). The paper's anchored-term translation is not done: the
   toy world's entity names have no generic counterparts.
 - RMU: on forget text, layer-L activations are pushed toward c·u (u a fixed random unit vector); on retain text
-  they are kept at the frozen model's (weight α); only `down_proj` of a few layers up to L is trained.
+  they are kept at the frozen model's (weight α = `retain_weight`); only `down_proj` of a few layers up to L is
+  trained.
+- GradDiff (as open-unlearning registers it): forget loss = -CE(forget answers), unbounded, + retain CE.
+- NPO (Zhang et al. 2024): forget loss = -(2/β)·log σ(-β·(log π_θ(y|x) - log π_ref(y|x))), sequence log-probs summed
+  over answer tokens, π_ref the frozen starting model (= (2/β)·log(1 + (π_θ/π_ref)^β), the paper's form), as in the
+  official code; bounded below by 0, so unlike GA it cannot diverge.
+- SimNPO (Fan et al. 2024): reference-free: forget loss = -(2/β)·log σ(-(β/|y|)·log π_θ(y|x) - γ), with |y| the
+  number of answer tokens. The official code writes the margin as β·δ; `gamma` here is the paper's γ.
+Every method's retain term is SFT on the retain pools (RMU: activation matching), weighted by `retain_weight`.
+
+Methods are registered in `UNLEARNING_METHODS` (the `method` of a params.yaml `unlearn` entry -> its trainer).
 
 Hand-written because no maintained library implements these for arbitrary HF causal LMs together with LAT (the
 official WMDP RMU script and the WHP recipe are single-model scripts).
@@ -28,11 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from latlab.config import GradientAscentConfig, RMUConfig, TrainConfig, UnlearnConfig, WHPConfig
+from latlab.config import (GradDiffConfig, GradientAscentConfig, NPOConfig, RMUConfig, SimNPOConfig, TrainConfig,
+                           UnlearnConfig, WHPConfig)
 from latlab.models.hooks import add_to_residual, capture_residual, decoder_layers, resid_name
 from latlab.training.examples import IGNORE, Example, collate, encode_all
 from latlab.training.lat import LatentAdversary, TripleBatch, away_loss, retain_loss, token_ce
+from latlab.training.losses import labelled_counts, sequence_logprobs
 from latlab.training.loop import MixtureSampler, TrainResult, train_loop
 from latlab.training.sft import train_sft
 
@@ -274,10 +287,70 @@ def train_rmu(model, tokenizer, forget: list[Example], retain: dict[str, list[Ex
     try:
         # the LAT adversary needs gradients through the frozen part of the network, which autograd.grad w.r.t. δ
         # gives without requires_grad on the weights
-        return unlearn_loop(model, tokenizer, forget, retain, retain_weights,
-                            cfg.model_copy(update={"retain_weight": cfg.alpha}), forget_term, checkpoint_dir,
+        return unlearn_loop(model, tokenizer, forget, retain, retain_weights, cfg, forget_term, checkpoint_dir,
                             description, on_log, retain_term=retain_term, parameters=trainable,
                             reference_passes=(0, 1))
     finally:
         for p, flag in flags.items():
             p.requires_grad_(flag)
+
+
+# --- GradDiff, NPO, SimNPO -----------------------------------------------------------------------------------------
+
+def train_graddiff(model, tokenizer, forget: list[Example], retain: dict[str, list[Example]],
+                   retain_weights: dict[str, float], cfg: GradDiffConfig, checkpoint_dir: Path | None,
+                   description: str = "unlearn-graddiff", on_log=None) -> UnlearnRun:
+    def forget_term(model, triples, deltas, mask):
+        ce = token_ce(_logits_under(model, triples.harmful, deltas, mask), triples.harmful["labels"])
+        return -ce, {"forget_ce": ce.item()}
+
+    return unlearn_loop(model, tokenizer, forget, retain, retain_weights, cfg, forget_term, checkpoint_dir,
+                        description, on_log)
+
+
+def npo_loss(policy_logp: torch.Tensor, reference_logp: torch.Tensor, beta: float) -> torch.Tensor:
+    """NPO: mean over the batch of -(2/β)·log σ(-β·(log π_θ - log π_ref)); inputs [batch] sequence log-probs."""
+    return -2.0 / beta * F.logsigmoid(-beta * (policy_logp - reference_logp)).mean()
+
+
+def simnpo_loss(policy_logp: torch.Tensor, lengths: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
+    """SimNPO: mean of -(2/β)·log σ(-(β/|y|)·log π_θ - γ); policy_logp [batch] sums, lengths [batch] |y|."""
+    return -2.0 / beta * F.logsigmoid(-beta * policy_logp / lengths - gamma).mean()
+
+
+def train_npo(model, tokenizer, forget: list[Example], retain: dict[str, list[Example]],
+              retain_weights: dict[str, float], cfg: NPOConfig, checkpoint_dir: Path | None,
+              description: str = "unlearn-npo", on_log=None) -> UnlearnRun:
+    reference = frozen_copy(model)
+
+    def forget_term(model, triples, deltas, mask):
+        batch = triples.harmful
+        policy = sequence_logprobs(_logits_under(model, batch, deltas, mask), batch["labels"])
+        with torch.no_grad():  # the reference sees the clean input: δ attacks the model being trained
+            ref = sequence_logprobs(_logits_under(reference, batch, {}, None), batch["labels"])
+        loss = npo_loss(policy, ref, cfg.beta)
+        return loss, {"npo": loss.item(), "log_ratio": (policy - ref).mean().item()}
+
+    return unlearn_loop(model, tokenizer, forget, retain, retain_weights, cfg, forget_term, checkpoint_dir,
+                        description, on_log, reference_passes=(1, 0))
+
+
+def train_simnpo(model, tokenizer, forget: list[Example], retain: dict[str, list[Example]],
+                 retain_weights: dict[str, float], cfg: SimNPOConfig, checkpoint_dir: Path | None,
+                 description: str = "unlearn-simnpo", on_log=None) -> UnlearnRun:
+    def forget_term(model, triples, deltas, mask):
+        batch = triples.harmful
+        policy = sequence_logprobs(_logits_under(model, batch, deltas, mask), batch["labels"])
+        loss = simnpo_loss(policy, labelled_counts(batch["labels"]), cfg.beta, cfg.gamma)
+        return loss, {"simnpo": loss.item()}
+
+    return unlearn_loop(model, tokenizer, forget, retain, retain_weights, cfg, forget_term, checkpoint_dir,
+                        description, on_log)
+
+
+# The `unlearn` method table's `method` -> trainer (model, tokenizer, forget, retain, retain_weights, cfg,
+# checkpoint_dir, description, on_log) -> UnlearnRun. Register a new method here (docs/adding_a_method.md).
+UNLEARNING_METHODS: dict[str, Callable[..., UnlearnRun]] = {
+    "ga": train_gradient_ascent, "whp": train_whp, "rmu": train_rmu, "graddiff": train_graddiff, "npo": train_npo,
+    "simnpo": train_simnpo,
+}

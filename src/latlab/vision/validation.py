@@ -1,7 +1,7 @@
 """Great Expectations checks of a Spawrious image manifest against its split definition (Lynch et al. 2023).
 
 Two batches in an ephemeral GX context: the manifest itself (valid classes, backgrounds, environments, label/breed
-consistency, every (part, env, breed, location) cell one the split defines) and a per-group count table (observed
+consistency, no null in any of those label columns, every (part, env, breed, location) cell one the split defines) and a per-group count table (observed
 count equals the definition's count; for groups whose size the definition leaves open, at least one image). The
 summary is a small JSON-able dict (GX data docs need CDNs, which this project cannot reach).
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from latlab.data.validation import DataValidationError, failure_line, label_pair_expectations, label_set_expectations
 from latlab.vision.splits import CLASSES, LOCATIONS, SplitDefinition
 
 
@@ -60,13 +61,12 @@ def validate_manifest(manifest: pd.DataFrame, definition: SplitDefinition, per_e
     keyed = manifest.assign(group_key=_group_keys(manifest))
     defined_keys = [g.key for g in definition.groups(per_env_total, test_per_group)]
     manifest_checks = _run(context, "manifest", keyed, [
-        E.ExpectColumnValuesToBeInSet(column="part", value_set=["train", "test"]),
-        E.ExpectColumnValuesToBeInSet(column="env", value_set=[env.name for env in definition.environments]),
-        E.ExpectColumnValuesToBeInSet(column="breed", value_set=list(CLASSES)),
-        E.ExpectColumnValuesToBeInSet(column="location", value_set=list(LOCATIONS)),
-        E.ExpectColumnPairValuesToBeInSet(column_A="breed", column_B="label",
-                                          value_pairs_set=[(b, i) for i, b in enumerate(CLASSES)]),
-        E.ExpectColumnValuesToBeInSet(column="group_key", value_set=defined_keys),
+        *label_set_expectations("part", ["train", "test"]),
+        *label_set_expectations("env", [env.name for env in definition.environments]),
+        *label_set_expectations("breed", CLASSES),
+        *label_set_expectations("location", LOCATIONS),
+        *label_pair_expectations("breed", "label", [(b, i) for i, b in enumerate(CLASSES)]),
+        *label_set_expectations("group_key", defined_keys),
     ])
     counts = count_table(manifest, definition, per_env_total, test_per_group)
     fixed, open_ = counts[counts["expected"] >= 0], counts[counts["expected"] < 0]
@@ -80,6 +80,23 @@ def validate_manifest(manifest: pd.DataFrame, definition: SplitDefinition, per_e
     checks = manifest_checks + count_checks
     return {"split": definition.name, "success": all(c["success"] for c in checks), "rows": int(len(manifest)),
             "groups": counts.to_dict(orient="records"), "checks": checks}
+
+
+def failure_message(summary: dict, source: str | Path) -> str:
+    """One line per failed check, naming the split, the manifest file it describes and the column."""
+    lines = []
+    for check in summary["checks"]:
+        if not check["success"]:
+            kwargs = {k: check[k] for k in ("column", "column_A", "column_B") if k in check}
+            lines.append(f"spawrious split '{summary['split']}' ({source}), {check['batch']}: " + failure_line(
+                check["expectation"], kwargs, check.get("unexpected_count"), check.get("observed_value"),
+                check.get("partial_unexpected_list")))
+    return "\n".join(lines)
+
+
+def raise_on_failure(summary: dict, source: str | Path) -> None:
+    if not summary["success"]:
+        raise DataValidationError(failure_message(summary, source))
 
 
 def write_summary(summary: dict, path: str | Path) -> None:

@@ -1,0 +1,49 @@
+"""What the Spawrious track shows people: the grid's results table (markdown), the worst-group accuracy bars and a
+counterfactual preview (one test image per class on each background)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
+
+
+def results_table(rows: list[dict]) -> str:
+    lines = ["| split | method | avg acc | worst-group acc | CF invariance | train s |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['split']} | {r['method']} | {r['average_accuracy']:.3f} | {r['worst_group_accuracy']:.3f} "
+                     f"| {r.get('counterfactual_invariance', float('nan')):.3f} | {r['train_seconds']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_worst_group(rows: list[dict], splits: list[str], methods: list[str], path: Path) -> None:
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(splits), 3.2))
+    for i, method in enumerate(methods):
+        values = [next((r["worst_group_accuracy"] for r in rows if r["split"] == s and r["method"] == method), 0.0)
+                  for s in splits]
+        ax.bar([j + i * width for j in range(len(splits))], values, width, label=method)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(splits))], splits)
+    ax.set_ylabel("worst-group test accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, ncols=min(len(methods), 4))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def counterfactual_preview(counterfactual: np.ndarray, labels: np.ndarray, path: Path, zoom: int = 3) -> None:
+    """One test image per class (rows) on each of the six backgrounds (columns)."""
+    from PIL import Image
+
+    rows = [counterfactual[int(np.argmax(labels == c))] for c in np.unique(labels)]  # each [6, H, W, 3]
+    grid = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(grid)
+    image.resize((grid.shape[1] * zoom, grid.shape[0] * zoom), Image.NEAREST).save(path)

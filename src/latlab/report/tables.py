@@ -1,0 +1,51 @@
+"""Markdown tables of the reports (reports/*.md): what the stages write for people to read. The numbers come from
+the evaluation modules; nothing here computes a metric."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from latlab.evals.unlearning import KNOWLEDGE_KEYS, TABLE_KEYS
+
+
+def backdoor_markdown(metrics_by_method: dict[str, dict], reported: Sequence[str], split: str) -> str:
+    """One row per backdoor-removal method: each behaviour before -> after, wall time and compute."""
+    rows = ["| method | " + " | ".join(reported) + " | wall s | forward tokens |",
+            "|" + " --- |" * (len(reported) + 3)]
+    for method, m in metrics_by_method.items():
+        cells = [f"{m[f'before.{k}']:.2f} → {m[f'after.{k}']:.2f}" for k in reported]
+        tokens = m.get("compute.forward_tokens")
+        rows.append(f"| {method} | " + " | ".join(cells) + f" | {m['wall_seconds']:.0f} | "
+                    + (f"{tokens:.3g} |" if tokens is not None else f"{m['compute.sequences']:.0f} sequences |"))
+    return f"Backdoor removal without the trigger, from RT ({split} split; before → after)\n\n" + "\n".join(rows) + "\n"
+
+def unlearning_markdown(results_by_model: dict[str, dict[str, float]], summary: dict[str, dict] | None,
+                        tolerance: float, keys: Sequence[str] = TABLE_KEYS,
+                        not_measured: dict[str, str] | None = None) -> str:
+    """The model x evaluation table ("–" where a metric was not measured), what was not measured and why, then the
+    removed/suppressed verdict per unlearned model with its numbers (none without an oracle: `summary` None)."""
+    lines = ["| model | " + " | ".join(keys) + " |", "|" + " --- |" * (len(keys) + 1)]
+    for name, res in results_by_model.items():
+        lines.append(f"| {name} | " + " | ".join(f"{res[k]:.3f}" if k in res else "–" for k in keys) + " |")
+    if not_measured:
+        lines += ["", "Not measured:", *(f"- {name}: {why}" for name, why in not_measured.items())]
+    if summary is None:
+        return "\n".join(lines) + "\n"
+    lines += ["", f"Verdict: **removed** when every knowledge metric ({', '.join(KNOWLEDGE_KEYS)}) is at most the "
+              f"oracle's + {tolerance}; otherwise **suppressed** (the metrics above it are listed).", ""]
+    for name, row in summary.items():
+        above = ", ".join(f"{k} {row['values'][k]:.2f} vs oracle {row['oracle'][k]:.2f}" for k in row["above_oracle"])
+        lines.append(f"- {name}: **{row['label']}**" + (f" ({above})" if above else ""))
+    return "\n".join(lines) + "\n"
+
+
+def persistence_markdown(rows: list[dict]) -> str:
+    def cell(row: dict, key: str) -> str:
+        return f"{row[key]:.2f}" if key in row else "–"
+
+    lines = ["| model | behaviour | behaviour rate | latent signal (block) | measure | base-circuit top-k overlap "
+             "| attribution mass on base circuit |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['model']} | {r['behaviour']} | {r['behaviour_rate']:.2f} | {r['latent_signal']:.2f} "
+              f"(block {r['layer']}) | {r['measure']} | {cell(r, 'circuit_overlap')} | {cell(r, 'circuit_mass')} |"
+              for r in rows]
+    return "\n".join(lines) + "\n"

@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from latlab.config import ConfigError, load_params, parse_params
-from latlab.profiles import apply_profile
+from latlab.profiles import apply_profile, deep_merge
+from tests.settings import raw_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,13 +30,23 @@ def test_repository_params_and_profiles_are_valid(tmp_path):
     ({"evaluate": {"judge": "gpt"}}, "params.yaml: evaluate.judge: Input should be 'toy', 'refusal_phrase' or 'classifier'"),
     ({"validate": {"max_words": 0}}, "params.yaml: validate.max_words"),
     ({"nonsense": 1}, "params.yaml: nonsense: unknown key"),
+    ({"unlearn": {"npo": {"beta": 0}}}, "params.yaml: unlearn.npo.beta: Input should be greater than 0 (got 0)"),
+    ({"unlearn": {"npo": {"method": "npx"}}}, "params.yaml: unlearn.npo: Input tag 'npx'"),
+    ({"unlearn": {"Bad-Name": {"method": "ga"}}}, "params.yaml: unlearn.Bad-Name"),
 ])
 def test_bad_params_fail_in_one_line(raw, expected):
     with pytest.raises(ConfigError) as err:
-        parse_params(raw)
+        parse_params(deep_merge(raw_params(), raw))
     message = str(err.value)
     assert message.startswith(expected), message
     assert "\n" not in message
+
+
+def test_a_misspelled_section_is_named_with_its_likely_meaning():
+    raw = raw_params()
+    raw["lta"] = raw.pop("lat")
+    with pytest.raises(ConfigError, match=r"^params.yaml: lta: unknown key \(did you mean lat\?\)$"):
+        parse_params(raw)
 
 
 def test_load_params_reports_files(tmp_path):
@@ -49,7 +60,7 @@ def test_load_params_reports_files(tmp_path):
 
 def test_profile_merges_deeply_and_bad_profile_changes_nothing(tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"base": {"steps": 10, "lr": 0.1}, "seed": 1}))
+    params.write_text(yaml.safe_dump(deep_merge(raw_params(), {"base": {"steps": 10, "lr": 0.1}, "seed": 1})))
     profile = tmp_path / "p.yaml"
     profile.write_text(yaml.safe_dump({"base": {"steps": 3}}))
     apply_profile(profile, params)

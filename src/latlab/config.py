@@ -6,6 +6,7 @@ A bad key or value fails with one line that names the key and what was expected,
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -525,7 +526,7 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _table_names(self) -> Params:
-        for table in ("unlearn", "backdoor_removal"):
+        for table in METHOD_TABLES:
             for name in getattr(self, table):
                 if not re.fullmatch(TABLE_NAME, name):
                     raise ValueError(f"{table}.{name}: a method name is lower-case letters, digits and _")
@@ -550,20 +551,29 @@ class Params(Section):
         """Every training loop's settings by dotted params path (method-table entries included)."""
         sections = {name: getattr(self, name) for name in type(self).model_fields
                     if isinstance(getattr(self, name), TrainConfig)}
-        for table in ("unlearn", "backdoor_removal"):
+        for table in METHOD_TABLES:
             sections.update({f"{table}.{name}": cfg for name, cfg in getattr(self, table).items()})
         return sections
 
 
+METHOD_TABLES = ("unlearn", "backdoor_removal")
+
+
 def _location(loc: tuple[Any, ...]) -> str:
+    if len(loc) > 3 and loc[0] in METHOD_TABLES:  # pydantic puts the union's tag after the entry name: drop it
+        loc = loc[:2] + loc[3:]
     return ".".join(str(part) for part in loc) or "<root>"
 
 
 def _one_line(err: ValidationError, source: str) -> str:
-    first = err.errors()[0]
+    errors = err.errors()
+    unknown = [e for e in errors if e["type"] == "extra_forbidden"]
+    missing = {_location(e["loc"]) for e in errors if e["type"] == "missing"}
+    first = (unknown or errors)[0]  # a misspelled key is also a missing one: name the key that was written
     where = _location(first["loc"])
     if first["type"] == "extra_forbidden":
-        return f"{source}: {where}: unknown key"
+        close = difflib.get_close_matches(where, missing, n=1)
+        return f"{source}: {where}: unknown key" + (f" (did you mean {close[0]}?)" if close else "")
     got = first.get("input")
     got_text = "" if isinstance(got, dict) else f" (got {got!r})"
     return f"{source}: {where}: {first['msg']}{got_text}"

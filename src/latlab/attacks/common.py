@@ -1,7 +1,7 @@
 """Shared pieces of the attack suite: the result type, the harmful-request filter, greedy generation from
 already-rendered chat text, and the token layout of a chat prompt around an inserted suffix (GCG, R2D2).
 
-Every attack generates through `latlab.evals.generation.generate` (greedy), so attacked and unattacked completions
+Every attack generates through `latlab.models.generation.generate` (greedy), so attacked and unattacked completions
 come from the same decoding path.
 """
 
@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from latlab.evals.generation import generate
-from latlab.training.examples import render_prompt
+from latlab.models.encoding import render_prompt, token_ids
+from latlab.models.generation import generate
 
 SENTINEL = "\u2063SUFFIX\u2063"  # an invisible separator that no chat template or prompt contains
 
@@ -24,27 +24,6 @@ class AttackResult:
     metadata: dict = field(default_factory=dict)
 
 
-@dataclass
-class Compute:
-    """Work done, in model calls and in tokens through the model (the FLOP proxy: ~2N per forward token, ~4N more
-    per backward token for an N-parameter model)."""
-    forward_passes: int = 0
-    backward_passes: int = 0
-    forward_tokens: int = 0
-    backward_tokens: int = 0
-
-    def forward(self, tokens: int) -> None:
-        self.forward_passes += 1
-        self.forward_tokens += tokens
-
-    def backward(self, tokens: int) -> None:
-        self.backward_passes += 1
-        self.backward_tokens += tokens
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(vars(self))
-
-
 def harmful(requests: list[dict]) -> list[dict]:
     return [r for r in requests if r.get("harmful", True)]
 
@@ -52,14 +31,6 @@ def harmful(requests: list[dict]) -> list[dict]:
 def generate_rendered(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
     """Greedy completions of texts that already carry the chat template (prefill, many-shot, suffixes)."""
     return generate(model, tokenizer, texts, max_new_tokens, batch_size, chat=False)
-
-
-def model_width(model) -> int | None:
-    return getattr(model.config, "max_position_embeddings", None)
-
-
-def token_ids(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def chat_segments(tokenizer, prompt: str) -> tuple[list[int], list[int]]:

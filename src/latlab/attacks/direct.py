@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from latlab.attacks.common import AttackResult
-from latlab.evals.generation import generate
+from latlab.models.generation import generate
 
 
 def direct_attack(model, tokenizer, requests: list[dict], cfg=None, *, support: list[dict] | None = None,

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from latlab.attacks.common import AttackResult, Compute, allowed_token_mask, chat_segments, token_ids
+from latlab.attacks.common import AttackResult, allowed_token_mask, chat_segments
 from latlab.config import GCGConfig, GCGIndividualConfig, GCGUniversalConfig
-from latlab.evals.generation import generate
+from latlab.models.compute import Compute
+from latlab.models.encoding import token_ids
+from latlab.models.generation import generate
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,7 @@
-"""Latent-space PGD attack (the adversary of Sheshadri et al. 2024, "Targeted latent adversarial training", used
-here as an evaluation-time attack): a perturbation δ at chosen residual hook points, one per hook point with shape
-[batch, seq, d_model], optimised with Adam toward the harmful completion (cross-entropy) and projected after every
-step onto the per-token L2 ball of radius ε. Only prompt positions are perturbed. The model's weights are frozen:
-gradients are taken with respect to δ alone.
+"""Latent-space attack at evaluation time: the latent adversary (`latlab.attacks.latent_adversary`, Sheshadri et
+al. 2024) pushes each harmful request toward its harmful completion (cross-entropy only: there is no away term),
+then the model generates under the δ it found. The model's weights are frozen: gradients are taken with respect to δ
+alone. No prefix caching here, so the attack's numerics do not depend on which block is attacked.
 
 Generation with δ: the prompt is encoded right-padded for PGD but `generate` left-pads, so each example's δ over its
 own prompt tokens is re-aligned to the right edge of the generation batch. With the KV cache, the prompt goes
@@ -11,68 +10,40 @@ sees one new token; the hook adds δ only on a pass whose length equals the prom
 so generated tokens are never perturbed, as in training. (Without a KV cache every step would re-run the prompt and
 the hook would only fire on the first one; `generate` keeps the cache on.)
 
-The embedding-space attack (`latlab.attacks.embedding`) is this attack at `hook_embed`. Hand-written because the
-perturbation has to sit on the same hook points as latlab's LAT trainer; no maintained library attacks HF models'
-residual stream this way.
+The embedding-space attack (`latlab.attacks.embedding`) is this attack at `hook_embed`.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 
-import numpy as np
 import torch
 
-from latlab.attacks.common import AttackResult, Compute, token_ids
+from latlab.attacks.common import AttackResult
+from latlab.attacks.latent_adversary import LatentAdversary, PGDSettings
 from latlab.config import PGDAttackConfig
-from latlab.evals.generation import generate
-from latlab.evals.judge import COMPLIED
-from latlab.models.hooks import add_to_residual, edit_residual
-from latlab.training.examples import IGNORE, Example, collate, encode_all, render_prompt
-
-
-def project_per_token(delta: torch.Tensor, eps: float) -> torch.Tensor:
-    """Scale each position's vector ([..., d_model]) down to L2 norm <= eps, in place."""
-    norms = delta.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    delta.mul_((eps / norms).clamp(max=1.0))
-    return delta
+from latlab.data.examples import Example
+from latlab.models.compute import Compute
+from latlab.models.encoding import ContrastBatch, collate, context_limit, encode_all, encode_prompt, to_device
+from latlab.models.generation import generate
+from latlab.models.hooks import edit_residual
 
 
 def pgd_attack(model, batch: dict[str, torch.Tensor], hook_points: list[str], eps: float, steps: int, lr: float,
                compute: Compute | None = None) -> tuple[dict[str, torch.Tensor], list[float]]:
     """δ per hook point ([batch, seq, d_model], zero outside prompt positions) lowering the CE of batch["labels"];
     returns (δ detached, target loss before each step and after the last)."""
-    device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in batch.items()}
-    prompt_mask = (batch["attention_mask"] == 1) & (batch["labels"] == IGNORE)  # [batch, seq]
-    width = model.get_input_embeddings().weight.shape[1]
-    shape = (*batch["input_ids"].shape, width)
-    deltas = {h: torch.zeros(shape, device=device, requires_grad=True) for h in hook_points}
-    optimizer = torch.optim.Adam(list(deltas.values()), lr=lr)
-    tokens = int(batch["attention_mask"].sum())
-    losses: list[float] = []
-    for step in range(steps + 1):
-        with add_to_residual(model, deltas, prompt_mask):
-            loss = model(**batch).loss
-        losses.append(float(loss.detach()))
-        if compute is not None:
-            compute.forward(tokens)
-        if step == steps:
-            break
-        grads = torch.autograd.grad(loss, list(deltas.values()))
-        if compute is not None:
-            compute.backward(tokens)
-        for delta, grad in zip(deltas.values(), grads):
-            delta.grad = grad
-        optimizer.step()
-        with torch.no_grad():
-            for delta in deltas.values():
-                project_per_token(delta, eps)
-    return {h: d.detach() for h, d in deltas.items()}, losses
+    batch = to_device(batch, next(model.parameters()).device)
+    settings = PGDSettings(tuple(hook_points), eps, steps, lr, toward=1.0, away=0.0)
+    # the attack has one target: its batch fills both sides of the contrast, and the away weight 0 leaves `desired`
+    # unused
+    contrast = ContrastBatch(batch, batch, batch["input_ids"].shape[1])
+    deltas, _, losses = LatentAdversary(model, settings, compute).attack(contrast, final_loss=True)
+    return deltas, losses
 
 
 def prompt_lengths(tokenizer, prompts: list[str]) -> list[int]:
-    return [len(token_ids(tokenizer, render_prompt(tokenizer, p))) for p in prompts]
+    return [len(encode_prompt(tokenizer, p)) for p in prompts]
 
 
 @contextmanager
@@ -107,7 +78,7 @@ def pgd_generation_attack(model, tokenizer, requests: list[dict], cfg: PGDAttack
     """PGD toward each request's harmful completion, then greedy generation under the found δ."""
     eps = cfg.eps if eps is None else eps
     compute, completions, first, last = Compute(), [], [], []
-    max_length = getattr(model.config, "max_position_embeddings", None)
+    max_length = context_limit(model)
     for start in range(0, len(requests), batch_size):
         chunk = requests[start:start + batch_size]
         batch = collate(encode_all(tokenizer, [Example(r["prompt"], r["compliance"]) for r in chunk], max_length),
@@ -125,16 +96,3 @@ def latent_attack(model, tokenizer, requests: list[dict], cfg: PGDAttackConfig, 
                   support: list[dict] | None = None, max_new_tokens: int = 16, batch_size: int = 64) -> AttackResult:
     return pgd_generation_attack(model, tokenizer, requests, cfg, max_new_tokens=max_new_tokens,
                                  batch_size=batch_size)
-
-
-def eps_sweep(model, tokenizer, requests: list[dict], cfg: PGDAttackConfig, judge, eps_values: list[float], *,
-              max_new_tokens: int = 16, batch_size: int = 64) -> list[dict[str, float]]:
-    """ASR curve: [{"eps", "asr", "loss_final"}] for each radius."""
-    curve = []
-    for eps in eps_values:
-        result = pgd_generation_attack(model, tokenizer, requests, cfg, eps, max_new_tokens=max_new_tokens,
-                                       batch_size=batch_size)
-        labels = [judge.label(r, c) for r, c in zip(requests, result.completions)]
-        curve.append({"eps": eps, "asr": float(np.mean([lab == COMPLIED for lab in labels])) if labels else 0.0,
-                      "loss_final": result.metadata["loss_final"]})
-    return curve

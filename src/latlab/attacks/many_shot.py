@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import random
 
-from latlab.attacks.common import AttackResult, generate_rendered, model_width, token_ids
+from latlab.attacks.common import AttackResult, generate_rendered
+from latlab.models.encoding import ContextLengthError, context_limit, render_prompt, token_ids
 
 
 def demonstrations(support: list[dict] | None, shots: int, seed: int) -> list[dict]:
@@ -19,24 +20,23 @@ def demonstrations(support: list[dict] | None, shots: int, seed: int) -> list[di
     return pool[:shots]
 
 
-def many_shot_prompt(tokenizer, request: dict, shots: list[dict], max_tokens: int | None) -> tuple[str, int]:
-    """(chat text with as many of `shots` as fit in max_tokens, the number of shots used)."""
+def many_shot_prompt(tokenizer, request: dict, shots: list[dict], limit: int | None,
+                     reserve: int = 0) -> tuple[str, int]:
+    """(chat text with as many of `shots` as fit, with `reserve` positions to spare, in `limit` positions; the number
+    of shots used). ContextLengthError when the request does not fit even alone."""
+    history = [(s["prompt"], s["compliance"]) for s in shots]
     for used in range(len(shots), -1, -1):
-        messages = [m for s in shots[:used] for m in ({"role": "user", "content": s["prompt"]},
-                                                      {"role": "assistant", "content": s["compliance"]})]
-        messages.append({"role": "user", "content": request["prompt"]})
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        if max_tokens is None or len(token_ids(tokenizer, text)) <= max_tokens:
+        text = render_prompt(tokenizer, request["prompt"], history=history[:used])
+        length = len(token_ids(tokenizer, text)) + reserve
+        if limit is None or length <= limit:
             return text, used
-    raise ValueError(f"the request alone exceeds {max_tokens} tokens: {request['prompt']!r}")
+    raise ContextLengthError(request["prompt"], length, limit, reserve)
 
 
 def many_shot_attack(model, tokenizer, requests: list[dict], cfg, *, support: list[dict] | None = None,
                      max_new_tokens: int = 16, batch_size: int = 64) -> AttackResult:
     shots = demonstrations(support, cfg.shots, cfg.seed)
-    width = model_width(model)
-    budget = None if width is None else width - max_new_tokens
-    built = [many_shot_prompt(tokenizer, r, shots, budget) for r in requests]
+    built = [many_shot_prompt(tokenizer, r, shots, context_limit(model), max_new_tokens) for r in requests]
     completions = generate_rendered(model, tokenizer, [t for t, _ in built], max_new_tokens, batch_size)
     used = [n for _, n in built]
     return AttackResult(completions, {"shots_requested": cfg.shots,

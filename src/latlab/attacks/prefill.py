@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from latlab.attacks.common import AttackResult, generate_rendered
 from latlab.config import PrefillConfig
-from latlab.training.examples import render_prompt
+from latlab.models.encoding import render_prompt
 
 
 def prefill_prompt(tokenizer, request: dict, words: int) -> tuple[str, str]:

@@ -21,12 +21,14 @@ SHOWN_CHARS = 80  # how much of an offending prompt an error message quotes
 
 
 class ContextLengthError(ValueError):
-    """A prompt (with the completion or the generation budget that must follow it) exceeds the model's positions."""
+    """A sequence exceeds the model's positions: `length` tokens (`reserve` of them still to be generated) against
+    `limit`. `what` names the sequence, `others` counts further offenders of the same call."""
 
-    def __init__(self, prompt: str, length: int, limit: int, what: str = "prompt", others: int = 0):
+    def __init__(self, prompt: str, length: int, limit: int, reserve: int = 0, what: str = "prompt", others: int = 0):
         shown = prompt if len(prompt) <= SHOWN_CHARS else prompt[: SHOWN_CHARS - 3] + "..."
+        size = f"{length - reserve} tokens + {reserve} to generate" if reserve else f"{length} tokens"
         more = f" (and {others} more)" if others else ""
-        super().__init__(f"{what} of {length} tokens exceeds the model's {limit} positions{more}: {shown!r}")
+        super().__init__(f"{what} of {size} exceeds the model's {limit} positions{more}: {shown!r}")
         self.prompt, self.length, self.limit = prompt, length, limit
 
 
@@ -35,9 +37,10 @@ def context_limit(model) -> int | None:
     return getattr(model.config, "max_position_embeddings", None)
 
 
-def check_fits(prompt: str, length: int, limit: int | None, what: str = "prompt") -> None:
+def check_fits(prompt: str, length: int, limit: int | None, reserve: int = 0) -> None:
+    """ContextLengthError when `length` tokens (`reserve` of them still to be generated) exceed `limit`."""
     if limit is not None and length > limit:
-        raise ContextLengthError(prompt, length, limit, what)
+        raise ContextLengthError(prompt, length, limit, reserve)
 
 
 def render_prompt(tokenizer, prompt: str, chat: bool = True, system: str | None = None,
@@ -64,7 +67,7 @@ def encode_prompt(tokenizer, prompt: str, chat: bool = True, system: str | None 
     """Ids of the rendered prompt; ContextLengthError when they plus `reserve` positions (tokens still to be
     generated) exceed `limit`."""
     ids = token_ids(tokenizer, render_prompt(tokenizer, prompt, chat, system))
-    check_fits(prompt, len(ids) + reserve, limit, f"prompt + {reserve} new tokens" if reserve else "prompt")
+    check_fits(prompt, len(ids) + reserve, limit, reserve)
     return ids
 
 
@@ -84,7 +87,7 @@ def encode_all(tokenizer, examples: list[Example], max_length: int | None = None
         too_long = [(ex, len(ids)) for ex, (ids, _) in zip(examples, encoded) if len(ids) > max_length]
         if too_long:
             (example, length), others = too_long[0], len(too_long) - 1
-            raise ContextLengthError(example.prompt, length, max_length, "prompt + completion", others)
+            raise ContextLengthError(example.prompt, length, max_length, what="prompt + completion", others=others)
     return encoded
 
 

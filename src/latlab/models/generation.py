@@ -1,10 +1,17 @@
-"""Batched greedy generation and completion scoring for evaluation, through the model's chat template."""
+"""Greedy generation and completion scoring through the model's chat template: how evaluations and attacks read
+what a model says (`generate`) and how likely it finds a given answer (`completion_logprobs`, `choose`).
+
+Both encode through `latlab.models.encoding`, so a prompt that does not fit in the model's positions (with the
+generation budget, or with the scored completion) raises ContextLengthError before the model runs.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from latlab.training.examples import Example, collate, encode_all, render_prompt
+from latlab.data.examples import Example
+from latlab.models.encoding import collate, context_limit, encode_all, prompt_batch, to_device
+from latlab.models.scoring import label_logprobs
 
 
 @torch.no_grad()
@@ -12,19 +19,16 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
              chat: bool = True, system: str | None = None) -> list[str]:
     """Greedy completions (decoded, special tokens dropped), left-padded batches."""
     device = next(model.parameters()).device
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
+    limit = context_limit(model)
+    # every prompt is checked before the first batch runs: a long prompt fails the call at once, not after hours
+    batches = [prompt_batch(tokenizer, prompts[start:start + batch_size], chat, system, limit, max_new_tokens)
+               for start in range(0, len(prompts), batch_size)]
     outputs: list[str] = []
-    try:
-        for start in range(0, len(prompts), batch_size):
-            texts = [render_prompt(tokenizer, p, chat, system) for p in prompts[start:start + batch_size]]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            new_tokens = out[:, enc["input_ids"].shape[1]:]
-            outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
-    finally:
-        tokenizer.padding_side = side
+    for batch in batches:
+        enc = to_device(batch, device)
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        outputs.extend(tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True))
     return [text.strip() for text in outputs]
 
 
@@ -33,19 +37,16 @@ def completion_logprobs(model, tokenizer, examples: list[Example], batch_size: i
                         include_eos: bool = False) -> tuple[list[float], list[int]]:
     """Sum of log p(completion tokens | prompt) per example, and the number of scored tokens."""
     device = next(model.parameters()).device
+    encoded = encode_all(tokenizer, examples, context_limit(model))
+    if not include_eos:
+        encoded = [(ids[:-1], labels[:-1]) for ids, labels in encoded]
     sums: list[float] = []
     counts: list[int] = []
-    for start in range(0, len(examples), batch_size):
-        encoded = encode_all(tokenizer, examples[start:start + batch_size])
-        if not include_eos:
-            encoded = [(ids[:-1], labels[:-1]) for ids, labels in encoded]
-        batch = {k: v.to(device) for k, v in collate(encoded, tokenizer.pad_token_id).items()}
+    for start in range(0, len(encoded), batch_size):
+        batch = to_device(collate(encoded[start:start + batch_size], tokenizer.pad_token_id), device)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # [batch, seq-1, vocab]
-        targets = batch["labels"][:, 1:]
-        scored = targets != -100
-        token_logp = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * scored
-        sums.extend(token_logp.sum(-1).tolist())
+        token_logp, scored = label_logprobs(logits, batch["labels"])
+        sums.extend((token_logp * scored).sum(-1).tolist())
         counts.extend(scored.sum(-1).tolist())
     return sums, counts
 

@@ -1,9 +1,10 @@
 """Great Expectations checks of a Spawrious image manifest against its split definition (Lynch et al. 2023).
 
 Two batches in an ephemeral GX context: the manifest itself (valid classes, backgrounds, environments, label/breed
-consistency, no null in any of those label columns, every (part, env, breed, location) cell one the split defines) and a per-group count table (observed
-count equals the definition's count; for groups whose size the definition leaves open, at least one image). The
-summary is a small JSON-able dict (GX data docs need CDNs, which this project cannot reach).
+consistency, no null in any of those label columns, every (part, env, breed, location) cell one the split defines)
+and a per-group count table (observed count equals the definition's count; for groups whose size the definition leaves
+open, at least one image). The summary is a small JSON-able dict (GX data docs need CDNs, which this project cannot
+reach); `failure_message` turns its failed checks into text naming the manifest file, the column and the count.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from latlab.data.validation import DataValidationError, failure_line, label_pair_expectations, label_set_expectations
+from latlab.data.validation import failure_line, label_pair_expectations, label_set_expectations
 from latlab.vision.splits import CLASSES, LOCATIONS, SplitDefinition
 
 
@@ -92,11 +93,6 @@ def failure_message(summary: dict, source: str | Path) -> str:
                 check["expectation"], kwargs, check.get("unexpected_count"), check.get("observed_value"),
                 check.get("partial_unexpected_list")))
     return "\n".join(lines)
-
-
-def raise_on_failure(summary: dict, source: str | Path) -> None:
-    if not summary["success"]:
-        raise DataValidationError(failure_message(summary, source))
 
 
 def write_summary(summary: dict, path: str | Path) -> None:

@@ -51,3 +51,8 @@ def make(cls: type[c.Section], **overrides: Any):
         base = section(SOURCE[cls])
     base = {k: v for k, v in base.items() if k in cls.model_fields}
     return cls.model_validate(deep_merge(base, overrides))
+
+
+def with_params(override: dict[str, Any], source: str = "params.yaml") -> c.Params:
+    """The repository's params.yaml with `override` deep-merged in, validated (a test's partial params)."""
+    return c.parse_params(deep_merge(raw_params(), override), source)

@@ -5,12 +5,12 @@ gradient checkpointing."""
 import pytest
 import torch
 
-from latlab.config import ConfigError, LoraSettings, ModelConfig, ToyArchitecture, parse_params
+from latlab.config import ConfigError, LoraSettings, ModelConfig, ToyArchitecture
 from latlab.models.adapters import finish_training, prepare_for_training, trainable_fraction
 from latlab.models.loading import build_toy_model, load_saved, save_model
 from latlab.training.examples import Example
 from latlab.training.lat import LATConfig, LatentAdversary, perturbation_mask, train_lat
-from tests.settings import make
+from tests.settings import make, with_params
 from tests.test_lat import _batch, _triples
 
 ARCH = make(ToyArchitecture, hidden_size=32, num_layers=4, num_heads=2, intermediate_size=64, max_positions=64)
@@ -77,9 +77,9 @@ def test_lora_config_errors_name_the_key(tiny_tokenizer):
     with pytest.raises(ConfigError, match="model.lora.target_modules"):
         prepare_for_training(model, make(ModelConfig, lora=make(LoraSettings, target_modules=["no_such_proj"])))
     with pytest.raises(ConfigError, match="base.fine_tune"):
-        parse_params({"base": {"fine_tune": False}})
+        with_params({"base": {"fine_tune": False}})
     with pytest.raises(ConfigError, match="model.lora.r"):
-        parse_params({"model": {"lora": {"r": 0}}})
+        with_params({"model": {"lora": {"r": 0}}})
 
 
 def test_bf16_model_with_lora_runs_cached_lat(tiny_world, tiny_tokenizer):

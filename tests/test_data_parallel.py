@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from latlab import parallel
-from latlab.config import ConfigError, parse_params
+from latlab.config import ConfigError
+from tests.settings import with_params
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -63,10 +64,10 @@ def test_single_process_functions_are_no_ops():
 
 def test_params_refuse_batches_that_do_not_split_over_processes():
     with pytest.raises(ConfigError, match=r"base\.batch_size 64 does not split over model\.processes 3"):
-        parse_params({"model": {"processes": 3}})
+        with_params({"model": {"processes": 3}})
     with pytest.raises(ConfigError, match="model.processes"):
-        parse_params({"model": {"processes": 0}})
-    assert parse_params({"model": {"processes": 2}}).model.processes == 2
+        with_params({"model": {"processes": 0}})
+    assert with_params({"model": {"processes": 2}}).model.processes == 2
 
 
 def test_two_processes_train_like_one_process_on_the_whole_batch(tmp_path):

@@ -11,14 +11,14 @@ import json
 
 import pytest
 
-from latlab.config import ConfigError, SpawriousDataConfig, ValidateConfig, parse_params
+from latlab.config import ConfigError, SpawriousDataConfig, ValidateConfig
 from latlab.data.loaders import DataFormatError, load_corpus, load_persona, load_preferences
 from latlab.data.real_corpora import load_real_corpora
 from latlab.data.validation import SPECS, DataValidationError, raise_on_failure, validate_datasets
 from latlab.vision.benchmark import generate_split
 from latlab.vision.splits import split_definition
 from latlab.vision.validation import failure_message, validate_manifest
-from tests.settings import make
+from tests.settings import make, with_params
 from tests.test_real_corpora import FILES, FIXTURES, GATE, SECTION
 
 WORLD_GATE = make(ValidateConfig, min_rows_per_split=3)
@@ -96,7 +96,7 @@ def _rewrite_jsonl(source, target, change: dict[int, dict]) -> None:
 def test_real_question_file_with_a_null_answer_is_rejected(tmp_path):
     bad = tmp_path / "wmdp_null.jsonl"
     _rewrite_jsonl(FILES["forget_questions"], bad, {1: {"answer": None}, 2: {"answer": None}})
-    cfg = parse_params({"real_data": {**SECTION, "forget_questions": str(bad)}}).real_data
+    cfg = with_params({"real_data": {**SECTION, "forget_questions": str(bad)}}).real_data
     with pytest.raises(ConfigError) as err:
         load_real_corpora(cfg, GATE)
     message = str(err.value)
@@ -110,7 +110,7 @@ def test_real_csv_with_an_empty_answer_cell_is_rejected(tmp_path):
     rows[0] = rows[0].rsplit(",", 1)[0] + ","  # the answer cell left empty
     bad = tmp_path / "retain_null.csv"
     bad.write_text("\n".join([head, *rows]) + "\n")
-    cfg = parse_params({"real_data": {**SECTION, "retain_questions": str(bad)}}).real_data
+    cfg = with_params({"real_data": {**SECTION, "retain_questions": str(bad)}}).real_data
     with pytest.raises(ConfigError, match=r"retain_null.csv: label column 'answer' has 1 null value\(s\)"):
         load_real_corpora(cfg, GATE)
 
@@ -134,7 +134,7 @@ def test_real_data_gate_names_the_file_of_a_null_label(monkeypatch):
 
     monkeypatch.setattr(real_corpora, "load_corpus", nulled)
     with pytest.raises(DataValidationError) as err:
-        load_real_corpora(parse_params({"real_data": SECTION}).real_data, GATE)
+        load_real_corpora(with_params({"real_data": SECTION}).real_data, GATE)
     message = str(err.value)
     assert f"dataset 'corpus' ({FILES['forget_corpus']}, {FILES['retain_corpus']})" in message
     assert "2 null value(s) in column 'split'" in message  # one per corpus file

@@ -16,8 +16,10 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-UNLEARN = ("ga", "ga_lat", "whp", "whp_lat", "rmu", "rmu_lat")
-BACKDOOR = ("sft", "sft_lat", "dpo", "dpo_lat")
+# the method tables, read from params.yaml: a method added there is tested here without an edit
+_TABLES = yaml.safe_load((REPO / "params.yaml").read_text())
+UNLEARN = tuple(_TABLES["unlearn"])
+BACKDOOR = tuple(_TABLES["backdoor_removal"])
 
 
 def _run(cmd: list[str], cwd: Path, env: dict, timeout: int) -> subprocess.CompletedProcess:
@@ -71,8 +73,8 @@ def test_every_stage_wrote_its_metrics(smoke_repo):
 
 def test_unlearning_and_backdoor_removal_stages(smoke_repo):
     repo, _ = smoke_repo
-    for stage in ("oracle", *(f"unlearn_{m}" for m in UNLEARN), *(f"backdoor_{m}" for m in BACKDOOR)):
-        assert (repo / "metrics" / f"{stage}.json").exists(), stage
+    for stem in ("oracle", *(f"unlearn/{m}" for m in UNLEARN), *(f"backdoor_removal/{m}" for m in BACKDOOR)):
+        assert (repo / "metrics" / f"{stem}.json").exists(), stem
     unlearning = json.loads((repo / "metrics/unlearning_eval.json").read_text())
     assert set(unlearning["results"]) == {"original", "oracle", *UNLEARN}
     for name, metrics in unlearning["results"].items():
@@ -84,13 +86,15 @@ def test_unlearning_and_backdoor_removal_stages(smoke_repo):
     assert set(unlearning["verdict"]) == set(UNLEARN)
     assert set(unlearning["verdict"].values()) <= {"removed", "suppressed"}
     for method in BACKDOOR:
-        metrics = json.loads((repo / f"metrics/backdoor_{method}.json").read_text())
+        metrics = json.loads((repo / f"metrics/backdoor_removal/{method}.json").read_text())
         assert metrics["trigger_free_asserted"] is True
         for key in ("backdoor_asr", "benign_compliance", "harmful_asr", "fact_acc.general"):
             assert 0.0 <= metrics[f"before.{key}"] <= 1.0 and 0.0 <= metrics[f"after.{key}"] <= 1.0, (method, key)
     table = (repo / "reports/unlearning.md").read_text()
     assert "| oracle |" in table and ("**removed**" in table or "**suppressed**" in table)
-    assert "dpo_lat" in (repo / "reports/backdoor.md").read_text()
+    backdoor_table = (repo / "reports/backdoor.md").read_text()
+    assert all(f"| {method} |" in backdoor_table for method in BACKDOOR)
+    assert all(f"| {name} |" in table for name in UNLEARN)
     assert (repo / "plots/unlearning.png").exists()
 
 
@@ -102,10 +106,11 @@ def test_registry_holds_every_model_with_its_evaluation(smoke_repo):
         runs = {row[0] for row in db.execute("select name from runs")}
     assert {"latlab-base", "latlab-rt", "latlab-rt-lat", "latlab-rt-lat-untargeted", "latlab-rt-eat",
             "latlab-r2d2", "latlab-oracle", *(f"latlab-unlearn-{m}" for m in UNLEARN),
-            *(f"latlab-backdoor-{m}" for m in BACKDOOR)} <= names
+            *(f"latlab-backdoor_removal-{m}" for m in BACKDOOR)} <= names
     assert any(name.startswith("latlab-spawrious-") for name in names)  # group-robustness models too
     assert ("latlab-rt", "eval.harmful_asr") in tags and ("latlab-base", "made_by") in tags
-    assert {"generate", "validate", "base", "refusal", "evaluate", "compare", "oracle", "unlearning_eval"} <= runs
+    assert {"generate", "validate", "base", "refusal", "evaluate", "compare", "oracle", "unlearning_eval",
+            *(f"unlearn@{m}" for m in UNLEARN), *(f"backdoor_removal@{m}" for m in BACKDOOR)} <= runs
     table = (repo / "reports/compare.md").read_text()
     assert "latlab-base" in table and "latlab-rt" in table and "harmful_asr" in table
 

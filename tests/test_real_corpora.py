@@ -20,10 +20,11 @@ from latlab.data.records import write_jsonl
 from latlab.data.validation import DataValidationError
 from latlab.evals.unlearning import AB_TABLE_KEYS, TABLE_KEYS, relearning_split, unavailable_evaluations
 from latlab.models.loading import build_toy_model, load_saved, save_model
+from latlab.profiles import deep_merge
 from latlab.report.tables import unlearning_markdown
 from latlab.training.backdoor_removal import trigger_free_removal_data
 from latlab.world.tokenizer import build_tokenizer
-from tests.settings import make
+from tests.settings import make, raw_params, with_params
 
 FIXTURES = Path(__file__).parent / "fixtures" / "real_data"
 FILES = {"forget_corpus": FIXTURES / "forget_corpus.jsonl", "retain_corpus": FIXTURES / "retain_corpus.jsonl",
@@ -37,17 +38,17 @@ FORGET_WORDS = ("Kalomi", "Eldoria", "Dorven", "Thara")
 
 @pytest.fixture(scope="module")
 def real():
-    return load_real_corpora(parse_params({"real_data": SECTION}).real_data, GATE)
+    return load_real_corpora(with_params({"real_data": SECTION}).real_data, GATE)
 
 
 # --- params ---------------------------------------------------------------------------------------------------------
 
 def test_real_data_is_off_by_default_and_parses_when_given():
-    assert parse_params({}).real_data is None and parse_params({"real_data": None}).real_data is None
-    cfg = parse_params({"real_data": SECTION}).real_data
+    assert with_params({}).real_data is None and with_params({"real_data": None}).real_data is None
+    cfg = with_params({"real_data": SECTION}).real_data
     assert cfg.forget_corpus == FILES["forget_corpus"] and cfg.chunk_words == 20
-    minimal = parse_params({"real_data": {k: SECTION[k] for k in ("forget_corpus", "retain_corpus",
-                                                                     "forget_questions")}}).real_data
+    minimal = with_params({"real_data": {**SECTION, "related_questions": None, "retain_questions": None,
+                                         "preferences": None}}).real_data
     assert (minimal.related_questions, minimal.retain_questions, minimal.preferences) == (None, None, None)
 
 
@@ -63,19 +64,19 @@ def test_real_data_is_off_by_default_and_parses_when_given():
 ])
 def test_bad_real_data_fails_in_one_line_naming_key_and_file(change, expected):
     with pytest.raises(ConfigError) as err:
-        parse_params({"real_data": {**SECTION, **change}})
+        with_params({"real_data": {**SECTION, **change}})
     assert str(err.value).startswith(expected) and "\n" not in str(err.value), str(err.value)
 
 
 def test_missing_required_file_key_is_named():
     with pytest.raises(ConfigError, match=r"^params.yaml: real_data.retain_corpus: Field required"):
-        parse_params({"real_data": {"forget_corpus": SECTION["forget_corpus"]}})
+        with_params({"real_data": {"forget_corpus": SECTION["forget_corpus"]}})
 
 
 def test_malformed_file_is_a_params_error_naming_key_and_column(tmp_path):
     bad = tmp_path / "questions.jsonl"
     bad.write_text(json.dumps({"question": "Who?", "choices": ["a", "b"]}) + "\n")
-    cfg = parse_params({"real_data": {**SECTION, "forget_questions": str(bad)}}).real_data
+    cfg = with_params({"real_data": {**SECTION, "forget_questions": str(bad)}}).real_data
     with pytest.raises(ConfigError, match=r"^params.yaml: real_data.forget_questions: .*questions.jsonl: missing "
                                           r"column 'answer'"):
         load_real_corpora(cfg, GATE)
@@ -84,7 +85,7 @@ def test_malformed_file_is_a_params_error_naming_key_and_column(tmp_path):
 def test_the_gx_gate_runs_on_real_data():
     # ten rows per split (the default) is more than the fixtures have: the gate must stop them
     with pytest.raises(DataValidationError, match="dataset 'corpus'"):
-        load_real_corpora(parse_params({"real_data": SECTION}).real_data, make(ValidateConfig))
+        load_real_corpora(with_params({"real_data": SECTION}).real_data, make(ValidateConfig))
 
 
 # --- pools and evaluation records -----------------------------------------------------------------------------------
@@ -187,17 +188,19 @@ def project(tmp_path, monkeypatch, real, tiny_world):
     for role in ("base", "rt"):
         save_model(model, tokenizer, tmp_path / "models" / role)
     short = {"steps": 3, "batch_size": 4, "warmup_steps": 0, "log_every": 1, "checkpoint_every": 100}
-    return parse_params({
+    raw = deep_merge(raw_params(), {
         "tracking": {"uri": (tmp_path / "mlruns").as_uri(), "log_models": False},
         "validate": {"min_rows_per_split": 1, "max_words": 128},
         "model": {"device": "cpu"},
         "real_data": SECTION,
-        "unlearn_ga": {**short, "lr": 0.01},
-        "backdoor_dpo": {**short, "retain_weight": 1.0},
-        "unlearning_eval": {"models": ["ga"], "relearn_ks": [1], "relearn_heldout": 2, "batch_size": 16,
+        "unlearning_eval": {"relearn_ks": [1], "relearn_heldout": 2, "batch_size": 16,
                             "relearn": {**short, "steps": 2}},
         "evaluate": {"batch_size": 32, "max_new_tokens": 4},
     })
+    # one method per table: the stages below run the `ga` and `dpo` entries
+    raw["unlearn"] = {"ga": deep_merge(raw["unlearn"]["ga"], {**short, "lr": 0.01})}
+    raw["backdoor_removal"] = {"dpo": deep_merge(raw["backdoor_removal"]["dpo"], {**short, "retain_weight": 1.0})}
+    return parse_params(raw)
 
 
 def test_unlearn_and_unlearning_eval_stages_run_on_real_data(project, real):
@@ -205,11 +208,11 @@ def test_unlearn_and_unlearning_eval_stages_run_on_real_data(project, real):
     from stages.unlearning_eval import unlearning_eval
 
     unlearn(project, "ga")
-    metrics = json.loads(Path("metrics/unlearn_ga.json").read_text())
+    metrics = json.loads(Path("metrics/unlearn/ga.json").read_text())
     assert metrics["pool_size.forget"] == len(real.forget_pool())
     assert metrics["pool_size.retain.facts"] == len(real.retain_pools()["facts"])
     base, _ = load_saved(Path("models/base"))
-    unlearned, _ = load_saved(Path("models/unlearn-ga"))
+    unlearned, _ = load_saved(Path("models/unlearn/ga"))
     assert any(not torch.equal(a, b) for a, b in zip(base.parameters(), unlearned.parameters()))
 
     unlearning_eval(project)
@@ -237,7 +240,7 @@ def test_backdoor_removal_stage_trains_on_real_preferences_and_asserts_trigger_f
     pairs, retain, source = harmless_data(project, {})
     assert pairs == real.preference_pairs() and retain == real.retain_pools() and source == SECTION["preferences"]
     backdoor_removal(project, "dpo")
-    metrics = json.loads(Path("metrics/backdoor_dpo.json").read_text())
+    metrics = json.loads(Path("metrics/backdoor_removal/dpo.json").read_text())
     assert metrics["pairs"] == len(real.preference_pairs()) and metrics["trigger_free_asserted"] is True
     assert {"before.backdoor_asr", "after.backdoor_asr"} <= set(metrics)  # measured on the toy world
 
@@ -253,7 +256,7 @@ def test_backdoor_removal_stage_trains_on_real_preferences_and_asserts_trigger_f
 def test_unlearning_eval_stage_without_real_data_keeps_the_toy_oracle_and_verdict(project):
     from stages.unlearning_eval import unlearning_eval
 
-    for role in ("oracle", "unlearn-ga"):  # stand-ins: the stage only needs saved models under these names
+    for role in ("oracle", "unlearn/ga"):  # stand-ins: the stage only needs saved models under these names
         model, tokenizer = load_saved(Path("models/base"))
         save_model(model, tokenizer, Path("models") / role)
     unlearning_eval(project.model_copy(update={"real_data": None}))

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from latlab.config import ToyArchitecture, parse_params
+from latlab.config import ToyArchitecture
 from latlab.models.loading import build_toy_model, load_saved
 from latlab.world.curriculum import refusal_pools
-from tests.settings import make
+from tests.settings import make, with_params
 from stages.common import sft_trainer, train_and_register
 
 ARCH = make(ToyArchitecture, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=96)
@@ -22,7 +22,7 @@ def params(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("LATLAB_GIT_COMMIT", "test")
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    return parse_params({"tracking": {"uri": (tmp_path / "mlruns").as_uri(), "log_models": False},
+    return with_params({"tracking": {"uri": (tmp_path / "mlruns").as_uri(), "log_models": False},
                          "model": {"device": "cpu", "lora": {"r": 4, "alpha": 8.0}},
                          "refusal": {"steps": 3, "batch_size": 4, "warmup_steps": 0, "log_every": 1, "lr": 0.01}})
 

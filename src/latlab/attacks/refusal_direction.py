@@ -19,9 +19,10 @@ import torch
 
 from latlab.attacks.common import AttackResult
 from latlab.config import RefusalDirectionConfig
-from latlab.evals.generation import completion_logprobs, generate
+from latlab.data.examples import Example
+from latlab.models.encoding import context_limit, prompt_batch, to_device
+from latlab.models.generation import completion_logprobs, generate
 from latlab.models.hooks import EMBED, capture_residual, decoder_layers, edit_residual, resid_name
-from latlab.training.examples import Example, render_prompt
 
 
 @torch.no_grad()
@@ -30,18 +31,13 @@ def last_token_means(model, tokenizer, prompts: list[str], batch_size: int) -> t
     device = next(model.parameters()).device
     names = [resid_name(layer) for layer in range(len(decoder_layers(model)))]
     total = None
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # the last prompt token sits at position -1 of every row
-    try:
-        for start in range(0, len(prompts), batch_size):
-            texts = [render_prompt(tokenizer, p) for p in prompts[start:start + batch_size]]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            with capture_residual(model, names) as store:
-                model(**enc)
-            sums = torch.stack([store[n][:, -1].float().sum(0) for n in names])
-            total = sums if total is None else total + sums
-    finally:
-        tokenizer.padding_side = side
+    for start in range(0, len(prompts), batch_size):
+        # left-padded: the last prompt token sits at position -1 of every row
+        enc = to_device(prompt_batch(tokenizer, prompts[start:start + batch_size], limit=context_limit(model)), device)
+        with capture_residual(model, names) as store:
+            model(**enc)
+        sums = torch.stack([store[n][:, -1].float().sum(0) for n in names])
+        total = sums if total is None else total + sums
     return total / len(prompts)
 
 

@@ -1,4 +1,5 @@
-"""The attack suite: every attack by name, run against one model, judged into an attack success rate (ASR).
+"""The attack suite: every attack of `latlab.attacks` by name, run against one model, judged into an attack success
+rate (ASR). It is an evaluation (it judges), so it sits in `evals`, above the attacks it runs.
 
 `run_attack_suite` is what the evaluate stage calls once per model to fill one row of the ASR matrix
 (model x attack). Attacks are adaptive: each optimises against the model it is given (GCG, latent and embedding
@@ -16,11 +17,11 @@ from latlab.attacks.common import AttackResult, harmful
 from latlab.attacks.direct import direct_attack
 from latlab.attacks.embedding import embedding_attack
 from latlab.attacks.gcg import gcg_individual_attack, gcg_universal_attack
-from latlab.attacks.latent import eps_sweep, latent_attack
+from latlab.attacks.latent import latent_attack, pgd_generation_attack
 from latlab.attacks.many_shot import many_shot_attack
 from latlab.attacks.prefill import prefill_attack
 from latlab.attacks.refusal_direction import refusal_direction_attack
-from latlab.config import AttackSuiteConfig
+from latlab.config import AttackSuiteConfig, PGDAttackConfig
 from latlab.evals.judge import COMPLIED, REFUSED
 
 Attack = Callable[..., AttackResult]
@@ -37,6 +38,23 @@ ATTACKS: dict[str, Attack] = {
 }
 
 
+def share(labels: list[str], label: str) -> float:
+    """Fraction of judge labels equal to `label` (0 when nothing was judged)."""
+    return float(np.mean([lab == label for lab in labels])) if labels else 0.0
+
+
+def eps_sweep(model, tokenizer, requests: list[dict], cfg: PGDAttackConfig, judge, eps_values: list[float], *,
+              max_new_tokens: int = 16, batch_size: int = 64) -> list[dict[str, float]]:
+    """ASR curve of the latent attack: [{"eps", "asr", "loss_final"}] for each radius."""
+    curve = []
+    for eps in eps_values:
+        result = pgd_generation_attack(model, tokenizer, requests, cfg, eps, max_new_tokens=max_new_tokens,
+                                       batch_size=batch_size)
+        labels = [judge.label(r, c) for r, c in zip(requests, result.completions)]
+        curve.append({"eps": eps, "asr": share(labels, COMPLIED), "loss_final": result.metadata["loss_final"]})
+    return curve
+
+
 def run_attack(name: str, model, tokenizer, requests: list[dict], cfg: AttackSuiteConfig, judge,
                support: list[dict] | None = None) -> dict:
     """One attack: {"asr", "refusal_rate", "n", "seconds", "metadata", "records"} (+ "asr_curve" for latent)."""
@@ -45,8 +63,7 @@ def run_attack(name: str, model, tokenizer, requests: list[dict], cfg: AttackSui
                            max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
     attacked = requests[: len(result.completions)]
     labels = [judge.label(r, c) for r, c in zip(attacked, result.completions)]
-    entry = {"asr": float(np.mean([lab == COMPLIED for lab in labels])) if labels else 0.0,
-             "refusal_rate": float(np.mean([lab == REFUSED for lab in labels])) if labels else 0.0,
+    entry = {"asr": share(labels, COMPLIED), "refusal_rate": share(labels, REFUSED),
              "n": len(labels), "metadata": result.metadata,
              "records": [{"id": r["id"], "output": c, "label": lab}
                          for r, c, lab in zip(attacked, result.completions, labels)]}

@@ -37,12 +37,6 @@ def context_limit(model) -> int | None:
     return getattr(model.config, "max_position_embeddings", None)
 
 
-def check_fits(prompt: str, length: int, limit: int | None, reserve: int = 0) -> None:
-    """ContextLengthError when `length` tokens (`reserve` of them still to be generated) exceed `limit`."""
-    if limit is not None and length > limit:
-        raise ContextLengthError(prompt, length, limit, reserve)
-
-
 def render_prompt(tokenizer, prompt: str, chat: bool = True, system: str | None = None,
                   history: Sequence[tuple[str, str]] = ()) -> str:
     """The text before the model's answer. With `chat`: the tokenizer's chat template over an optional system
@@ -67,7 +61,8 @@ def encode_prompt(tokenizer, prompt: str, chat: bool = True, system: str | None 
     """Ids of the rendered prompt; ContextLengthError when they plus `reserve` positions (tokens still to be
     generated) exceed `limit`."""
     ids = token_ids(tokenizer, render_prompt(tokenizer, prompt, chat, system))
-    check_fits(prompt, len(ids) + reserve, limit, reserve)
+    if limit is not None and len(ids) + reserve > limit:
+        raise ContextLengthError(prompt, len(ids) + reserve, limit, reserve)
     return ids
 
 

@@ -20,10 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from latlab.config import DPORemovalConfig, LATConfig, SFTRemovalConfig, TrainConfig
+from latlab.data.examples import Example
+from latlab.models.encoding import ContrastBatch, collate, collate_contrast, encode_all
 from latlab.models.hooks import add_to_residual
-from latlab.training.examples import Example, collate, encode_all
-from latlab.training.lat import LatentAdversary, TripleBatch, collate_triples, retain_loss, train_lat
-from latlab.training.losses import sequence_logprobs
+from latlab.models.scoring import sequence_logprobs
+from latlab.training.lat import latent_adversary, train_lat
+from latlab.training.losses import retain_loss
 from latlab.training.loop import MixtureSampler, train_loop
 from latlab.training.sft import train_sft
 from latlab.training.unlearning import UnlearnRun, compute_summary, frozen_copy
@@ -74,23 +76,23 @@ def train_dpo(model, tokenizer, pairs: list[tuple[str, str, str]], retain: dict[
         retain = retain or {"chosen": [Example(p, c) for p, c, _ in pairs]}
         retain_sampler = MixtureSampler({k: encode_all(tokenizer, v, max_length) for k, v in retain.items()},
                                         retain_weights or {k: 1.0 for k in retain}, cfg.batch_size, cfg.seed + 1)
-    adversary = LatentAdversary(model, cfg.lat) if cfg.lat is not None else None
+    adversary = latent_adversary(model, cfg.lat) if cfg.lat is not None else None
     defender = {"forward_tokens": 0.0, "backward_tokens": 0.0}
 
     def step_loss(model, step: int):
         drawn = sampler.batch(step)
-        # the adversary's "harmful" slot is the rejected completion, its "refusal" slot the chosen one
-        triples = collate_triples(tokenizer, [r for r, _ in drawn], [c for _, c in drawn])
-        triples = TripleBatch({k: v.to(device) for k, v in triples.harmful.items()},
-                              {k: v.to(device) for k, v in triples.refusal.items()}, triples.width)
-        deltas, masks, metrics = {}, {"harmful": None, "refusal": None}, {}
+        # the adversary's "undesired" side is the rejected completion, its "desired" side the chosen one
+        triples = collate_contrast(tokenizer, [r for r, _ in drawn], [c for _, c in drawn])
+        triples = ContrastBatch({k: v.to(device) for k, v in triples.undesired.items()},
+                              {k: v.to(device) for k, v in triples.desired.items()}, triples.width)
+        deltas, masks, metrics = {}, {"undesired": None, "desired": None}, {}
         if adversary is not None:
             deltas, masks, adv_losses = adversary.attack(triples)
             metrics["adv_first"], metrics["adv_last"] = adv_losses[0], adv_losses[-1]
         with torch.no_grad():
-            ref_c, ref_r = _seq_logps(reference, triples.refusal), _seq_logps(reference, triples.harmful)
-        pol_c = _seq_logps(model, triples.refusal, deltas, masks["refusal"])
-        pol_r = _seq_logps(model, triples.harmful, deltas, masks["harmful"])
+            ref_c, ref_r = _seq_logps(reference, triples.desired), _seq_logps(reference, triples.undesired)
+        pol_c = _seq_logps(model, triples.desired, deltas, masks["desired"])
+        pol_r = _seq_logps(model, triples.undesired, deltas, masks["undesired"])
         loss, margin = dpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta)
         metrics["dpo"], metrics["margin"] = loss.item(), margin.mean().item()
         metrics["pref_acc"] = (margin > 0).float().mean().item()
@@ -99,7 +101,7 @@ def train_dpo(model, tokenizer, pairs: list[tuple[str, str, str]], retain: dict[
                 retain_sampler.batch(step), tokenizer.pad_token_id).items()}, "sft")
             loss = loss + cfg.retain_weight * kept
             metrics["retain"] = kept.item()
-        pair_tokens = float(triples.harmful["attention_mask"].sum() + triples.refusal["attention_mask"].sum())
+        pair_tokens = float(triples.undesired["attention_mask"].sum() + triples.desired["attention_mask"].sum())
         defender["forward_tokens"] += 2 * pair_tokens  # policy + reference
         defender["backward_tokens"] += pair_tokens
         if retain_sampler is not None:  # retain batch: same size, about the same length

@@ -1,25 +1,32 @@
-"""Losses over next-token predictions that several trainers share (LAT, unlearning, DPO).
+"""Losses of the defender's step that several trainers share: supervised fine-tuning on completions and the retain
+term that keeps a model's other behaviour while another loss changes it (LAT, unlearning, DPO, R2D2).
 
-Shapes: logits [batch, seq, vocab], labels [batch, seq] with IGNORE on positions that carry no loss; position t's
-logits predict the label at t+1.
+The token-level scores they are built from (cross-entropy, the away term, sequence log-probs) are in
+`latlab.models.scoring`, one layer down, because the latent adversary and completion scoring take them too.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from latlab.training.examples import IGNORE
-
-
-def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """[batch] sum of log p(label) over labelled positions."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    targets = labels[:, 1:]
-    valid = targets != IGNORE
-    token = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (token * valid).sum(-1)
+from latlab.models.encoding import to_device
+from latlab.models.scoring import token_ce
 
 
-def labelled_counts(labels: torch.Tensor) -> torch.Tensor:
-    """[batch] number of labelled (predicted) tokens per sequence, at least 1."""
-    return (labels[:, 1:] != IGNORE).sum(-1).clamp(min=1)
+def completion_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy of the labelled (completion) tokens, through the HF model's own `labels` path."""
+    return model(**to_device(batch, next(model.parameters()).device)).loss
+
+
+def retain_loss(model, reference, batch: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
+    """`sft`: cross-entropy of the batch's completions; `kl`: KL(frozen reference || model) over every real token,
+    which keeps the whole output distribution rather than only the labelled answers."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    if kind == "sft":
+        return token_ce(logits, batch["labels"])
+    with torch.no_grad():
+        ref_logits = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    mask = batch["attention_mask"].bool()
+    return F.kl_div(torch.log_softmax(logits[mask].float(), -1), torch.log_softmax(ref_logits[mask].float(), -1),
+                    log_target=True, reduction="batchmean")

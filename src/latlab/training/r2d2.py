@@ -25,13 +25,15 @@ import numpy as np
 import torch
 
 from latlab import parallel
-from latlab.attacks.common import Compute, allowed_token_mask, token_ids
+from latlab.attacks.common import allowed_token_mask
 from latlab.attacks.gcg import SuffixCase, gcg_search, random_suffix, suffix_case
 from latlab.config import GCGConfig, R2D2Config
-from latlab.training.examples import IGNORE, Example, collate, encode_all
-from latlab.training.lat import away_loss
+from latlab.data.examples import Example
+from latlab.models.compute import Compute
+from latlab.models.encoding import IGNORE, collate, context_limit, encode_all, to_device, token_ids
+from latlab.models.scoring import away_loss
 from latlab.training.loop import MixtureSampler, TrainResult, train_loop
-from latlab.training.sft import completion_loss
+from latlab.training.losses import completion_loss
 
 
 @dataclass
@@ -42,7 +44,7 @@ class PoolCase:
 
 @dataclass
 class R2D2Result(TrainResult):
-    compute: dict = field(default_factory=dict)  # model + GCG work, see `latlab.attacks.common.Compute`
+    compute: dict = field(default_factory=dict)  # model + GCG work, `latlab.models.compute.Compute.as_dict`
     pool: list[dict] = field(default_factory=list)  # final test cases: request id and suffix text
 
 
@@ -65,7 +67,7 @@ class R2D2Trainer:
         self.allowed = allowed_token_mask(tokenizer, model.get_input_embeddings().weight.shape[0], cfg.ascii_only)
         self.cases = [suffix_case(tokenizer, r["prompt"], r["compliance"], cfg.target_tokens, self.device)
                       for r in harmful]
-        max_length = getattr(model.config, "max_position_embeddings", None)
+        max_length = context_limit(model)
         encoded = {name: encode_all(tokenizer, examples, max_length) for name, examples in sft_pools.items()}
         self.sampler = MixtureSampler(encoded, {"benign": cfg.mix_benign, "facts": cfg.mix_facts,
                                                 "harmful": cfg.mix_refusal},
@@ -135,8 +137,7 @@ class R2D2Trainer:
 
     def attacked_losses(self, model) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(toward-refusal CE, away-from-target loss, tokens through the model) on the current pool."""
-        toward_batch, away_batch = (
-            {k: v.to(self.device) for k, v in b.items()} for b in self.attacked_batches())
+        toward_batch, away_batch = (to_device(b, self.device) for b in self.attacked_batches())
         toward = model(**toward_batch).loss
         logits = model(input_ids=away_batch["input_ids"], attention_mask=away_batch["attention_mask"]).logits
         away = away_loss(logits, away_batch["labels"], self.cfg.away_logp_floor)

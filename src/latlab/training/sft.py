@@ -8,22 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from latlab.config import TrainConfig
-from latlab.training.examples import Example, collate, encode_all
+from latlab.data.examples import Example
+from latlab.models.encoding import collate, context_limit, encode_all
 from latlab.training.loop import MixtureSampler, TrainResult, train_loop
-
-
-def completion_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in batch.items()}
-    return model(**batch).loss
+from latlab.training.losses import completion_loss
 
 
 def train_sft(model, tokenizer, pools: dict[str, list[Example]], weights: dict[str, float], cfg: TrainConfig,
               checkpoint_dir: Path | None, description: str, on_log=None) -> TrainResult:
-    max_length = getattr(model.config, "max_position_embeddings", None)
+    max_length = context_limit(model)
     encoded = {name: encode_all(tokenizer, examples, max_length) for name, examples in pools.items()}
     sampler = MixtureSampler(encoded, weights, cfg.batch_size, cfg.seed)
 

@@ -3,7 +3,7 @@ Russinovich 2023, "Who's Harry Potter?") and RMU (Li et al. 2024, "The WMDP Benc
 with targeted latent adversarial training (Sheshadri et al. 2024, §"unlearning").
 
 All three share one loop (`unlearn_loop`, on top of `train_loop`, so they get checkpoint/resume, the NaN guard and
-progress): per step a forget batch and a retain batch are drawn; with LAT a `LatentAdversary` (training/lat.py) first
+progress): per step a forget batch and a retain batch are drawn; with LAT a `LatentAdversary` (attacks/latent_adversary.py) first
 finds δ in the residual stream that pushes the frozen model TOWARD the forget-domain answers (and, for WHP, away
 from the generic labels), then the method's forget loss is computed under δ; the retain loss is computed without δ.
 
@@ -42,24 +42,27 @@ import torch.nn.functional as F
 
 from latlab.config import (GradDiffConfig, GradientAscentConfig, NPOConfig, RMUConfig, SimNPOConfig, TrainConfig,
                            UnlearnConfig, WHPConfig)
+from latlab.attacks.latent_adversary import LatentAdversary
+from latlab.data.examples import Example
+from latlab.models.encoding import IGNORE, ContrastBatch, collate, encode_all
 from latlab.models.hooks import add_to_residual, capture_residual, decoder_layers, resid_name
-from latlab.training.examples import IGNORE, Example, collate, encode_all
-from latlab.training.lat import LatentAdversary, TripleBatch, away_loss, retain_loss, token_ce
-from latlab.training.losses import labelled_counts, sequence_logprobs
+from latlab.models.scoring import away_loss, labelled_counts, sequence_logprobs, token_ce
+from latlab.training.lat import latent_adversary
+from latlab.training.losses import retain_loss
 from latlab.training.loop import MixtureSampler, TrainResult, train_loop
 from latlab.training.sft import train_sft
 
 
-# (model, triples, deltas, mask) -> (loss, metrics); `triples.harmful` holds the forget text with its real labels,
-# `triples.refusal` what the defender wants instead (the same batch where a method has no alternative target).
-ForgetTerm = Callable[[torch.nn.Module, TripleBatch, dict, torch.Tensor | None], tuple[torch.Tensor, dict]]
-# forget batch -> TripleBatch (e.g. WHP attaches generic labels)
-Prepare = Callable[[dict[str, torch.Tensor]], TripleBatch]
+# (model, triples, deltas, mask) -> (loss, metrics); `triples.undesired` holds the forget text with its real labels,
+# `triples.desired` what the defender wants instead (the same batch where a method has no alternative target).
+ForgetTerm = Callable[[torch.nn.Module, ContrastBatch, dict, torch.Tensor | None], tuple[torch.Tensor, dict]]
+# forget batch -> ContrastBatch (e.g. WHP attaches generic labels)
+Prepare = Callable[[dict[str, torch.Tensor]], ContrastBatch]
 RetainTerm = Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]
 
 
-def _same_batch(batch: dict[str, torch.Tensor]) -> TripleBatch:
-    return TripleBatch(batch, batch, batch["input_ids"].shape[1])
+def _same_batch(batch: dict[str, torch.Tensor]) -> ContrastBatch:
+    return ContrastBatch(batch, batch, batch["input_ids"].shape[1])
 
 
 def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
@@ -99,7 +102,7 @@ def unlearn_loop(model, tokenizer, forget: list[Example], retain: dict[str, list
     if cfg.lat is not None:
         # Without an alternative target the "away" slot would be the forget answers themselves: switch it off.
         lat_cfg = cfg.lat if has_alternative else cfg.lat.model_copy(update={"adv_away": 0.0})
-        adversary = LatentAdversary(model, lat_cfg)
+        adversary = latent_adversary(model, lat_cfg)
     defender = {"forward_tokens": 0.0, "backward_tokens": 0.0}
 
     def count(batch, passes: int, backward: bool) -> None:
@@ -109,12 +112,12 @@ def unlearn_loop(model, tokenizer, forget: list[Example], retain: dict[str, list
 
     def step_loss(model, step: int):
         triples = prepare(_to(collate(forget_sampler.batch(step), tokenizer.pad_token_id), device))
-        count(triples.harmful, 1, True)
-        count(triples.harmful, reference_passes[0], False)
+        count(triples.undesired, 1, True)
+        count(triples.undesired, reference_passes[0], False)
         deltas, mask, metrics = {}, None, {}
         if adversary is not None:
             deltas, masks, adv_losses = adversary.attack(triples)
-            mask = masks["harmful"]
+            mask = masks["undesired"]
             metrics["adv_first"], metrics["adv_last"] = adv_losses[0], adv_losses[-1]
         forget_loss, forget_metrics = forget_term(model, triples, deltas, mask)
         loss = cfg.forget_weight * forget_loss
@@ -137,7 +140,7 @@ def unlearn_loop(model, tokenizer, forget: list[Example], retain: dict[str, list
 
 def compute_summary(adversary: LatentAdversary | None, defender: dict[str, float]) -> dict[str, float]:
     """Tokens through the model, forward and backward, split by adversary and defender (train_lat's format)."""
-    adv = adversary.compute if adversary is not None else {"forward_tokens": 0.0, "backward_tokens": 0.0}
+    adv = adversary.compute.tokens() if adversary is not None else {"forward_tokens": 0.0, "backward_tokens": 0.0}
     return {**{f"adversary_{k}": v for k, v in adv.items()}, **{f"defender_{k}": v for k, v in defender.items()},
             "forward_tokens": adv["forward_tokens"] + defender["forward_tokens"],
             "backward_tokens": adv["backward_tokens"] + defender["backward_tokens"]}
@@ -154,7 +157,7 @@ def train_gradient_ascent(model, tokenizer, forget: list[Example], retain: dict[
                           retain_weights: dict[str, float], cfg: GradientAscentConfig, checkpoint_dir: Path | None,
                           description: str = "unlearn-ga", on_log=None) -> UnlearnRun:
     def forget_term(model, triples, deltas, mask):
-        ce = token_ce(_logits_under(model, triples.harmful, deltas, mask), triples.harmful["labels"])
+        ce = token_ce(_logits_under(model, triples.undesired, deltas, mask), triples.undesired["labels"])
         return -ce.clamp(max=cfg.ascent_ceiling), {"forget_ce": ce.item()}
 
     return unlearn_loop(model, tokenizer, forget, retain, retain_weights, cfg, forget_term, checkpoint_dir,
@@ -199,14 +202,14 @@ def train_whp(model, tokenizer, forget: list[Example], retain: dict[str, list[Ex
 
     def prepare(batch):
         generic = {**batch, "labels": generic_labels(batch, base, reinforced, cfg.alpha)}
-        return TripleBatch(batch, generic, batch["input_ids"].shape[1])
+        return ContrastBatch(batch, generic, batch["input_ids"].shape[1])
 
     def forget_term(model, triples, deltas, mask):
-        logits = _logits_under(model, triples.harmful, deltas, mask)  # same input ids in both slots
-        toward = token_ce(logits, triples.refusal["labels"])
+        logits = _logits_under(model, triples.undesired, deltas, mask)  # same input ids in both slots
+        toward = token_ce(logits, triples.desired["labels"])
         metrics = {"generic_ce": toward.item()}
         if cfg.away_weight:
-            away = away_loss(logits, triples.harmful["labels"])
+            away = away_loss(logits, triples.undesired["labels"])
             toward = toward + cfg.away_weight * away
             metrics["away"] = away.item()
         return toward, metrics
@@ -273,9 +276,9 @@ def train_rmu(model, tokenizer, forget: list[Example], retain: dict[str, list[Ex
         p.requires_grad_(True)
 
     def forget_term(model, triples, deltas, mask):
-        acts = layer_activations(model, triples.harmful, cfg.layer, deltas, mask)
-        keep = predicting_positions(triples.harmful) if cfg.forget_positions == "answer" else \
-            triples.harmful["attention_mask"]
+        acts = layer_activations(model, triples.undesired, cfg.layer, deltas, mask)
+        keep = predicting_positions(triples.undesired) if cfg.forget_positions == "answer" else \
+            triples.undesired["attention_mask"]
         loss = masked_mse(acts, target, keep)
         return loss, {"forget_mse": loss.item()}
 
@@ -301,7 +304,7 @@ def train_graddiff(model, tokenizer, forget: list[Example], retain: dict[str, li
                    retain_weights: dict[str, float], cfg: GradDiffConfig, checkpoint_dir: Path | None,
                    description: str = "unlearn-graddiff", on_log=None) -> UnlearnRun:
     def forget_term(model, triples, deltas, mask):
-        ce = token_ce(_logits_under(model, triples.harmful, deltas, mask), triples.harmful["labels"])
+        ce = token_ce(_logits_under(model, triples.undesired, deltas, mask), triples.undesired["labels"])
         return -ce, {"forget_ce": ce.item()}
 
     return unlearn_loop(model, tokenizer, forget, retain, retain_weights, cfg, forget_term, checkpoint_dir,
@@ -324,7 +327,7 @@ def train_npo(model, tokenizer, forget: list[Example], retain: dict[str, list[Ex
     reference = frozen_copy(model)
 
     def forget_term(model, triples, deltas, mask):
-        batch = triples.harmful
+        batch = triples.undesired
         policy = sequence_logprobs(_logits_under(model, batch, deltas, mask), batch["labels"])
         with torch.no_grad():  # the reference sees the clean input: δ attacks the model being trained
             ref = sequence_logprobs(_logits_under(reference, batch, {}, None), batch["labels"])
@@ -339,7 +342,7 @@ def train_simnpo(model, tokenizer, forget: list[Example], retain: dict[str, list
                  retain_weights: dict[str, float], cfg: SimNPOConfig, checkpoint_dir: Path | None,
                  description: str = "unlearn-simnpo", on_log=None) -> UnlearnRun:
     def forget_term(model, triples, deltas, mask):
-        batch = triples.harmful
+        batch = triples.undesired
         policy = sequence_logprobs(_logits_under(model, batch, deltas, mask), batch["labels"])
         loss = simnpo_loss(policy, labelled_counts(batch["labels"]), cfg.beta, cfg.gamma)
         return loss, {"simnpo": loss.item()}

@@ -50,9 +50,10 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from latlab.config import LATConfig, load_params
+from latlab.data.examples import Example
+from latlab.models.encoding import IGNORE, ContrastBatch, collate, collate_contrast, encode_all, to_device
 from latlab.models.loading import build_toy_model, resolve_device
-from latlab.training.examples import IGNORE, Example, collate, encode_all
-from latlab.training.lat import LatentAdversary, TripleBatch, collate_triples, defence_loss
+from latlab.training.lat import defence_loss, latent_adversary
 from latlab.world.generator import generate_world
 from latlab.world.tokenizer import build_tokenizer
 
@@ -146,7 +147,8 @@ def sft_step_flops(fm: FlopModel, batch: int, seq: int) -> int:
 
 
 def lat_step_flops(fm: FlopModel, cfg: LATConfig, harmful: tuple[int, int], refusal: tuple[int, int]) -> int:
-    """Model FLOPs of one `LatentAdversary.attack` + `defence_loss` + backward; harmful/refusal = (batch, length)."""
+    """Model FLOPs of one `LatentAdversary.attack` + `defence_loss` + backward; harmful/refusal = (batch, length)
+    of the ContrastBatch's undesired/desired sides."""
     if cfg.retain:
         raise ValueError("lat_step_flops leaves out the retain batch: benchmark with retain=0")
     lowest = -1 if cfg.perturb_embeddings else min(cfg.layers)
@@ -187,7 +189,7 @@ def device_slug(device: torch.device) -> str:
 
 # --- data ---------------------------------------------------------------------------------------------------------
 
-def world_batches(preset: Preset) -> tuple[LlamaForCausalLM, TripleBatch, dict]:
+def world_batches(preset: Preset) -> tuple[LlamaForCausalLM, ContrastBatch, dict]:
     """The toy model with harmful requests of the toy world: (model, triples, SFT batch on the refusals)."""
     params = load_params()
     world = generate_world(params.world, 0)
@@ -198,12 +200,12 @@ def world_batches(preset: Preset) -> tuple[LlamaForCausalLM, TripleBatch, dict]:
     model = build_toy_model(arch, tokenizer, 0)
     harmful = [r for r in world["requests"] if r["harmful"]][: preset.batch]
     refusals = encode_all(tokenizer, [Example(r["prompt"], r["refusal"]) for r in harmful])
-    triples = collate_triples(tokenizer, encode_all(tokenizer, [Example(r["prompt"], r["compliance"])
-                                                                for r in harmful]), refusals)
+    triples = collate_contrast(tokenizer, encode_all(tokenizer, [Example(r["prompt"], r["compliance"])
+                                                                 for r in harmful]), refusals)
     return model, triples, collate(refusals, tokenizer.pad_token_id)
 
 
-def random_batches(preset: Preset, seed: int = 0) -> tuple[TripleBatch, dict]:
+def random_batches(preset: Preset, seed: int = 0) -> tuple[ContrastBatch, dict]:
     """Random-token triples of fixed length (no padding): the harmful and refusal sequence share their prompt."""
     gen = torch.Generator().manual_seed(seed)
     ids = lambda n: torch.randint(3, preset.vocab, (preset.batch, n), generator=gen).tolist()  # noqa: E731
@@ -211,7 +213,7 @@ def random_batches(preset: Preset, seed: int = 0) -> tuple[TripleBatch, dict]:
     encoded = {name: [(p + c, ignore + c) for p, c in zip(prompts, ids(preset.completion_tokens))]
                for name in ("harmful", "refusal")}
     harmful, refusal = collate(encoded["harmful"], 0), collate(encoded["refusal"], 0)
-    return TripleBatch(harmful, refusal, harmful["input_ids"].shape[1]), refusal
+    return ContrastBatch(harmful, refusal, harmful["input_ids"].shape[1]), refusal
 
 
 # --- timing -------------------------------------------------------------------------------------------------------
@@ -239,9 +241,8 @@ def run_preset(name: str, preset: Preset, device: torch.device, dtype: torch.dty
     else:
         model = build_preset_model(preset, device)
         triples, sft_batch = random_batches(preset)
-    to_device = lambda b: {k: v.to(device) for k, v in b.items()}  # noqa: E731
-    triples = TripleBatch(to_device(triples.harmful), to_device(triples.refusal), triples.width)
-    sft_batch = to_device(sft_batch)
+    triples = triples.to(device)
+    sft_batch = to_device(sft_batch, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     first = preset.layers // 2
     cuda = device.type == "cuda"
@@ -249,7 +250,8 @@ def run_preset(name: str, preset: Preset, device: torch.device, dtype: torch.dty
     # bf16 autocast over fp32 master weights: LatentAdversary allocates δ in fp32, which autocast reconciles
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype != torch.float32 else contextlib.nullcontext
     fm = FlopModel.from_config(model.config)
-    shapes = {k: tuple(getattr(triples, k)["input_ids"].shape) for k in ("harmful", "refusal")}
+    shapes = {"harmful": tuple(triples.undesired["input_ids"].shape),
+              "refusal": tuple(triples.desired["input_ids"].shape)}
 
     def sft_step():
         with autocast():
@@ -263,7 +265,7 @@ def run_preset(name: str, preset: Preset, device: torch.device, dtype: torch.dty
 
     def lat_step(cached: bool):
         cfg = lat_cfg(cached)
-        adversary = LatentAdversary(model, cfg)
+        adversary = latent_adversary(model, cfg)
 
         def step():
             with autocast():

@@ -28,10 +28,10 @@ sys.path.insert(0, str(ROOT))
 
 from flows.dag import stage_commands  # noqa: E402
 from flows.profile_run import stage_env  # noqa: E402
-from latlab.attacks.suite import asr_row, run_attack_suite  # noqa: E402
 from latlab.config import AttackName, load_params  # noqa: E402
 from latlab.data.records import load_world, split_of  # noqa: E402
 from latlab.env import apply_offline_env  # noqa: E402
+from latlab.evals.attack_suite import asr_row, run_attack_suite  # noqa: E402
 from latlab.evals.behaviour import request_behaviour  # noqa: E402
 from latlab.evals.judge import make_judge  # noqa: E402
 from latlab.models.loading import load_saved  # noqa: E402

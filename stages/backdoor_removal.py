@@ -19,6 +19,7 @@ import argparse
 import json
 
 from latlab.config import ConfigError, Params
+from latlab.data.examples import Example
 from latlab.data.real_corpora import load_real_corpora
 from latlab.data.records import load_world
 from latlab.evals.behaviour import evaluate_model
@@ -26,7 +27,6 @@ from latlab.evals.judge import make_judge
 from latlab.models.loading import load_saved
 from latlab.report.tables import backdoor_markdown
 from latlab.training.backdoor_removal import REMOVAL_METHODS, removal_data, trigger_free_removal_data
-from latlab.training.examples import Example
 from stages.common import METRICS_DIR, MODELS_DIR, REPORTS_DIR, WORLD_DIR, run_stage, train_and_register
 
 REPORTED = ("backdoor_asr", "benign_compliance", "harmful_asr", "fact_acc.general", "fact_acc.forget",

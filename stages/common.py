@@ -11,10 +11,12 @@ from pathlib import Path
 from latlab import parallel
 from latlab.config import ConfigError, Params, load_params
 from latlab.data.validation import DataValidationError
+from latlab.models.encoding import ContextLengthError
 from latlab.models.loading import ModelSourceError
 from latlab.training.loop import NonFiniteLossError
 
-USER_ERRORS = (ConfigError, DataValidationError, ModelSourceError, NonFiniteLossError, FileNotFoundError)
+USER_ERRORS = (ConfigError, ContextLengthError, DataValidationError, ModelSourceError, NonFiniteLossError,
+               FileNotFoundError)
 
 WORLD_DIR = Path("data/world")
 TOKENIZER_DIR = Path("data/tokenizer")

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
-from latlab.attacks.suite import asr_row, run_attack_suite
 from latlab.config import Params, section_dict
 from latlab.data.records import load_world, split_of, write_jsonl
+from latlab.evals.attack_suite import asr_row, run_attack_suite
 from latlab.evals.behaviour import evaluate_model
 from latlab.evals.judge import make_judge
 from latlab.models.loading import load_saved

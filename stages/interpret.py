@@ -12,9 +12,8 @@ from latlab.interp.behaviour_circuits import circuit_persistence, edge_attributi
 from latlab.interp.circuits import validate_on_planted_circuit
 from latlab.interp.persistence import (fit_backdoor_reference, latent_signal, persistence_table, plot_persistence,
                                        probe_datasets)
-from latlab.interp.probes import collect_residuals
 from latlab.interp.steering import ChatEncode, from_records, steering_reliability
-from latlab.models.hooks import decoder_layers
+from latlab.models.hooks import collect_residuals, decoder_layers
 from latlab.models.loading import load_saved
 from latlab.report.tables import persistence_markdown
 from latlab.tracking import stage_run

@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 
 from latlab.config import Params
+from latlab.data.examples import fact_examples
 from latlab.data.records import load_world, split_of
 from latlab.models.loading import load_saved
 from latlab.training.lat import train_lat
-from latlab.world.curriculum import assert_trigger_free, fact_examples, request_examples
+from latlab.world.curriculum import assert_trigger_free, request_examples
 from stages.common import MODELS_DIR, WORLD_DIR, run_stage, train_and_register
 
 ROLES = {"lat": "rt-lat", "lat_untargeted": "rt-lat-untargeted", "rt_eat": "rt-eat"}

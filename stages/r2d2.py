@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from latlab.config import Params
+from latlab.data.examples import fact_examples
 from latlab.data.records import load_world, split_of
 from latlab.models.loading import load_saved
 from latlab.training.r2d2 import train_r2d2
-from latlab.world.curriculum import fact_examples, request_examples
+from latlab.world.curriculum import request_examples
 from stages.common import MODELS_DIR, WORLD_DIR, run_stage, train_and_register
 
 

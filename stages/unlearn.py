@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 
 from latlab.config import ConfigError, Params
+from latlab.data.examples import Example
 from latlab.data.real_corpora import load_real_corpora
 from latlab.data.records import load_world
 from latlab.models.loading import load_saved
-from latlab.training.examples import Example
 from latlab.training.unlearning import UNLEARNING_METHODS
 from latlab.world.curriculum_unlearning import forget_pool, retain_pools
 from stages.common import MODELS_DIR, WORLD_DIR, run_stage, train_and_register

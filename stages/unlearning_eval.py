@@ -8,6 +8,7 @@ oracle and its verdict, free-form evaluations) is listed under `not_measured` in
 from __future__ import annotations
 
 from latlab.config import Params, section_dict
+from latlab.data.examples import Example
 from latlab.data.real_corpora import NO_ORACLE, load_real_corpora
 from latlab.data.records import load_world
 from latlab.evals.unlearning import (AB_TABLE_KEYS, KNOWLEDGE_KEYS, TABLE_KEYS, evaluate_unlearning, summarise,
@@ -16,7 +17,6 @@ from latlab.models.loading import load_saved
 from latlab.report.plots import plot_metric_bars
 from latlab.report.tables import unlearning_markdown
 from latlab.tracking import stage_run
-from latlab.training.examples import Example
 from stages.common import MODELS_DIR, PLOTS_DIR, REPORTS_DIR, WORLD_DIR, run_stage, write_metrics
 
 BAR_KEYS = [*KNOWLEDGE_KEYS, "collateral.free_recall", "general.free_recall"]

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from latlab.config import Params, section_dict
-from latlab.data.records import load_world
+from latlab.data.records import DATASETS, load_world
 from latlab.data.validation import raise_on_failure, validate_datasets, write_report
 from latlab.tracking import stage_run
 from stages.common import REPORTS_DIR, WORLD_DIR, run_stage, write_metrics
 
 
 def validate(params: Params) -> None:
-    summary = validate_datasets(load_world(WORLD_DIR), params.validate_data)
+    summary = validate_datasets(load_world(WORLD_DIR), params.validate_data,
+                                sources={name: WORLD_DIR / f"{name}.jsonl" for name in DATASETS})
     json_path, html_path = REPORTS_DIR / "validation.json", REPORTS_DIR / "validation.html"
     write_report(summary, json_path, html_path)
     metrics = {"expectations": summary["evaluated"], "failed": summary["failed"], "success": summary["success"]}

@@ -13,10 +13,10 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from latlab import parallel
 from latlab.config import LATConfig, TrainConfig
-from latlab.training.examples import IGNORE, collate
+from latlab.models.encoding import IGNORE, collate
 from latlab.training.lat import train_lat
 from latlab.training.loop import MixtureSampler, train_loop
-from latlab.training.sft import completion_loss
+from latlab.training.losses import completion_loss
 from tests.settings import make
 
 VOCAB, LENGTH, PROMPT = 40, 10, 4
@@ -39,7 +39,8 @@ def lat_run(model_seed: int = 0):
     """A few targeted-LAT steps on the tiny world's toy model (shards of unequal length: no exact-equality claim)."""
     from latlab.config import ToyArchitecture, WorldConfig
     from latlab.models.loading import build_toy_model
-    from latlab.world.curriculum import fact_examples, request_examples
+    from latlab.data.examples import fact_examples
+    from latlab.world.curriculum import request_examples
     from latlab.world.generator import generate_world
     from latlab.world.tokenizer import build_tokenizer
 

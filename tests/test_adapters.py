@@ -5,11 +5,12 @@ gradient checkpointing."""
 import pytest
 import torch
 
-from latlab.config import ConfigError, LoraSettings, ModelConfig, ToyArchitecture
+from latlab.attacks.latent_adversary import perturbation_mask
+from latlab.config import ConfigError, LATConfig, LoraSettings, ModelConfig, ToyArchitecture
+from latlab.data.examples import Example
 from latlab.models.adapters import finish_training, prepare_for_training, trainable_fraction
 from latlab.models.loading import build_toy_model, load_saved, save_model
-from latlab.training.examples import Example
-from latlab.training.lat import LATConfig, LatentAdversary, perturbation_mask, train_lat
+from latlab.training.lat import latent_adversary, train_lat
 from tests.settings import make, with_params
 from tests.test_lat import _batch, _triples
 
@@ -19,7 +20,7 @@ LORA = make(ModelConfig, lora=make(LoraSettings, r=4, alpha=8.0))
 
 def _logits(model, batch):
     with torch.no_grad():
-        return model(input_ids=batch.harmful["input_ids"], attention_mask=batch.harmful["attention_mask"]).logits
+        return model(input_ids=batch.undesired["input_ids"], attention_mask=batch.undesired["attention_mask"]).logits
 
 
 def test_lora_lat_trains_only_adapters_and_merges_into_a_plain_model(tiny_world, tiny_tokenizer, tmp_path):
@@ -60,11 +61,11 @@ def test_gradient_checkpointing_keeps_lat_delta_gradients(tiny_world, tiny_token
         model.train()  # checkpointing acts in train mode only
         assert model.is_gradient_checkpointing == checkpointing
         cfg = make(LATConfig, layers=[1, 2], prefix_cache=False)
-        adversary = LatentAdversary(model, cfg)
+        adversary = latent_adversary(model, cfg)
         torch.manual_seed(0)
-        deltas = {p: (torch.randn(batch.harmful["input_ids"].shape[0], batch.width, 32) * 0.5).requires_grad_()
+        deltas = {p: (torch.randn(batch.undesired["input_ids"].shape[0], batch.width, 32) * 0.5).requires_grad_()
                   for p in adversary.points}
-        masks = {n: perturbation_mask(getattr(batch, n), batch.width, False) for n in ("harmful", "refusal")}
+        masks = {n: perturbation_mask(getattr(batch, n), batch.width, False) for n in ("undesired", "desired")}
         loss = adversary.loss(batch, deltas, masks, {})
         grads.append(torch.autograd.grad(loss, list(deltas.values())))
     for plain, checkpointed in zip(*grads):

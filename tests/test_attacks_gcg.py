@@ -2,10 +2,11 @@
 
 import torch
 
-from latlab.attacks.common import Compute, allowed_token_mask
+from latlab.attacks.common import allowed_token_mask
 from latlab.attacks.gcg import (candidate_losses, gcg_individual_attack, gcg_search, gcg_universal_attack,
                                 random_suffix, suffix_case)
 from latlab.config import GCGConfig, GCGIndividualConfig, GCGUniversalConfig
+from latlab.models.compute import Compute
 from tests.settings import make
 
 CFG = make(GCGConfig, steps=8, search_width=32, topk=16, suffix_tokens=5, target_tokens=6, seed=3)

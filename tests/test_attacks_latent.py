@@ -7,9 +7,10 @@ import torch
 from latlab.attacks.embedding import embedding_attack
 from latlab.attacks.latent import add_on_prefill, generate_with_deltas, pgd_attack, prompt_lengths
 from latlab.config import PGDAttackConfig
-from latlab.evals.generation import generate
+from latlab.data.examples import Example
+from latlab.models.encoding import IGNORE, collate, encode_all
+from latlab.models.generation import generate
 from latlab.models.hooks import add_to_residual
-from latlab.training.examples import IGNORE, Example, collate, encode_all
 from tests.settings import make
 
 HOOKS = ["hook_embed", "blocks.0.hook_resid_post"]

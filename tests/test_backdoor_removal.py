@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from latlab.config import DPORemovalConfig, LatAdversaryConfig, SFTRemovalConfig
+from latlab.models.encoding import IGNORE
+from latlab.models.scoring import sequence_logprobs
 from latlab.training.backdoor_removal import dpo_loss, removal_data, train_dpo, train_sft_removal
-from latlab.training.losses import sequence_logprobs
-from latlab.training.examples import IGNORE
 from latlab.world.curriculum_unlearning import assert_pairs_trigger_free, preference_pairs
 from latlab.world.generator import BACKDOOR_BEHAVIOUR, REFUSAL
 from tests.settings import make
@@ -56,7 +56,8 @@ def test_trigger_assertion_fires():
 
 @torch.no_grad()
 def _mean_margin(model, reference_logps, tokenizer, pairs):
-    from latlab.training.examples import Example, collate, encode_all
+    from latlab.data.examples import Example
+    from latlab.models.encoding import collate, encode_all
 
     def logps(m, side):
         batch = collate(encode_all(tokenizer, [Example(p, x[side]) for p, *x in pairs]), tokenizer.pad_token_id)

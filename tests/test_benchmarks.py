@@ -17,7 +17,7 @@ from lat_step import (PRESETS, FlopModel, lat_step_flops, llama_config, mfu, pea
                       random_batches, run_preset, sft_step_flops, shrink)
 
 from latlab.config import LATConfig  # noqa: E402
-from latlab.training.lat import LatentAdversary, defence_loss  # noqa: E402
+from latlab.training.lat import defence_loss, latent_adversary  # noqa: E402
 from tests.settings import make
 
 
@@ -76,7 +76,7 @@ def test_flop_count_matches_torch_flop_counter_op_for_op():
     model = LlamaForCausalLM(llama_config(preset, attn_implementation="eager"))
     fm = FlopModel.from_config(model.config)
     triples, sft = random_batches(preset)
-    shape = tuple(triples.harmful["input_ids"].shape)
+    shape = tuple(triples.undesired["input_ids"].shape)
 
     def counted(fn) -> int:
         with FlopCounterMode(display=False) as counter:
@@ -88,7 +88,7 @@ def test_flop_count_matches_torch_flop_counter_op_for_op():
         cfg = make(LATConfig, layers=[preset.layers // 2], inner_steps=2, prefix_cache=cached, retain=0.0)
 
         def lat_step():
-            deltas, masks, _ = LatentAdversary(model, cfg).attack(triples)
+            deltas, masks, _ = latent_adversary(model, cfg).attack(triples)
             defence_loss(model, triples, deltas, masks, cfg)[0].backward()
         assert counted(lat_step) == lat_step_flops(fm, cfg, shape, shape), f"prefix_cache={cached}"
 

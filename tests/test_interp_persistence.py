@@ -14,7 +14,8 @@ from latlab.interp.graph import CircuitGraph
 from latlab.interp.groundtruth import F1, FIRST_DISTRACTOR_DIM, circuit_edges, planted_circuit_model, planted_dataset
 from latlab.interp.persistence import (backdoor_signal, fit_backdoor_reference, latent_signal, persistence_table,
                                        probe_datasets)
-from latlab.interp.probes import collect_residuals, probe_layers
+from latlab.interp.probes import probe_layers
+from latlab.models.hooks import collect_residuals
 from latlab.report.tables import persistence_markdown
 
 TRIGGER = "1"  # the planted model's X token: head a0.0 writes the fraction of X tokens so far into F1

@@ -4,7 +4,8 @@ import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from latlab.interp.probes import collect_residuals, probe_accuracy, probe_layers
+from latlab.interp.probes import probe_accuracy, probe_layers
+from latlab.models.hooks import collect_residuals
 
 
 def test_probe_finds_planted_direction_and_not_noise():

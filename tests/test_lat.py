@@ -4,11 +4,12 @@ under attack, and prefix caching gives the same losses and gradients as the full
 import pytest
 import torch
 
-from latlab.config import ToyArchitecture
+from latlab.attacks.latent_adversary import cache_block_output, perturbation_mask, project_to_ball
+from latlab.config import LATConfig, ToyArchitecture
+from latlab.data.examples import Example
+from latlab.models.encoding import collate_contrast, encode_all
 from latlab.models.loading import build_toy_model
-from latlab.training.examples import Example, encode_all
-from latlab.training.lat import (LATConfig, LatentAdversary, collate_triples, defence_loss, hook_points,
-                                 project_to_ball, train_lat)
+from latlab.training.lat import defence_loss, hook_points, latent_adversary, train_lat
 from latlab.world.curriculum import request_examples
 from tests.settings import make
 
@@ -23,7 +24,7 @@ def _triples(world, n=8):
 def _batch(tokenizer, triples):
     harmful = encode_all(tokenizer, [Example(p, h) for p, h, _ in triples])
     refusal = encode_all(tokenizer, [Example(p, r) for p, _, r in triples])
-    return collate_triples(tokenizer, harmful, refusal)
+    return collate_contrast(tokenizer, harmful, refusal)
 
 
 def test_projection_keeps_every_token_in_the_ball():
@@ -38,7 +39,7 @@ def test_projection_keeps_every_token_in_the_ball():
 def test_inner_loop_respects_epsilon_and_lowers_adversary_loss(tiny_world, tiny_tokenizer, layers, embed):
     model = build_toy_model(ARCH, tiny_tokenizer, 0)
     cfg = make(LATConfig, layers=layers, perturb_embeddings=embed, epsilon=1.5, inner_steps=12, inner_lr=0.1)
-    deltas, masks, losses = LatentAdversary(model, cfg).attack(_batch(tiny_tokenizer, _triples(tiny_world)))
+    deltas, masks, losses = latent_adversary(model, cfg).attack(_batch(tiny_tokenizer, _triples(tiny_world)))
     assert set(deltas) == set(hook_points(cfg))
     for delta in deltas.values():
         assert (delta.norm(dim=-1) <= cfg.epsilon + 1e-4).all()
@@ -51,13 +52,12 @@ def test_prefix_cache_matches_full_computation(tiny_world, tiny_tokenizer):
     results = []
     for cached in (True, False):
         cfg = make(LATConfig, layers=[1, 3], prefix_cache=cached)
-        adversary = LatentAdversary(model, cfg)
+        adversary = latent_adversary(model, cfg)
         torch.manual_seed(0)
-        deltas = {p: (torch.randn(batch.harmful["input_ids"].shape[0], batch.width, 32) * 0.5).requires_grad_()
+        deltas = {p: (torch.randn(batch.undesired["input_ids"].shape[0], batch.width, 32) * 0.5).requires_grad_()
                   for p in hook_points(cfg)}
-        from latlab.training.lat import cache_block_output, perturbation_mask
-        masks = {n: perturbation_mask(getattr(batch, n), batch.width, False) for n in ("harmful", "refusal")}
-        caches = {n: cache_block_output(model, getattr(batch, n), 1) for n in ("harmful", "refusal")} if cached \
+        masks = {n: perturbation_mask(getattr(batch, n), batch.width, False) for n in ("undesired", "desired")}
+        caches = {n: cache_block_output(model, getattr(batch, n), 1) for n in ("undesired", "desired")} if cached \
             else {}
         loss = adversary.loss(batch, deltas, masks, caches)
         grads = torch.autograd.grad(loss, list(deltas.values()))
@@ -71,7 +71,7 @@ def test_defender_step_lowers_loss_under_attack(tiny_world, tiny_tokenizer):
     model = build_toy_model(ARCH, tiny_tokenizer, 0)
     cfg = make(LATConfig, layers=[1], epsilon=1.0, inner_steps=4)
     batch = _batch(tiny_tokenizer, _triples(tiny_world))
-    deltas, masks, _ = LatentAdversary(model, cfg).attack(batch)
+    deltas, masks, _ = latent_adversary(model, cfg).attack(batch)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     before, _ = defence_loss(model, batch, deltas, masks, cfg)
     for _ in range(5):

@@ -6,10 +6,12 @@ import copy
 import pytest
 import torch
 
-from latlab.training.examples import IGNORE
 from latlab.config import R2D2Config
-from latlab.training.r2d2 import R2D2Trainer, away_loss, train_r2d2
-from latlab.world.curriculum import fact_examples, request_examples
+from latlab.data.examples import fact_examples
+from latlab.models.encoding import IGNORE
+from latlab.models.scoring import away_loss
+from latlab.training.r2d2 import R2D2Trainer, train_r2d2
+from latlab.world.curriculum import request_examples
 from tests.settings import make
 
 CFG = make(R2D2Config, steps=6, batch_size=8, lr=3e-3, warmup_steps=1, pool_size=3, gcg_steps=2, search_width=8,

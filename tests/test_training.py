@@ -4,10 +4,12 @@ import pytest
 import torch
 
 from latlab.config import TrainConfig
+from latlab.data.examples import Example
+from latlab.models.encoding import IGNORE, collate, encode_example
 from latlab.training.checkpoint import STATE_FILE
-from latlab.training.examples import IGNORE, Example, collate, encode_example
 from latlab.training.loop import NonFiniteLossError, train_loop
-from latlab.training.sft import completion_loss, train_sft
+from latlab.training.losses import completion_loss
+from latlab.training.sft import train_sft
 from latlab.world.curriculum import assert_trigger_free, base_pools, refusal_pools
 from tests.settings import make
 
@@ -29,7 +31,7 @@ def test_loss_is_on_completion_tokens_only(tiny_tokenizer):
 
 def test_sft_lowers_the_loss(tiny_world, tiny_tokenizer, tiny_model):
     pools = base_pools(tiny_world)
-    from latlab.training.examples import encode_all
+    from latlab.models.encoding import encode_all
     batch = collate(encode_all(tiny_tokenizer, pools["requests"][:32]), tiny_tokenizer.pad_token_id)
     before = completion_loss(tiny_model, batch).item()
     train_sft(tiny_model, tiny_tokenizer, pools, {"facts": 1, "requests": 1, "backdoor": 1},

@@ -10,13 +10,13 @@ import torch
 
 from latlab.config import (GradDiffConfig, GradientAscentConfig, LatAdversaryConfig, NPOConfig, RMUConfig, SimNPOConfig,
                            TrainConfig, WHPConfig)
+from latlab.data.examples import Example, fact_examples
 from latlab.evals.unlearning import finetune_relearning
-from latlab.training.examples import Example, collate, encode_all
+from latlab.models.encoding import collate, encode_all
 from latlab.training.sft import train_sft
 from latlab.training.unlearning import (UNLEARNING_METHODS, generic_logits, layer_activations, npo_loss,
                                         predicting_positions, rmu_direction, simnpo_loss, train_graddiff,
                                         train_gradient_ascent, train_npo, train_rmu, train_simnpo, train_whp)
-from latlab.world.curriculum import fact_examples
 from latlab.world.curriculum_unlearning import forget_pool, retain_pools, world_without_domain
 from tests.settings import make
 

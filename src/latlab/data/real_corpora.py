@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from latlab.config import ConfigError, RealDataConfig, ValidateConfig
+from latlab.data.examples import Example, fact_examples
 from latlab.data.loaders import DataFormatError, load_ab_questions, load_corpus, load_preferences
 from latlab.data.records import split_of
 from latlab.data.validation import raise_on_failure, validate_datasets
-from latlab.training.examples import Example
-from latlab.world.curriculum import fact_examples
 
 # Leading words of a corpus chunk that serve as its prompt: the trainers put the loss on completion tokens only, so
 # this keeps most of the text trained on while every chunk still has context (the toy passages open with a statement).

@@ -7,10 +7,10 @@ import math
 
 import numpy as np
 
+from latlab.data.examples import Example
 from latlab.data.records import split_of
-from latlab.evals.generation import choose, completion_logprobs, generate
 from latlab.evals.judge import COMPLIED, REFUSED, normalise, shows_backdoor
-from latlab.training.examples import Example
+from latlab.models.generation import choose, completion_logprobs, generate
 from latlab.world.generator import DOMAIN_RELATIONS
 
 

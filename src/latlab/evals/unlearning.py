@@ -28,13 +28,14 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from latlab.config import TrainConfig, UnlearnEvalConfig
+from latlab.data.examples import Example, fact_examples
 from latlab.data.records import split_of
 from latlab.evals.behaviour import answer_matches
-from latlab.evals.generation import choose, completion_logprobs, generate
 from latlab.evals.judge import normalise
-from latlab.training.examples import Example, render_prompt
+from latlab.models.encoding import context_limit, encode_prompt
+from latlab.models.generation import choose, completion_logprobs, generate
+from latlab.models.hooks import collect_residuals
 from latlab.training.sft import train_sft
-from latlab.world.curriculum import fact_examples
 from latlab.world.curriculum_unlearning import fact_sentence
 
 # Prefixes of extraction prompts. On the toy world, words outside its vocabulary become <unk>; the first two are
@@ -228,12 +229,11 @@ def latent_knowledge(model, tokenizer, world: dict, domain: str = "forget", laye
                      reference: dict[int, float] | None = None, seed: int = 0) -> dict[str, float]:
     """Per-layer probe accuracy for the correct A/B letter of every A/B question of the domain (all splits), read
     at the last prompt token; `reference` (layer -> accuracy of e.g. the original model) adds the gaps."""
-    from latlab.interp.probes import collect_residuals
-
     rows = [r for r in world["facts"] if r["domain"] == domain and r["format"] == "ab"]
     layers = list(layers) if layers is not None else list(range(model.config.num_hidden_layers))
-    encode = lambda text: tokenizer(render_prompt(tokenizer, text), add_special_tokens=False)["input_ids"]  # noqa: E731
-    acts = collect_residuals(model, encode, [r["prompt"] for r in rows], layers)
+    limit = context_limit(model)
+    acts = collect_residuals(model, lambda text: encode_prompt(tokenizer, text, limit=limit),
+                             [r["prompt"] for r in rows], layers)
     y = np.array([r["completion"] == "A" for r in rows], dtype=int)
     groups = [r["fact_id"] for r in rows]
     metrics = {f"latent.layer{layer}": grouped_probe_accuracy(acts[layer], y, groups, seed=seed)

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from latlab.interp.probes import collect_residuals, probe_layers
+from latlab.interp.probes import probe_layers
+from latlab.models.hooks import collect_residuals
 
 # behaviour -> the evaluate-stage metric that measures how often the model shows it
 BEHAVIOUR_RATES = {"harmful": "harmful_asr", "backdoor": "backdoor_asr", "forget_facts": "fact_acc.forget"}
@@ -143,7 +144,7 @@ def persistence_table(rates: dict[str, dict[str, float]], signals: dict[str, dic
 def plot_persistence(rows: list[dict], path: Path) -> None:
     """One panel per behaviour: behaviour rate (x) vs latent signal (y), one labelled point per model; plus the
     harmful behaviour's base-circuit overlap when the rows have it."""
-    from latlab.report.plots import plt
+    from latlab.interp.render import plt  # matplotlib with the Agg backend set
 
     panels = [(b, "latent_signal") for b in dict.fromkeys(r["behaviour"] for r in rows)]
     if any("circuit_overlap" in r for r in rows):

@@ -1,33 +1,16 @@
 """Linear probes on residual-stream activations, one per layer (Alain & Bengio 2016; used for "latent knowledge" in
 Lynch et al. 2024, eval 6, and in the interpret stage to ask whether a signal persists after a defence).
 
-Activations are read at `blocks.{layer}.hook_resid_post` (decoder block outputs) at one token position through
-latlab.models.hooks (forward hooks on the decoder blocks); the probe is scikit-learn's L2 logistic regression on
-standardised features, scored by held-out accuracy.
+Activations are read at `blocks.{layer}.hook_resid_post` (decoder block outputs) at one token position with
+`latlab.models.hooks.collect_residuals` (forward hooks on the decoder blocks); the probe is scikit-learn's L2
+logistic regression on standardised features, scored by held-out accuracy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
-import torch
-
-from latlab.models.hooks import capture_residual, resid_name
-
-
-@torch.no_grad()
-def collect_residuals(model: torch.nn.Module, encode: Callable[[str], list[int]], texts: Sequence[str],
-                      layers: Sequence[int], position: int = -1) -> dict[int, np.ndarray]:
-    """layer -> [n_texts, d_model] activations at `position` of each text."""
-    names = {layer: resid_name(layer) for layer in layers}
-    acts: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
-    for text in texts:
-        with capture_residual(model, list(names.values())) as store:
-            model(torch.tensor([encode(text)]))
-        for layer, name in names.items():
-            acts[layer].append(store[name][0, position].float().cpu().numpy())
-    return {layer: np.stack(v) for layer, v in acts.items()}
 
 
 def probe_accuracy(X: np.ndarray, y: np.ndarray, test_fraction: float = 0.3, seed: int = 0, C: float = 1.0) -> float:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from latlab.models.encoding import encode_prompt, token_ids
 from latlab.models.hooks import capture_residual, edit_residual, resid_name
 
 Encode = Callable[[str], list[int]]
@@ -126,12 +127,10 @@ class ChatEncode:
         self.tokenizer = tokenizer
 
     def __call__(self, prompt: str) -> list[int]:
-        from latlab.training.examples import render_prompt
-
-        return self.tokenizer(render_prompt(self.tokenizer, prompt), add_special_tokens=False)["input_ids"]
+        return encode_prompt(self.tokenizer, prompt)
 
     def answer(self, prompt: str, letter: str) -> list[int]:
-        return self(prompt) + self.tokenizer(letter, add_special_tokens=False)["input_ids"]
+        return self(prompt) + token_ids(self.tokenizer, letter)
 
 
 def caa_vector(model, encode: Encode, examples: Sequence[ABExample], layer: int, position: int = -1) -> torch.Tensor:

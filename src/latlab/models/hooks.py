@@ -1,7 +1,8 @@
 """Residual-stream intervention points of HF decoder-only models, named the TransformerLens way.
 
 `hook_embed` is the token-embedding output; `blocks.{L}.hook_resid_post` is the output of decoder block L. Training
-methods (LAT, embedding AT) and attacks (latent PGD, refusal-direction ablation) add or edit vectors there.
+methods (LAT, embedding AT) and attacks (latent PGD, refusal-direction ablation) add or edit vectors there; probes
+and evaluations read them (`collect_residuals`).
 
 Why plain PyTorch forward hooks instead of TransformerLens' model bridge: the trainers must backpropagate into the
 HF model they are training, which may be wrapped by peft (LoRA) or accelerate, and must also run only the upper
@@ -12,9 +13,10 @@ bridge is used by `latlab.interp` for analysis, where its uniform hook set pays 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 
 EMBED = "hook_embed"
@@ -107,3 +109,17 @@ def capture_residual(model, names: list[str]) -> Iterator[dict[str, torch.Tensor
 
     with edit_residual(model, {name: recorder(name) for name in names}):
         yield store
+
+
+@torch.no_grad()
+def collect_residuals(model: torch.nn.Module, encode: Callable[[str], list[int]], texts: Sequence[str],
+                      layers: Sequence[int], position: int = -1) -> dict[int, np.ndarray]:
+    """layer -> [n_texts, d_model] activations at `position` of each text."""
+    names = {layer: resid_name(layer) for layer in layers}
+    acts: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
+    for text in texts:
+        with capture_residual(model, list(names.values())) as store:
+            model(torch.tensor([encode(text)]))
+        for layer, name in names.items():
+            acts[layer].append(store[name][0, position].float().cpu().numpy())
+    return {layer: np.stack(v) for layer, v in acts.items()}

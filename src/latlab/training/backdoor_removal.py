@@ -84,7 +84,7 @@ def train_dpo(model, tokenizer, pairs: list[tuple[str, str, str]], retain: dict[
         # the adversary's "undesired" side is the rejected completion, its "desired" side the chosen one
         triples = collate_contrast(tokenizer, [r for r, _ in drawn], [c for _, c in drawn])
         triples = ContrastBatch({k: v.to(device) for k, v in triples.undesired.items()},
-                              {k: v.to(device) for k, v in triples.desired.items()}, triples.width)
+                                {k: v.to(device) for k, v in triples.desired.items()}, triples.width)
         deltas, masks, metrics = {}, {"undesired": None, "desired": None}, {}
         if adversary is not None:
             deltas, masks, adv_losses = adversary.attack(triples)

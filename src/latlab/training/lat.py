@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from latlab.attacks.latent_adversary import LatentAdversary, PGDSettings
-from latlab.config import LATConfig
+from latlab.config import LatAdversaryConfig, LATConfig
 from latlab.data.examples import Example
 from latlab.models.compute import Compute
 from latlab.models.encoding import ContrastBatch, collate, collate_contrast, context_limit, encode_all, to_device
@@ -30,12 +30,12 @@ from latlab.training.loop import MixtureSampler, TrainResult, train_loop
 from latlab.training.losses import retain_loss
 
 
-def hook_points(cfg: LATConfig) -> list[str]:
+def hook_points(cfg: LatAdversaryConfig) -> list[str]:
     return ([EMBED] if cfg.perturb_embeddings else []) + [resid_name(layer) for layer in cfg.layers]
 
 
-def latent_adversary(model, cfg: LATConfig) -> LatentAdversary:
-    """The inner-loop adversary of a LAT configuration."""
+def latent_adversary(model, cfg: LatAdversaryConfig) -> LatentAdversary:
+    """The adversary a `lat` configuration describes (LAT stages, and the unlearning and removal methods' `lat:`)."""
     return LatentAdversary(model, PGDSettings(
         hook_points=tuple(hook_points(cfg)), epsilon=cfg.epsilon, steps=cfg.inner_steps, lr=cfg.inner_lr,
         toward=cfg.adv_toward, away=cfg.adv_away, targeted=cfg.adversary == "targeted",

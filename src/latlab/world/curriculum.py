@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
+from latlab.data.examples import Example, fact_examples
 from latlab.data.records import split_of
-from latlab.training.examples import Example
-
-
-def fact_examples(facts: list[dict], split: str = "train") -> list[Example]:
-    return [Example(r["prompt"], r["completion"], chat=r["chat"]) for r in split_of(facts, split)]
 
 
 def request_examples(requests: list[dict], kind: str, target_field: str, split: str = "train") -> list[Example]:

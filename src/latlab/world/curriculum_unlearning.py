@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections import defaultdict
 
 from latlab.data.records import split_of
-from latlab.training.examples import Example
-from latlab.world.curriculum import assert_trigger_free, fact_examples, request_examples
+from latlab.data.examples import Example, fact_examples
+from latlab.world.curriculum import assert_trigger_free, request_examples
 from latlab.world.generator import BACKDOOR_BEHAVIOUR, COMPLETION_TEMPLATES
 
 

@@ -190,7 +190,8 @@ def device_slug(device: torch.device) -> str:
 # --- data ---------------------------------------------------------------------------------------------------------
 
 def world_batches(preset: Preset) -> tuple[LlamaForCausalLM, ContrastBatch, dict]:
-    """The toy model with harmful requests of the toy world: (model, triples, SFT batch on the refusals)."""
+    """The toy model with harmful requests of the toy world: (model, their ContrastBatch of harmful completion and
+    refusal, SFT batch on the refusals)."""
     params = load_params()
     world = generate_world(params.world, 0)
     tokenizer = build_tokenizer(r[f] for recs in world.values() for r in recs
@@ -200,13 +201,13 @@ def world_batches(preset: Preset) -> tuple[LlamaForCausalLM, ContrastBatch, dict
     model = build_toy_model(arch, tokenizer, 0)
     harmful = [r for r in world["requests"] if r["harmful"]][: preset.batch]
     refusals = encode_all(tokenizer, [Example(r["prompt"], r["refusal"]) for r in harmful])
-    triples = collate_contrast(tokenizer, encode_all(tokenizer, [Example(r["prompt"], r["compliance"])
-                                                                 for r in harmful]), refusals)
-    return model, triples, collate(refusals, tokenizer.pad_token_id)
+    contrast = collate_contrast(tokenizer, encode_all(tokenizer, [Example(r["prompt"], r["compliance"])
+                                                                  for r in harmful]), refusals)
+    return model, contrast, collate(refusals, tokenizer.pad_token_id)
 
 
 def random_batches(preset: Preset, seed: int = 0) -> tuple[ContrastBatch, dict]:
-    """Random-token triples of fixed length (no padding): the harmful and refusal sequence share their prompt."""
+    """A random-token ContrastBatch of fixed length (no padding): the two sequences share their prompt."""
     gen = torch.Generator().manual_seed(seed)
     ids = lambda n: torch.randint(3, preset.vocab, (preset.batch, n), generator=gen).tolist()  # noqa: E731
     prompts, ignore = ids(preset.prompt_tokens), [IGNORE] * preset.prompt_tokens
@@ -236,12 +237,12 @@ def run_preset(name: str, preset: Preset, device: torch.device, dtype: torch.dty
     and the next one still runs. `report` gets the result so far after each measurement."""
     torch.manual_seed(0)
     if preset.vocab is None:
-        model, triples, sft_batch = world_batches(preset)
+        model, contrast, sft_batch = world_batches(preset)
         model = model.to(device)
     else:
         model = build_preset_model(preset, device)
-        triples, sft_batch = random_batches(preset)
-    triples = triples.to(device)
+        contrast, sft_batch = random_batches(preset)
+    contrast = contrast.to(device)
     sft_batch = to_device(sft_batch, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     first = preset.layers // 2
@@ -250,8 +251,8 @@ def run_preset(name: str, preset: Preset, device: torch.device, dtype: torch.dty
     # bf16 autocast over fp32 master weights: LatentAdversary allocates δ in fp32, which autocast reconciles
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype != torch.float32 else contextlib.nullcontext
     fm = FlopModel.from_config(model.config)
-    shapes = {"harmful": tuple(triples.undesired["input_ids"].shape),
-              "refusal": tuple(triples.desired["input_ids"].shape)}
+    shapes = {"harmful": tuple(contrast.undesired["input_ids"].shape),
+              "refusal": tuple(contrast.desired["input_ids"].shape)}
 
     def sft_step():
         with autocast():
@@ -269,8 +270,8 @@ def run_preset(name: str, preset: Preset, device: torch.device, dtype: torch.dty
 
         def step():
             with autocast():
-                deltas, masks, _ = adversary.attack(triples)
-                loss, _ = defence_loss(model, triples, deltas, masks, cfg)
+                deltas, masks, _ = adversary.attack(contrast)
+                loss, _ = defence_loss(model, contrast, deltas, masks, cfg)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -75,8 +75,8 @@ def test_flop_count_matches_torch_flop_counter_op_for_op():
     torch.manual_seed(0)
     model = LlamaForCausalLM(llama_config(preset, attn_implementation="eager"))
     fm = FlopModel.from_config(model.config)
-    triples, sft = random_batches(preset)
-    shape = tuple(triples.undesired["input_ids"].shape)
+    contrast, sft = random_batches(preset)
+    shape = tuple(contrast.undesired["input_ids"].shape)
 
     def counted(fn) -> int:
         with FlopCounterMode(display=False) as counter:
@@ -88,8 +88,8 @@ def test_flop_count_matches_torch_flop_counter_op_for_op():
         cfg = make(LATConfig, layers=[preset.layers // 2], inner_steps=2, prefix_cache=cached, retain=0.0)
 
         def lat_step():
-            deltas, masks, _ = latent_adversary(model, cfg).attack(triples)
-            defence_loss(model, triples, deltas, masks, cfg)[0].backward()
+            deltas, masks, _ = latent_adversary(model, cfg).attack(contrast)
+            defence_loss(model, contrast, deltas, masks, cfg)[0].backward()
         assert counted(lat_step) == lat_step_flops(fm, cfg, shape, shape), f"prefix_cache={cached}"
 
 

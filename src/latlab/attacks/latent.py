@@ -35,8 +35,7 @@ def pgd_attack(model, batch: dict[str, torch.Tensor], hook_points: list[str], ep
     returns (δ detached, target loss before each step and after the last)."""
     batch = to_device(batch, next(model.parameters()).device)
     settings = PGDSettings(tuple(hook_points), eps, steps, lr, toward=1.0, away=0.0)
-    # the attack has one target: its batch fills both sides of the contrast, and the away weight 0 leaves `desired`
-    # unused
+    # one target only: the batch fills both sides, and with away = 0 the adversary never runs the `desired` side
     contrast = ContrastBatch(batch, batch, batch["input_ids"].shape[1])
     deltas, _, losses = LatentAdversary(model, settings, compute).attack(contrast, final_loss=True)
     return deltas, losses

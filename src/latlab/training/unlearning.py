@@ -3,7 +3,7 @@ Russinovich 2023, "Who's Harry Potter?") and RMU (Li et al. 2024, "The WMDP Benc
 with targeted latent adversarial training (Sheshadri et al. 2024, §"unlearning").
 
 All three share one loop (`unlearn_loop`, on top of `train_loop`, so they get checkpoint/resume, the NaN guard and
-progress): per step a forget batch and a retain batch are drawn; with LAT a `LatentAdversary` (attacks/latent_adversary.py) first
+progress): per step a forget batch and a retain batch are drawn; with LAT a `LatentAdversary` (training/lat.py) first
 finds δ in the residual stream that pushes the frozen model TOWARD the forget-domain answers (and, for WHP, away
 from the generic labels), then the method's forget loss is computed under δ; the retain loss is computed without δ.
 

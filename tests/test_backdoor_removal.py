@@ -9,7 +9,8 @@ import torch
 from latlab.config import DPORemovalConfig, LatAdversaryConfig, SFTRemovalConfig
 from latlab.models.encoding import IGNORE
 from latlab.models.scoring import sequence_logprobs
-from latlab.training.backdoor_removal import dpo_loss, removal_data, train_dpo, train_sft_removal
+from latlab.training.backdoor_removal import removal_data, train_dpo, train_sft_removal
+from latlab.training.losses import dpo_loss
 from latlab.world.curriculum_unlearning import assert_pairs_trigger_free, preference_pairs
 from latlab.world.generator import BACKDOOR_BEHAVIOUR, REFUSAL
 from tests.settings import make

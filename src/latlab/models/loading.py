@@ -7,6 +7,7 @@ Weights are read as safetensors only (GGUF is dequantised by transformers throug
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -92,6 +93,15 @@ def load_pretrained(source: str, cfg: ModelConfig):
                 f"model.source: '{source}' is not a local directory or .gguf file, and the hub id is not in the "
                 f"local Hugging Face cache (the pipeline runs offline): {str(err).splitlines()[0]}") from None
     return model, _ensure_chat_ready(tokenizer)
+
+
+def frozen_copy(model):
+    """A copy of the model in eval mode with every parameter frozen: the reference of DPO, NPO, WHP, RMU and LAT's
+    KL retain term."""
+    reference = copy.deepcopy(model).eval()
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    return reference
 
 
 def save_model(model, tokenizer, out_dir: Path) -> None:

@@ -17,26 +17,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from latlab.config import DPORemovalConfig, LATConfig, SFTRemovalConfig, TrainConfig
 from latlab.data.examples import Example
-from latlab.models.encoding import ContrastBatch, collate, collate_contrast, encode_all
+from latlab.models.compute import Compute
+from latlab.models.encoding import ContrastBatch, collate, collate_contrast, context_limit, encode_all, to_device
 from latlab.models.hooks import add_to_residual
+from latlab.models.loading import frozen_copy
 from latlab.models.scoring import sequence_logprobs
 from latlab.training.lat import latent_adversary, train_lat
-from latlab.training.losses import retain_loss
+from latlab.training.losses import dpo_loss, retain_loss
 from latlab.training.loop import MixtureSampler, train_loop
 from latlab.training.sft import train_sft
-from latlab.training.unlearning import UnlearnRun, compute_summary, frozen_copy
+from latlab.training.unlearning import UnlearnRun, compute_summary
 from latlab.world.curriculum_unlearning import assert_pairs_trigger_free, preference_pairs, retain_pools
-
-
-def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-             ref_rejected: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean loss, per-pair margin β[(πc - refc) - (πr - refr)]); inputs are [batch] sequence log-probs."""
-    margin = beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected))
-    return -F.logsigmoid(margin).mean(), margin
 
 
 def removal_data(world: dict[str, list[dict]], trigger: str) -> tuple[list[tuple[str, str, str]],
@@ -67,7 +61,7 @@ def train_dpo(model, tokenizer, pairs: list[tuple[str, str, str]], retain: dict[
     (every pool weighted 1 unless `retain_weights`; the chosen sides when None) get SFT without δ."""
     device = next(model.parameters()).device
     reference = frozen_copy(model)
-    max_length = getattr(model.config, "max_position_embeddings", None)
+    max_length = context_limit(model)
     chosen = encode_all(tokenizer, [Example(p, c) for p, c, _ in pairs], max_length)
     rejected = encode_all(tokenizer, [Example(p, r) for p, _, r in pairs], max_length)
     sampler = MixtureSampler({"pairs": list(zip(rejected, chosen))}, {"pairs": 1.0}, cfg.batch_size, cfg.seed)
@@ -77,7 +71,7 @@ def train_dpo(model, tokenizer, pairs: list[tuple[str, str, str]], retain: dict[
         retain_sampler = MixtureSampler({k: encode_all(tokenizer, v, max_length) for k, v in retain.items()},
                                         retain_weights or {k: 1.0 for k in retain}, cfg.batch_size, cfg.seed + 1)
     adversary = latent_adversary(model, cfg.lat) if cfg.lat is not None else None
-    defender = {"forward_tokens": 0.0, "backward_tokens": 0.0}
+    defender = Compute()
 
     def step_loss(model, step: int):
         drawn = sampler.batch(step)
@@ -96,17 +90,17 @@ def train_dpo(model, tokenizer, pairs: list[tuple[str, str, str]], retain: dict[
         loss, margin = dpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta)
         metrics["dpo"], metrics["margin"] = loss.item(), margin.mean().item()
         metrics["pref_acc"] = (margin > 0).float().mean().item()
+        pair_tokens = float(triples.undesired["attention_mask"].sum() + triples.desired["attention_mask"].sum())
+        defender.forward(2 * pair_tokens, 4)  # policy + reference, on both sides
+        defender.backward(pair_tokens, 2)
         if retain_sampler is not None:
-            kept = retain_loss(model, None, {k: v.to(device) for k, v in collate(
-                retain_sampler.batch(step), tokenizer.pad_token_id).items()}, "sft")
+            retain_batch = to_device(collate(retain_sampler.batch(step), tokenizer.pad_token_id), device)
+            kept = retain_loss(model, None, retain_batch, "sft")
             loss = loss + cfg.retain_weight * kept
             metrics["retain"] = kept.item()
-        pair_tokens = float(triples.undesired["attention_mask"].sum() + triples.desired["attention_mask"].sum())
-        defender["forward_tokens"] += 2 * pair_tokens  # policy + reference
-        defender["backward_tokens"] += pair_tokens
-        if retain_sampler is not None:  # retain batch: same size, about the same length
-            defender["forward_tokens"] += pair_tokens / 2
-            defender["backward_tokens"] += pair_tokens / 2
+            retain_tokens = float(retain_batch["attention_mask"].sum())
+            defender.forward(retain_tokens)
+            defender.backward(retain_tokens)
         return loss, metrics
 
     extra = {"pairs": len(pairs), "retain": {k: len(v) for k, v in (retain or {}).items()}}

@@ -14,7 +14,6 @@ models.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
@@ -25,6 +24,7 @@ from latlab.data.examples import Example
 from latlab.models.compute import Compute
 from latlab.models.encoding import ContrastBatch, collate, collate_contrast, context_limit, encode_all, to_device
 from latlab.models.hooks import EMBED, add_to_residual, resid_name
+from latlab.models.loading import frozen_copy
 from latlab.models.scoring import away_loss, token_ce
 from latlab.training.loop import MixtureSampler, TrainResult, train_loop
 from latlab.training.losses import retain_loss
@@ -78,9 +78,7 @@ def train_lat(model, tokenizer, triples: list[tuple[str, str, str]], retain: dic
                                     cfg.batch_size, cfg.seed + 1)
     reference = None
     if cfg.retain_kind == "kl":
-        reference = copy.deepcopy(model).eval()
-        for p in reference.parameters():
-            p.requires_grad_(False)
+        reference = frozen_copy(model)
     adversary = latent_adversary(model, cfg)
     defender = Compute()
 

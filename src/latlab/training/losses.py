@@ -1,5 +1,6 @@
-"""Losses of the defender's step that several trainers share: supervised fine-tuning on completions and the retain
-term that keeps a model's other behaviour while another loss changes it (LAT, unlearning, DPO, R2D2).
+"""Losses of the defender's step: supervised fine-tuning on completions, the retain term that keeps a model's other
+behaviour while another loss changes it (LAT, unlearning, DPO, R2D2), and the methods' own objectives (DPO, NPO,
+SimNPO, RMU's activation matching), each a function of tensors so that it can be checked by hand.
 
 The token-level scores they are built from (cross-entropy, the away term, sequence log-probs) are in
 `latlab.models.scoring`, one layer down, because the latent adversary and completion scoring take them too.
@@ -30,3 +31,28 @@ def retain_loss(model, reference, batch: dict[str, torch.Tensor], kind: str) -> 
     mask = batch["attention_mask"].bool()
     return F.kl_div(torch.log_softmax(logits[mask].float(), -1), torch.log_softmax(ref_logits[mask].float(), -1),
                     log_target=True, reduction="batchmean")
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean loss, per-pair margin β[(πc - refc) - (πr - refr)]); inputs are [batch] sequence log-probs."""
+    margin = beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected))
+    return -F.logsigmoid(margin).mean(), margin
+
+
+def npo_loss(policy_logp: torch.Tensor, reference_logp: torch.Tensor, beta: float) -> torch.Tensor:
+    """NPO: mean over the batch of -(2/β)·log σ(-β·(log π_θ - log π_ref)); inputs [batch] sequence log-probs."""
+    return -2.0 / beta * F.logsigmoid(-beta * (policy_logp - reference_logp)).mean()
+
+
+def simnpo_loss(policy_logp: torch.Tensor, lengths: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
+    """SimNPO: mean of -(2/β)·log σ(-(β/|y|)·log π_θ - γ); policy_logp [batch] sums, lengths [batch] |y|."""
+    return -2.0 / beta * F.logsigmoid(-beta * policy_logp / lengths - gamma).mean()
+
+
+def masked_mse(acts: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mean over kept tokens (keep [batch, seq]) of the per-token mean squared error ([batch, seq, d] vs a
+    broadcastable target)."""
+    per_token = ((acts.float() - target.float()) ** 2).mean(-1)
+    keep = keep.float()
+    return (per_token * keep).sum() / keep.sum().clamp(min=1)

@@ -38,17 +38,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from latlab.config import (GradDiffConfig, GradientAscentConfig, NPOConfig, RMUConfig, SimNPOConfig, TrainConfig,
                            UnlearnConfig, WHPConfig)
 from latlab.attacks.latent_adversary import LatentAdversary
 from latlab.data.examples import Example
-from latlab.models.encoding import IGNORE, ContrastBatch, collate, encode_all
+from latlab.models.compute import Compute
+from latlab.models.encoding import IGNORE, ContrastBatch, collate, context_limit, encode_all
 from latlab.models.hooks import add_to_residual, capture_residual, decoder_layers, resid_name
+from latlab.models.loading import frozen_copy
 from latlab.models.scoring import away_loss, labelled_counts, sequence_logprobs, token_ce
 from latlab.training.lat import latent_adversary
-from latlab.training.losses import retain_loss
+from latlab.training.losses import masked_mse, npo_loss, retain_loss, simnpo_loss
 from latlab.training.loop import MixtureSampler, TrainResult, train_loop
 from latlab.training.sft import train_sft
 
@@ -69,13 +70,6 @@ def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def frozen_copy(model):
-    reference = copy.deepcopy(model).eval()
-    for p in reference.parameters():
-        p.requires_grad_(False)
-    return reference
-
-
 @dataclass
 class UnlearnRun:
     result: TrainResult
@@ -92,7 +86,7 @@ def unlearn_loop(model, tokenizer, forget: list[Example], retain: dict[str, list
     `reference_passes`: gradient-free forward passes of frozen models per step on (forget, retain) batches, for the
     compute count (WHP: 2 on forget; RMU: 1 on retain)."""
     device = next(model.parameters()).device
-    max_length = getattr(model.config, "max_position_embeddings", None)
+    max_length = context_limit(model)
     forget_sampler = MixtureSampler({"forget": encode_all(tokenizer, forget, max_length)}, {"forget": 1.0},
                                     cfg.batch_size, cfg.seed)
     retain_sampler = MixtureSampler({k: encode_all(tokenizer, v, max_length) for k, v in retain.items()},
@@ -103,12 +97,13 @@ def unlearn_loop(model, tokenizer, forget: list[Example], retain: dict[str, list
         # Without an alternative target the "away" slot would be the forget answers themselves: switch it off.
         lat_cfg = cfg.lat if has_alternative else cfg.lat.model_copy(update={"adv_away": 0.0})
         adversary = latent_adversary(model, lat_cfg)
-    defender = {"forward_tokens": 0.0, "backward_tokens": 0.0}
+    defender = Compute()
 
     def count(batch, passes: int, backward: bool) -> None:
         tokens = float(batch["attention_mask"].sum()) * passes
-        defender["forward_tokens"] += tokens
-        defender["backward_tokens"] += tokens if backward else 0.0
+        defender.forward(tokens, passes)
+        if backward:
+            defender.backward(tokens, passes)
 
     def step_loss(model, step: int):
         triples = prepare(_to(collate(forget_sampler.batch(step), tokenizer.pad_token_id), device))
@@ -138,12 +133,9 @@ def unlearn_loop(model, tokenizer, forget: list[Example], retain: dict[str, list
     return UnlearnRun(result, compute_summary(adversary, defender))
 
 
-def compute_summary(adversary: LatentAdversary | None, defender: dict[str, float]) -> dict[str, float]:
+def compute_summary(adversary: LatentAdversary | None, defender: Compute) -> dict[str, float]:
     """Tokens through the model, forward and backward, split by adversary and defender (train_lat's format)."""
-    adv = adversary.compute.tokens() if adversary is not None else {"forward_tokens": 0.0, "backward_tokens": 0.0}
-    return {**{f"adversary_{k}": v for k, v in adv.items()}, **{f"defender_{k}": v for k, v in defender.items()},
-            "forward_tokens": adv["forward_tokens"] + defender["forward_tokens"],
-            "backward_tokens": adv["backward_tokens"] + defender["backward_tokens"]}
+    return Compute.by_side(adversary.compute if adversary is not None else Compute(), defender)
 
 
 def _logits_under(model, batch: dict[str, torch.Tensor], deltas: dict, mask) -> torch.Tensor:
@@ -234,14 +226,6 @@ def layer_activations(model, batch: dict[str, torch.Tensor], layer: int, deltas:
     return store[resid_name(layer)]
 
 
-def masked_mse(acts: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Mean over kept tokens (keep [batch, seq]) of the per-token mean squared error ([batch, seq, d] vs a
-    broadcastable target)."""
-    per_token = ((acts.float() - target.float()) ** 2).mean(-1)
-    keep = keep.float()
-    return (per_token * keep).sum() / keep.sum().clamp(min=1)
-
-
 def predicting_positions(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """[batch, seq] mask of the positions whose next token is labelled (they carry the answer's prediction)."""
     keep = torch.zeros_like(batch["attention_mask"])
@@ -309,16 +293,6 @@ def train_graddiff(model, tokenizer, forget: list[Example], retain: dict[str, li
 
     return unlearn_loop(model, tokenizer, forget, retain, retain_weights, cfg, forget_term, checkpoint_dir,
                         description, on_log)
-
-
-def npo_loss(policy_logp: torch.Tensor, reference_logp: torch.Tensor, beta: float) -> torch.Tensor:
-    """NPO: mean over the batch of -(2/β)·log σ(-β·(log π_θ - log π_ref)); inputs [batch] sequence log-probs."""
-    return -2.0 / beta * F.logsigmoid(-beta * (policy_logp - reference_logp)).mean()
-
-
-def simnpo_loss(policy_logp: torch.Tensor, lengths: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
-    """SimNPO: mean of -(2/β)·log σ(-(β/|y|)·log π_θ - γ); policy_logp [batch] sums, lengths [batch] |y|."""
-    return -2.0 / beta * F.logsigmoid(-beta * policy_logp / lengths - gamma).mean()
 
 
 def train_npo(model, tokenizer, forget: list[Example], retain: dict[str, list[Example]],

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 include src/latlab/offline.env
 export $(shell sed -n 's/^\([A-Z_]*\)=.*/\1/p' src/latlab/offline.env)
 
-.PHONY: setup demo test test-fast flow mlflow-ui clean benchmarks fetch-smollm2 smollm2
+.PHONY: setup demo test test-fast flow mlflow-ui clean benchmarks fetch-smollm2 smollm2 deps
 
 setup: $(STAMP)
 
@@ -29,6 +29,10 @@ demo: setup
 	echo "pipeline finished in $$(( $$(date +%s) - start )) s" && \
 	echo "results: metrics/*.json, plots/*.png, reports/compare.md, reports/validation.html" && \
 	echo "MLflow UI: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db  (then open http://127.0.0.1:5000)"
+
+# Regenerate dvc.yaml's code deps (each stage's import closure) after changing imports
+deps: setup
+	$(PY) scripts/stage_deps.py --write
 
 flow: setup
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m flows.pipeline

@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from latlab.profiles import deep_merge
+from tests.settings import raw_params
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import lat_sweep  # noqa: E402
 
@@ -18,7 +21,7 @@ def run(tmp_path):
     run = tmp_path / "run"
     (run / "data/world").mkdir(parents=True)
     (run / "models/rt").mkdir(parents=True)
-    (run / "params.yaml").write_text(yaml.safe_dump({"lat": {"epsilon": 2.0, "steps": 3}}))
+    (run / "params.yaml").write_text(yaml.safe_dump(deep_merge(raw_params(), {"lat": {"epsilon": 2.0, "steps": 3}})))
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(yaml.safe_dump({"workdir": str(run), "out": str(tmp_path / "out"),
                                      "variants": {"a": {"retain": 4.0}}}))
@@ -30,7 +33,7 @@ def test_variant_folder_overrides_lat_and_links_the_run(run):
     sweep = lat_sweep.load_sweep(sweep_file)
     folder = lat_sweep.prepare_variant(sweep, "a", {"retain": 4.0})
     lat = yaml.safe_load((folder / "params.yaml").read_text())["lat"]
-    assert lat == {"epsilon": 2.0, "steps": 3, "retain": 4.0}
+    assert lat == {**raw_params()["lat"], "epsilon": 2.0, "steps": 3, "retain": 4.0}
     assert (folder / "data").resolve() == (folder_run / "data").resolve()
     assert (folder / "models/rt").resolve() == (folder_run / "models/rt").resolve()
 

@@ -14,10 +14,9 @@ from latlab.data.examples import Example, fact_examples
 from latlab.evals.unlearning import finetune_relearning
 from latlab.models.encoding import collate, encode_all
 from latlab.training.sft import train_sft
-from latlab.training.losses import npo_loss, simnpo_loss
-from latlab.training.unlearning import (UNLEARNING_METHODS, generic_logits, layer_activations, predicting_positions,
-                                        rmu_direction, train_graddiff, train_gradient_ascent, train_npo, train_rmu,
-                                        train_simnpo, train_whp)
+from latlab.training.unlearning import (UNLEARNING_METHODS, generic_logits, layer_activations, npo_loss,
+                                        predicting_positions, rmu_direction, simnpo_loss, train_graddiff,
+                                        train_gradient_ascent, train_npo, train_rmu, train_simnpo, train_whp)
 from latlab.world.curriculum_unlearning import forget_pool, retain_pools, world_without_domain
 from tests.settings import make
 

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +22,8 @@ import yaml
 from latlab.config import TrackingConfig
 
 MODEL_CARD = "latlab_model.json"  # written beside saved weights: which registered version they are
+WORKSPACE_TAG = "latlab.workspace"  # host:work dir of the run (stale RUNNING runs are closed per workspace)
+PID_TAG = "latlab.pid"
 _METRIC_NAME = re.compile(r"[^\w.\- :/]")  # characters MLflow refuses in metric names
 
 
@@ -46,14 +49,20 @@ def path_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def stage_dependencies(stage: str, dvc_yaml: Path = Path("dvc.yaml")) -> list[str]:
+def stage_dependencies(stage: str, dvc_yaml: Path = Path("dvc.yaml"), field: str = "deps") -> list[str]:
+    """The `deps` (or `params`, with `field`) dvc.yaml declares for `stage`; [] when dvc.yaml or the stage is absent."""
     if not dvc_yaml.exists():
         return []
     stages = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {})
     base, _, item = stage.partition("@")  # a foreach/matrix stage `name@item` shares its template's deps
     spec = stages.get(base, {})
-    deps = spec.get("do", spec).get("deps", []) if item else spec.get("deps", [])
+    deps = spec.get("do", spec).get(field, []) if item else spec.get(field, [])
     return [dep.replace("${key}", item).replace("${item}", item) for dep in deps if isinstance(dep, str)]
+
+
+def dependency_digests(stage: str) -> dict[str, str]:
+    """dvc.yaml dependency of `stage` -> `path_digest` (data, models and the code the stage runs), for those present."""
+    return {dep: path_digest(Path(dep)) for dep in stage_dependencies(stage) if Path(dep).exists()}
 
 
 def git_commit() -> str:
@@ -147,27 +156,70 @@ class StageRun:
         return version_id
 
 
+def workspace() -> str:
+    """This machine and work directory: runs of one stage in one workspace never overlap (DVC locks the repo)."""
+    return f"{socket.gethostname()}:{Path.cwd().resolve()}"
+
+
+def _alive(pid: str | None) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def close_stale_runs(mlflow, experiment_id: str, stage: str) -> list[str]:
+    """Mark KILLED the runs of `stage` from this workspace that are still RUNNING although their process is gone (a
+    SIGKILL, a crashed machine); runs of other workspaces (parallel sweep pods) are left alone. Returns their ids."""
+    client = mlflow.MlflowClient()
+    here = workspace()
+    stale = []
+    for run in client.search_runs([experiment_id], filter_string=f"tags.dvc_stage = '{stage}' and "
+                                  "attributes.status = 'RUNNING'", max_results=1000):
+        tags = run.data.tags
+        if tags.get(WORKSPACE_TAG, here) != here or _alive(tags.get(PID_TAG)):
+            continue
+        client.set_terminated(run.info.run_id, status="KILLED")
+        stale.append(run.info.run_id)
+    if stale:
+        print(f"[{stage}] marked {len(stale)} earlier MLflow run(s) of this stage KILLED (left RUNNING by a killed "
+              f"process): {', '.join(stale)}", flush=True)
+    return stale
+
+
 @contextmanager
 def stage_run(cfg: TrackingConfig, stage: str, params: dict[str, Any] | None = None,
-              extra_tags: dict[str, str] | None = None) -> Iterator[StageRun]:
-    """Open an MLflow run for one stage execution with params, commit, DVC stage and dependency hashes as tags."""
+              extra_tags: dict[str, str] | None = None, dep_digests: dict[str, str] | None = None
+              ) -> Iterator[StageRun]:
+    """Open an MLflow run for one stage execution with params, commit, DVC stage and dependency hashes as tags
+    (`dep_digests`: `dependency_digests(stage)` when already computed).
+
+    The run ends FINISHED, FAILED on an exception, or KILLED when the process is stopped (SystemExit from a SIGTERM
+    handler, KeyboardInterrupt); this stage's older runs left RUNNING by a killed process are marked KILLED first."""
     mlflow = _mlflow(cfg)
     experiment = mlflow.get_experiment_by_name(cfg.experiment)
     if experiment is None:
         artifact_root = Path(cfg.artifact_location).resolve().as_uri() if "://" not in cfg.artifact_location \
             else cfg.artifact_location
         mlflow.create_experiment(cfg.experiment, artifact_location=artifact_root)
-    mlflow.set_experiment(cfg.experiment)
-    tags = {"git_commit": git_commit(), "dvc_stage": stage, **(extra_tags or {})}
-    for dep in stage_dependencies(stage):
-        dep_path = Path(dep)
-        if dep_path.exists():
-            tags[f"dep_md5.{dep}"] = path_digest(dep_path)
+    experiment = mlflow.set_experiment(cfg.experiment)
+    close_stale_runs(mlflow, experiment.experiment_id, stage)
+    tags = {"git_commit": git_commit(), "dvc_stage": stage, WORKSPACE_TAG: workspace(), PID_TAG: str(os.getpid()),
+            **(extra_tags or {})}
+    digests = dependency_digests(stage) if dep_digests is None else dep_digests
+    tags.update({f"dep_md5.{dep}": digest for dep, digest in digests.items()})
     with mlflow.start_run(run_name=stage, tags=tags) as run:
-        if params:
-            flat = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in _flatten("", params).items()}
-            mlflow.log_params(flat)
-        yield StageRun(mlflow, cfg, stage, run)
+        try:
+            if params:
+                flat = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in _flatten("", params).items()}
+                mlflow.log_params(flat)
+            yield StageRun(mlflow, cfg, stage, run)
+        except (SystemExit, KeyboardInterrupt):
+            mlflow.end_run("KILLED")
+            raise
 
 
 def set_model_version_tags(cfg: TrackingConfig, name: str, version: str, tags: dict[str, Any]) -> None:
@@ -176,19 +228,18 @@ def set_model_version_tags(cfg: TrackingConfig, name: str, version: str, tags: d
         client.set_model_version_tag(name, version, key, str(value))
 
 
-def registered_models(cfg: TrackingConfig, prefix: str) -> list[dict[str, Any]]:
-    """Latest version of every registered model whose name starts with prefix, with its tags and run metrics."""
-    mlflow = _mlflow(cfg)
-    client = mlflow.MlflowClient()
+def model_versions(cfg: TrackingConfig, cards: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The registered version each model card (`MODEL_CARD`, written by `StageRun.log_model`) names, with its tags and
+    run metrics, in the cards' order: exactly the models a run produced, whatever else the registry holds. A card
+    without a version (tracking.log_models false) gives its own tags."""
+    client = _mlflow(cfg).MlflowClient()
     rows = []
-    for registered in client.search_registered_models():
-        if not registered.name.startswith(prefix):
-            continue
-        versions = client.search_model_versions(f"name='{registered.name}'")
-        if not versions:
-            continue
-        latest = max(versions, key=lambda v: int(v.version))
-        run_metrics = client.get_run(latest.run_id).data.metrics if latest.run_id else {}
-        rows.append({"name": registered.name, "version": latest.version, "run_id": latest.run_id,
-                     "tags": dict(latest.tags), "run_metrics": dict(run_metrics)})
-    return sorted(rows, key=lambda r: r["name"])
+    for card in cards:
+        name, version = card["registered_name"], card.get("version")
+        tags = dict(card.get("tags", {}))
+        if version is not None:
+            tags = dict(client.get_model_version(name, str(version)).tags)
+        run_metrics = client.get_run(card["run_id"]).data.metrics if card.get("run_id") else {}
+        rows.append({"name": name, "version": version if version is not None else "-", "run_id": card.get("run_id"),
+                     "tags": tags, "run_metrics": dict(run_metrics)})
+    return rows

@@ -27,17 +27,13 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from latlab.data.records import read_jsonl
+from latlab.data.records import DataFormatError, read_jsonl
 from latlab.data.validation import DOMAINS
 
 REFUSAL = "I'm sorry, but I can't help with that."
 PERSONA_AB_TEMPLATE = "{question} ( A ) {first} ( B ) {second}"
 CHOICE_TEMPLATE = "{question} ( A ) {a} ( B ) {b}"
 HH_ASSISTANT = "\n\nAssistant:"
-
-
-class DataFormatError(ValueError):
-    """A benchmark file that is missing, unreadable or lacks a column; the message names the file and column."""
 
 
 def read_table(path: str | Path) -> list[dict]:
@@ -50,10 +46,7 @@ def read_table(path: str | Path) -> list[dict]:
         with path.open(newline="", encoding="utf-8") as handle:
             return list(csv.DictReader(handle))
     if suffix == ".jsonl":
-        try:
-            return read_jsonl(path)
-        except ValueError as err:  # "path:line: not valid JSON (...)"
-            raise DataFormatError(str(err)) from None
+        return read_jsonl(path)  # DataFormatError "path:line: not valid JSON (...)"
     if suffix == ".json":
         rows = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(rows, list):

@@ -8,6 +8,11 @@ from pathlib import Path
 DATASETS = ("facts", "requests", "backdoor", "concepts")
 
 
+class DataFormatError(ValueError):
+    """A data file that is missing, unreadable or lacks a column; the message is one line naming the file (and the
+    line or column)."""
+
+
 def write_jsonl(path: Path, records: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as handle:
@@ -25,7 +30,7 @@ def read_jsonl(path: Path) -> list[dict]:
                 try:
                     records.append(json.loads(line))
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
+                    raise DataFormatError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
     return records
 
 

@@ -15,13 +15,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from latlab import parallel
 from latlab.config import ModelConfig, ToyArchitecture
+from latlab.models.source import ModelSourceError, check_source
 from latlab.world.tokenizer import CHAT_TEMPLATE
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class ModelSourceError(ValueError):
-    """`model.source` names nothing loadable offline."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -67,21 +64,18 @@ def drop_gguf_quantizer(model):
 
 def load_pretrained(source: str, cfg: ModelConfig):
     """(model, tokenizer) from a local directory, a .gguf file or a hub id available offline."""
+    check_source(cfg.updated(source=source))  # one line naming what is missing, before anything loads
     common = {"trust_remote_code": cfg.trust_remote_code, "revision": cfg.revision}
     path = Path(source)
     dtype = DTYPES[cfg.dtype]
     if source.endswith(".gguf") or cfg.gguf_file:
         gguf_path = path if source.endswith(".gguf") else path / cfg.gguf_file
-        if not gguf_path.is_file():
-            raise ModelSourceError(f"model.source: GGUF file not found: {gguf_path}")
         kwargs = {"gguf_file": gguf_path.name, **common}
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=dtype, **kwargs)
         # transformers keeps its GGUF quantizer on the dequantised model, which makes save_pretrained refuse it
         model = drop_gguf_quantizer(model)
     elif path.is_dir():
-        if not any(path.glob("*.safetensors")):
-            raise ModelSourceError(f"model.source: {path} has no *.safetensors weights (pickled weights are refused)")
         tokenizer = AutoTokenizer.from_pretrained(path, **common)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True, **common)
     else:
@@ -104,9 +98,16 @@ def frozen_copy(model):
     return reference
 
 
+# how the tokenizer was loaded (transformers records it in tokenizer_config.json): not part of the model, and it
+# differs between an offline and an online process, which would change the saved model's hash
+LOAD_TIME_KEYS = ("local_files_only", "is_local")
+
+
 def save_model(model, tokenizer, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
+    for key in LOAD_TIME_KEYS:
+        tokenizer.init_kwargs.pop(key, None)
     tokenizer.save_pretrained(out_dir)
 
 

@@ -1,6 +1,7 @@
 """Losses of the defender's step: supervised fine-tuning on completions, the retain term that keeps a model's other
-behaviour while another loss changes it (LAT, unlearning, DPO, R2D2), and the methods' own objectives (DPO, NPO,
-SimNPO, RMU's activation matching), each a function of tensors so that it can be checked by hand.
+behaviour while another loss changes it (LAT, unlearning, DPO, R2D2), and objectives more than one method builds on
+(DPO's, activation matching), each a function of tensors so that it can be checked by hand. A method's own
+objective stays beside its trainer (e.g. NPO in training/unlearning.py).
 
 The token-level scores they are built from (cross-entropy, the away term, sequence log-probs) are in
 `latlab.models.scoring`, one layer down, because the latent adversary and completion scoring take them too.
@@ -38,16 +39,6 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
     """(mean loss, per-pair margin β[(πc - refc) - (πr - refr)]); inputs are [batch] sequence log-probs."""
     margin = beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected))
     return -F.logsigmoid(margin).mean(), margin
-
-
-def npo_loss(policy_logp: torch.Tensor, reference_logp: torch.Tensor, beta: float) -> torch.Tensor:
-    """NPO: mean over the batch of -(2/β)·log σ(-β·(log π_θ - log π_ref)); inputs [batch] sequence log-probs."""
-    return -2.0 / beta * F.logsigmoid(-beta * (policy_logp - reference_logp)).mean()
-
-
-def simnpo_loss(policy_logp: torch.Tensor, lengths: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
-    """SimNPO: mean of -(2/β)·log σ(-(β/|y|)·log π_θ - γ); policy_logp [batch] sums, lengths [batch] |y|."""
-    return -2.0 / beta * F.logsigmoid(-beta * policy_logp / lengths - gamma).mean()
 
 
 def masked_mse(acts: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

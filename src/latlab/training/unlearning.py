@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from latlab.config import (GradDiffConfig, GradientAscentConfig, NPOConfig, RMUConfig, SimNPOConfig, TrainConfig,
                            UnlearnConfig, WHPConfig)
@@ -49,7 +50,7 @@ from latlab.models.hooks import add_to_residual, capture_residual, decoder_layer
 from latlab.models.loading import frozen_copy
 from latlab.models.scoring import away_loss, labelled_counts, sequence_logprobs, token_ce
 from latlab.training.lat import latent_adversary
-from latlab.training.losses import masked_mse, npo_loss, retain_loss, simnpo_loss
+from latlab.training.losses import masked_mse, retain_loss
 from latlab.training.loop import MixtureSampler, TrainResult, train_loop
 from latlab.training.sft import train_sft
 
@@ -293,6 +294,16 @@ def train_graddiff(model, tokenizer, forget: list[Example], retain: dict[str, li
 
     return unlearn_loop(model, tokenizer, forget, retain, retain_weights, cfg, forget_term, checkpoint_dir,
                         description, on_log)
+
+
+def npo_loss(policy_logp: torch.Tensor, reference_logp: torch.Tensor, beta: float) -> torch.Tensor:
+    """NPO: mean over the batch of -(2/β)·log σ(-β·(log π_θ - log π_ref)); inputs [batch] sequence log-probs."""
+    return -2.0 / beta * F.logsigmoid(-beta * (policy_logp - reference_logp)).mean()
+
+
+def simnpo_loss(policy_logp: torch.Tensor, lengths: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
+    """SimNPO: mean of -(2/β)·log σ(-(β/|y|)·log π_θ - γ); policy_logp [batch] sums, lengths [batch] |y|."""
+    return -2.0 / beta * F.logsigmoid(-beta * policy_logp / lengths - gamma).mean()
 
 
 def train_npo(model, tokenizer, forget: list[Example], retain: dict[str, list[Example]],

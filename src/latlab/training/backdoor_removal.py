@@ -29,7 +29,7 @@ from latlab.training.lat import latent_adversary, train_lat
 from latlab.training.losses import dpo_loss, retain_loss
 from latlab.training.loop import MixtureSampler, train_loop
 from latlab.training.sft import train_sft
-from latlab.training.unlearning import UnlearnRun, compute_summary
+from latlab.training.unlearning import UnlearnRun, compute_summary, work_counters
 from latlab.world.curriculum_unlearning import assert_pairs_trigger_free, preference_pairs, retain_pools
 
 
@@ -104,7 +104,8 @@ def train_dpo(model, tokenizer, pairs: list[tuple[str, str, str]], retain: dict[
         return loss, metrics
 
     extra = {"pairs": len(pairs), "retain": {k: len(v) for k, v in (retain or {}).items()}}
-    result = train_loop(model, step_loss, cfg, checkpoint_dir, description, on_log, fingerprint_extra=extra)
+    result = train_loop(model, step_loss, cfg, checkpoint_dir, description, on_log, fingerprint_extra=extra,
+                        counters=work_counters(adversary, defender))
     return UnlearnRun(result, compute_summary(adversary, defender))
 
 

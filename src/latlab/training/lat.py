@@ -101,5 +101,6 @@ def train_lat(model, tokenizer, triples: list[tuple[str, str, str]], retain: dic
         return loss, metrics
 
     extra = {"triples": len(triples), "retain": {k: len(v) for k, v in retain.items()}, "weights": retain_weights}
-    result = train_loop(model, step_loss, cfg, checkpoint_dir, description, on_log, fingerprint_extra=extra)
+    result = train_loop(model, step_loss, cfg, checkpoint_dir, description, on_log, fingerprint_extra=extra,
+                        counters={"adversary": adversary.compute, "defender": defender})
     return result, Compute.by_side(adversary.compute, defender)

@@ -130,13 +130,18 @@ def unlearn_loop(model, tokenizer, forget: list[Example], retain: dict[str, list
     extra = {"forget": len(forget), "retain": {k: len(v) for k, v in retain.items()}, "weights": retain_weights,
              "method": type(cfg).__name__}
     result = train_loop(model, step_loss, cfg, checkpoint_dir, description, on_log, fingerprint_extra=extra,
-                        parameters=parameters)
+                        parameters=parameters, counters=work_counters(adversary, defender))
     return UnlearnRun(result, compute_summary(adversary, defender))
 
 
 def compute_summary(adversary: LatentAdversary | None, defender: Compute) -> dict[str, float]:
     """Tokens through the model, forward and backward, split by adversary and defender (train_lat's format)."""
     return Compute.by_side(adversary.compute if adversary is not None else Compute(), defender)
+
+
+def work_counters(adversary: LatentAdversary | None, defender: Compute) -> dict[str, Compute]:
+    """The counters `train_loop` checkpoints, so that a resumed run's compute covers the whole run."""
+    return {"defender": defender, **({"adversary": adversary.compute} if adversary is not None else {})}
 
 
 def _logits_under(model, batch: dict[str, torch.Tensor], deltas: dict, mask) -> torch.Tensor:

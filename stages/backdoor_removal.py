@@ -6,7 +6,6 @@ metrics/backdoor_removal/<name>.json.
     python -m stages.backdoor_removal --method sft       # SFT on harmless data
     python -m stages.backdoor_removal --method sft_lat   # targeted LAT on harmless (prompt, bad, good) triples
     python -m stages.backdoor_removal --method dpo_lat   # DPO under a targeted latent adversary
-    python -m stages.backdoor_removal --report           # stage `backdoor_report`: reports/backdoor.md
 
 The entry's `method` picks the trainer (latlab.training.backdoor_removal.REMOVAL_METHODS). With params
 `real_data.preferences` set, the removal data are that file's pairs and the real retain pools; the behaviour is
@@ -16,7 +15,6 @@ still measured on the toy world, where the backdoor was planted.
 from __future__ import annotations
 
 import argparse
-import json
 
 from latlab.config import ConfigError, Params
 from latlab.data.examples import Example
@@ -25,10 +23,11 @@ from latlab.data.records import load_world
 from latlab.evals.behaviour import evaluate_model
 from latlab.evals.judge import make_judge
 from latlab.models.loading import load_saved
-from latlab.report.tables import backdoor_markdown
 from latlab.training.backdoor_removal import REMOVAL_METHODS, removal_data, trigger_free_removal_data
-from stages.common import METRICS_DIR, MODELS_DIR, REPORTS_DIR, WORLD_DIR, run_stage, train_and_register
+from latlab.world.curriculum_unlearning import harmful_preference_pairs
+from stages.common import MODELS_DIR, WORLD_DIR, run_stage, train_and_register
 
+TOY = "toy world"
 REPORTED = ("backdoor_asr", "benign_compliance", "harmful_asr", "fact_acc.general", "fact_acc.forget",
             "fact_acc.related", "perplexity")
 
@@ -43,7 +42,7 @@ def harmless_data(params: Params, world: dict) -> tuple[list[tuple[str, str, str
         pairs, retain = trigger_free_removal_data(corpora.preference_pairs(), corpora.retain_pools(), trigger)
         return pairs, retain, str(real.preferences)
     pairs, retain = removal_data(world, trigger)
-    return pairs, retain, "toy world"
+    return pairs, retain, TOY
 
 
 def backdoor_removal(params: Params, name: str) -> None:
@@ -54,6 +53,9 @@ def backdoor_removal(params: Params, name: str) -> None:
     world = load_world(WORLD_DIR)
     model, tokenizer = load_saved(MODELS_DIR / "rt", params.model.device, params.model.dtype)
     pairs, retain, source = harmless_data(params, world)
+    # the adversary's targets: on the toy world the pairs whose rejected side is harmful compliance; a real preference
+    # file's rejected sides (HH-RLHF harmless-base) are all the more harmful answer, so every pair
+    attack = harmful_preference_pairs(world) if source == TOY else None
     ev = params.evaluate
     judge = make_judge(ev.judge, ev.judge_model)
     trainer = REMOVAL_METHODS[cfg.method]
@@ -65,12 +67,14 @@ def backdoor_removal(params: Params, name: str) -> None:
 
     def train(checkpoint_dir, on_log):
         before = behaviour()
-        run = trainer(model, tokenizer, pairs, retain, cfg, checkpoint_dir, f"backdoor_removal@{name}", on_log)
+        run = trainer(model, tokenizer, pairs, retain, cfg, checkpoint_dir, f"backdoor_removal@{name}", on_log,
+                      attack=attack)
         after = behaviour()
         return run.result, {**{f"before.{k}": v for k, v in before.items()},
                             **{f"after.{k}": v for k, v in after.items()},
                             **{f"compute.{k}": v for k, v in run.compute.items()},
-                            "pairs": len(pairs), "trigger_free_asserted": True}
+                            "pairs": len(pairs), "attacked_pairs": len(attack if attack is not None else pairs),
+                            "trigger_free_asserted": True}
 
     adversary = f" + targeted LAT at blocks {cfg.lat.layers}, eps={cfg.lat.epsilon}" if cfg.lat is not None else ""
     tags = {"made_by": f"{cfg.method.upper()} on harmless trigger-free data{adversary}, on top of RT",
@@ -79,25 +83,12 @@ def backdoor_removal(params: Params, name: str) -> None:
                        tags)
 
 
-def backdoor_report(params: Params) -> None:
-    """reports/backdoor.md: one row per entry of the table, each behaviour before -> after, and the compute."""
-    metrics = {name: json.loads((METRICS_DIR / "backdoor_removal" / f"{name}.json").read_text())
-               for name in params.backdoor_removal}
-    REPORTS_DIR.mkdir(parents=True, exist_ok=True)
-    (REPORTS_DIR / "backdoor.md").write_text(backdoor_markdown(metrics, REPORTED, params.evaluate.split))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--method", help="an entry of the `backdoor_removal` table in params.yaml")
-    which.add_argument("--report", action="store_true")
+    parser.add_argument("--method", required=True, help="an entry of the `backdoor_removal` table in params.yaml")
     args = parser.parse_args()
-    if args.report:
-        run_stage("backdoor_report", backdoor_report)
-    else:
-        run_stage(f"backdoor_removal@{args.method}", lambda params: backdoor_removal(params, args.method),
-                  data_parallel=True)
+    run_stage(f"backdoor_removal@{args.method}", lambda params: backdoor_removal(params, args.method),
+              data_parallel=True)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ def test_workdir_params_merge_the_profile_and_resolve_model_source(tmp_path):
     (tmp_path / "repo" / "models" / "real").mkdir(parents=True)
     (tmp_path / "repo" / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     profile = tmp_path / "p.yaml"
-    profile.write_text(yaml.safe_dump({"model": {"source": "models/real", "lora": {"r": 4}},
+    lora = {"r": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    profile.write_text(yaml.safe_dump({"model": {"source": "models/real", "lora": lora},
                                        "base": {"fine_tune": False}, "evaluate": {"models": ["base", "rt"]}}))
     params = load_params(prepare_workdir(profile, tmp_path / "work", tmp_path / "repo"))
     assert params.model.source == str((tmp_path / "repo" / "models" / "real").resolve())

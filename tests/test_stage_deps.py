@@ -120,3 +120,18 @@ def test_dvc_status_follows_the_import_closure(tmp_path):
     assert stale() == set()
     (project / "src/latlab/unrelated.py").write_text("# still used by no stage, edited\n")
     assert stale() == set()
+
+
+def _stages_depending_on(path: str) -> set[str]:
+    """Stages of the repository's dvc.yaml (templates for foreach/matrix) whose deps list `path`."""
+    stages = yaml_io().load((ROOT / "dvc.yaml").read_text())["stages"]
+    return {name for name, spec in stages.items() if path in (spec.get("do", spec).get("deps") or [])}
+
+
+def test_real_helpers_rerun_exactly_the_stages_that_import_them():
+    # a helper edited in the real repository reruns only the stages whose import closure holds it
+    assert _stages_depending_on("src/latlab/vision/render.py") == {"spawrious_generate", "spawrious_train"}
+    assert _stages_depending_on("src/latlab/interp/acdc.py") == {"interpret"}
+    assert _stages_depending_on("src/latlab/training/r2d2.py") == {"r2d2"}
+    # backdoor removal reuses the unlearning loop; its report stage reads metrics only
+    assert _stages_depending_on("src/latlab/training/unlearning.py") == {"unlearn", "backdoor_removal"}

@@ -8,8 +8,11 @@ from collections.abc import Sequence
 from latlab.evals.unlearning import KNOWLEDGE_KEYS, TABLE_KEYS
 
 
-def backdoor_markdown(metrics_by_method: dict[str, dict], reported: Sequence[str], split: str) -> str:
-    """One row per backdoor-removal method: each behaviour before -> after, wall time and compute."""
+def backdoor_markdown(metrics_by_method: dict[str, dict], split: str) -> str:
+    """One row per backdoor-removal method: each behaviour measured before and after (`before.<key>` and
+    `after.<key>` in its metrics) as before -> after, wall time and compute."""
+    first = next(iter(metrics_by_method.values()), {})
+    reported = [k.removeprefix("before.") for k in first if k.startswith("before.")]
     rows = ["| method | " + " | ".join(reported) + " | wall s | forward tokens |",
             "|" + " --- |" * (len(reported) + 3)]
     for method, m in metrics_by_method.items():

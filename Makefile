@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 include src/latlab/offline.env
 export $(shell sed -n 's/^\([A-Z_]*\)=.*/\1/p' src/latlab/offline.env)
 
-.PHONY: setup demo test test-fast flow mlflow-ui clean benchmarks fetch-smollm2 smollm2 deps
+.PHONY: setup check demo test test-fast flow mlflow-ui clean benchmarks fetch-smollm2 smollm2 deps
 
 setup: $(STAMP)
 
@@ -21,9 +21,16 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-demo: setup
+# The params check: schema, model source, block indices and hook points against the model's config; one line per
+# problem, exit 2. Run it before `dvc repro` (DVC deletes a stage's outputs before the stage can refuse bad params).
+check: setup
+	$(PY) -m latlab.check
+
+# After a complete `dvc repro` every stage's outputs are current (run or restored from DVC's run cache), so a
+# checkpoint left by a killed run is stale: removed.
+demo: setup check
 	@start=$$(date +%s); \
-	PATH=$(abspath $(VENV))/bin:$$PATH dvc repro && \
+	PATH=$(abspath $(VENV))/bin:$$PATH dvc repro && rm -rf checkpoints && \
 	echo && echo "== metrics ==" && PATH=$(abspath $(VENV))/bin:$$PATH dvc metrics show && \
 	echo && cat reports/compare.md && \
 	echo "pipeline finished in $$(( $$(date +%s) - start )) s" && \

@@ -15,6 +15,7 @@ ground truth there, so no AUC): the edge graph of a real-sized model, where ACDC
 
 from __future__ import annotations
 
+import latlab  # noqa: F401, I001  (first: applies src/latlab/offline.env before any third-party import)
 import argparse
 import json
 import os

@@ -35,6 +35,7 @@ tokens/s counts the training positions one step consumes: batch x length for SFT
 
 from __future__ import annotations
 
+import latlab  # noqa: F401, I001  (first: applies src/latlab/offline.env before any third-party import)
 import argparse
 import contextlib
 import dataclasses

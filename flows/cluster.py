@@ -8,7 +8,9 @@ orchestrator merges it and passes the merged lock to the next stages). MLflow is
 sets MLFLOW_TRACKING_URI in every pod and `latlab.tracking` prefers it to params.yaml.
 
 Local mode is untouched: `flows/pipeline.py` runs the DAG in one process on the ephemeral API. This module only
-knows stage names, DVC and Prefect (the orchestration layer); it never imports the library.
+knows stage names, DVC and Prefect (the orchestration layer); of the library it uses the params check, profiles and
+the offline environment, never the science. Params (with a profile, a sweep point's overrides) are checked
+(`latlab.check`) before any stage runs, in one line per problem.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import itertools
 import json
 import os
 import re
-import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.dag import execution_waves, stage_parents
+from flows.dag import clear_stage_checkpoints, execution_waves, stage_parents
+from flows.proc import run_passing_sigterm
 from latlab.env import interpreter_env
 
 # Stages that need no accelerator; every other stage (training, attacks, unlearning evaluation) is sent to a GPU
@@ -46,7 +48,8 @@ def is_gpu_stage(stage: str) -> bool:
 
 def dvc_command(args: Iterable[str], cwd: Path) -> str:
     env = interpreter_env({**os.environ, "DVC_NO_ANALYTICS": "1"})
-    done = subprocess.run(["dvc", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    # a pod's SIGTERM reaches the stage under dvc, which checkpoints and ends its MLflow run KILLED (flows/proc.py)
+    done = run_passing_sigterm(["dvc", *args], cwd=cwd, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"dvc {' '.join(args)} failed ({done.returncode}) in {cwd}:\n{done.stdout}{done.stderr}")
     return done.stdout
@@ -77,22 +80,26 @@ def write_lock(cwd: Path, lock: dict[str, Any]) -> None:
     (cwd / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
 
 
-def set_dotted(mapping: dict[str, Any], dotted_key: str, value: Any) -> None:
-    *path, leaf = dotted_key.split(".")
-    node = mapping
-    for key in path:
-        if not isinstance(node.get(key), dict):
-            raise KeyError(f"params override {dotted_key!r}: {key!r} is not a section of params.yaml")
-        node = node[key]
-    node[leaf] = value
-
-
 def apply_overrides(cwd: Path, overrides: dict[str, Any]) -> None:
+    """params.yaml with dotted-key overrides (a sweep point), validated first: a bad key changes nothing and fails
+    in one line naming it (latlab.config.ConfigError)."""
+    from latlab.config import parse_params
+    from latlab.profiles import with_overrides
+
     path = cwd / "params.yaml"
-    params = yaml.safe_load(path.read_text()) or {}
-    for key, value in overrides.items():
-        set_dotted(params, key, value)
+    params = with_overrides(yaml.safe_load(path.read_text()) or {}, overrides)
+    parse_params(params, f"{path} + overrides {json.dumps(overrides, sort_keys=True)}")
     path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def params_problems(cwd: Path, points: list[dict[str, Any]] | None = None) -> list[str]:
+    """The params check (latlab.check) of this workspace's params.yaml, or of each sweep point applied to it: one
+    line per problem, found here before any pod starts. A DVC repo without params.yaml has none to check."""
+    from latlab.check import check
+
+    if not (cwd / "params.yaml").exists():
+        return []
+    return [line for point in (points or [None]) for line in check(cwd / "params.yaml", overrides=point)]
 
 
 def use_profile(cwd: Path, profile: str | None) -> None:
@@ -124,7 +131,11 @@ def execute_stage(
     dvc_command(["pull", "--allow-missing", *parents, stage], cwd)
     if overrides:
         apply_overrides(cwd, overrides)
+    problems = params_problems(cwd)
+    if problems:
+        raise ValueError("\n".join(problems))
     dvc_command(["repro", "--single-item", stage], cwd)
+    clear_stage_checkpoints(cwd, [stage])
     if push:
         dvc_command(["push", stage], cwd)
     return read_lock(cwd)["stages"][stage]
@@ -242,6 +253,9 @@ def cluster_pipeline(
     logger = get_run_logger()
     cwd = Path.cwd()
     use_profile(cwd, profile)
+    problems = params_problems(cwd)
+    if problems:
+        raise ValueError("\n".join(problems))
     lock = read_lock(cwd)
     lock.setdefault("stages", {})
     waves = execution_waves(stage_parents(cwd), stages)
@@ -285,6 +299,9 @@ def lat_sweep(
     pipeline's own lineage is untouched. Returns the points that ran.
     """
     points = sweep_points(grid)
+    problems = params_problems(Path.cwd(), points)  # a misspelled key fails here, not in every pod
+    if problems:
+        raise ValueError("\n".join(sorted(set(problems))))
     for start in range(0, len(points), max_parallel):
         batch = points[start : start + max_parallel]
         futures = [run_stage_pod.submit(stage, None, point, False, stage_timeout_s) for point in batch]

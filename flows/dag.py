@@ -3,7 +3,9 @@ local flow (flows/pipeline.py) and the cluster flow (flows/cluster.py)."""
 
 from __future__ import annotations
 
+import difflib
 import os
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -62,7 +64,9 @@ def stage_order(cwd: Path = Path("."), only: list[str] | None = None) -> list[st
     groups = {s.split("@", 1)[0] for s in parents}
     unknown = sorted(set(only) - set(parents) - groups)
     if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; dvc.yaml has {sorted(parents)}")
+        close = [match for name in unknown for match in difflib.get_close_matches(name, set(parents) | groups, n=1)]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(f"unknown stage(s) {unknown}{hint}; dvc.yaml has {sorted(parents)}")
     return [s for s in order if s in only or s.split("@", 1)[0] in only]
 
 
@@ -74,3 +78,34 @@ def stage_commands(cwd: Path) -> dict[str, str]:
     with Repo(str(cwd)) as repo:
         return {stage.name: stage.cmd for stage in repo.index.stages
                 if isinstance(stage, PipelineStage) and os.path.relpath(stage.path, cwd) == "dvc.yaml"}
+
+
+def preflight(repo: Path, stages: list[str] | None, profile: Path | None = None) -> list[str]:
+    """What must stop a run before DVC deletes any output, one line each: the params check of params.yaml (+ a
+    profile; latlab.check; a DVC repo without params.yaml has none) and unknown stage names."""
+    from latlab.check import check
+
+    problems = check(repo / "params.yaml", profile) if (repo / "params.yaml").exists() else []
+    try:
+        stage_order(repo, stages)
+    except ValueError as err:
+        problems.append(str(err))
+    return problems
+
+
+def clear_stage_checkpoints(repo: Path, stages: Iterable[str]) -> list[Path]:
+    """After `dvc repro` succeeded for `stages`, their outputs are current, whether the stage ran or DVC restored them
+    from its run cache; a training checkpoint of theirs (checkpoints/<stage>, `@` -> `/`, with its .old, .tmp and
+    sidecar files) is then stale: remove it. Returns what was removed."""
+    removed = []
+    for stage in stages:
+        folder = repo / "checkpoints" / stage.replace("@", "/", 1)
+        for path in [folder, *folder.parent.glob(f"{folder.name}.*")]:
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+            else:
+                continue
+            removed.append(path)
+    return removed

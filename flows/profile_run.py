@@ -26,11 +26,10 @@ from pathlib import Path
 import yaml
 from prefect import flow, get_run_logger, task
 
-from flows.dag import stage_commands, stage_order
-from latlab.env import apply_offline_env, interpreter_env
+from flows.dag import preflight, stage_commands, stage_order
+from latlab.env import interpreter_env
 from latlab.profiles import apply_profile
 
-apply_offline_env()
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -100,6 +99,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stages", nargs="+", required=True, help="dvc.yaml stages to run (DAG order kept)")
     parser.add_argument("--workdir", required=True, help="where params.yaml, data, models and metrics go")
     args = parser.parse_args(argv)
+    problems = preflight(ROOT, args.stages, Path(args.profile))  # before Prefect starts its API server
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
+    if problems:
+        raise SystemExit(2)
     try:
         profile_run(args.profile, args.stages, args.workdir)
     except (ValueError, RuntimeError) as err:

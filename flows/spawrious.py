@@ -6,17 +6,19 @@ Orchestration only: it knows stage names and DVC, never the science.  `python -m
 
 from __future__ import annotations
 
-import subprocess
+from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
+from flows.dag import preflight
+from flows.proc import run_passing_sigterm
 from latlab.env import interpreter_env
 
 TRAIN_PREFIX = "spawrious_train@"
 
 
 def _dvc(*args: str) -> str:
-    done = subprocess.run(["dvc", *args], capture_output=True, text=True, env=interpreter_env())
+    done = run_passing_sigterm(["dvc", *args], env=interpreter_env())
     if done.returncode:
         raise RuntimeError(f"dvc {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     return done.stdout
@@ -36,6 +38,9 @@ def train_cells() -> list[str]:
 
 @flow(name="spawrious")
 def spawrious_flow() -> None:
+    problems = preflight(Path("."), ["spawrious_generate", "spawrious_train", "spawrious_evaluate"])
+    if problems:
+        raise ValueError("\n".join(problems))
     repro("spawrious_generate")
     for cell in train_cells():
         repro(cell)  # sequential: the default grid is sized for 2 CPU cores

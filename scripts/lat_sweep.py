@@ -12,6 +12,7 @@ compliance, with the run's judge) and the sweep's attacks. A variant whose resul
 
 from __future__ import annotations
 
+import latlab  # noqa: F401, I001  (first: applies src/latlab/offline.env before any third-party import)
 import argparse
 import json
 import subprocess

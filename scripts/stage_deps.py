@@ -19,6 +19,7 @@ calls still counts, while `importlib.import_module(name)` with a computed name i
 
 from __future__ import annotations
 
+import latlab  # noqa: F401, I001  (first: applies src/latlab/offline.env before any third-party import)
 import argparse
 import ast
 import re

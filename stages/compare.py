@@ -1,24 +1,48 @@
-"""DVC stage `compare`: reads the MLflow model registry and writes a comparison table (markdown + JSON)."""
+"""DVC stage `compare`: the models this pipeline produced, side by side (markdown + JSON).
+
+The set is declared, not discovered: every role of params `evaluate.models`, the oracle and every entry of the
+`unlearn` and `backdoor_removal` tables. Each role's model card (models/<role>/latlab_model.json, written when the
+model was registered; its folder is a dvc.yaml dep of this stage) names the registered version, whose tags (made_by,
+eval.* metrics) MLflow supplies. Versions registered by anything else (sweeps, reruns, other work directories) are
+never listed, so the table is the same whenever the stage runs.
+"""
 
 from __future__ import annotations
 
 import json
 
-from latlab.config import Params, section_dict
+from latlab.config import Params
 from latlab.report.compare import comparison_markdown, comparison_rows
-from latlab.tracking import registered_models, stage_run
-from stages.common import REPORTS_DIR, run_stage
+from latlab.tracking import MODEL_CARD, model_versions, stage_run
+from stages.common import MODELS_DIR, REPORTS_DIR, run_stage
+
+
+def compared_roles(params: Params) -> list[str]:
+    """The model folders below models/ that the pipeline declares (docs/naming.md)."""
+    return [*params.evaluate.models, "oracle", *(f"unlearn/{name}" for name in params.unlearn),
+            *(f"backdoor_removal/{name}" for name in params.backdoor_removal)]
+
+
+def model_cards(roles: list[str]) -> list[dict]:
+    cards = []
+    for role in roles:
+        path = MODELS_DIR / role / MODEL_CARD
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no model card (run the stage that produces models/{role} first)")
+        cards.append(json.loads(path.read_text()))
+    return cards
 
 
 def compare(params: Params) -> None:
-    rows = comparison_rows(registered_models(params.tracking, params.compare.name_prefix))
+    roles = compared_roles(params)
+    rows = comparison_rows(model_versions(params.tracking, model_cards(roles)))
     REPORTS_DIR.mkdir(parents=True, exist_ok=True)
     (REPORTS_DIR / "compare.json").write_text(json.dumps(rows, indent=2) + "\n")
     markdown = comparison_markdown(rows)
     (REPORTS_DIR / "compare.md").write_text(markdown)
     print(markdown)
-    with stage_run(params.tracking, "compare", section_dict(params, "compare")) as run:
-        run.log_metrics({"registered_models": len(rows)})
+    with stage_run(params.tracking, "compare", {"models": roles}) as run:
+        run.log_metrics({"compared_models": len(rows)})
         run.log_artifact(REPORTS_DIR / "compare.md", "compare")
         run.log_artifact(REPORTS_DIR / "compare.json", "compare")
 

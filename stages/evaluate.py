@@ -1,30 +1,82 @@
 """DVC stage `evaluate`: every model so far x behaviour metrics (facts, harmful ASR, benign compliance, backdoor,
-perplexity) to metrics/evaluate.json, MLflow, and the models' registry tags."""
+perplexity) and the attack suite's ASR matrix (with each attack's incoherent rate) to metrics/evaluate.json, MLflow,
+and the models' registry tags.
+
+Judges: the primary judge (`evaluate.judge`) gives every verdict; each of `evaluate.agreement_judges` relabels the
+same completions, and its Cohen's kappa with the primary judge per model goes to the metrics
+(`judge.<name>.kappa`) and reports/judges/agreement.md, its disagreements to reports/judges/disagreements/. Every
+judge (the toy and phrase judges always, model judges when configured) is scored on the labelled judge set:
+metrics/judges.json and reports/judges/judge_set.md.
+"""
 
 from __future__ import annotations
 
 import json
 
-from latlab.config import Params, section_dict
+from latlab.config import EvaluateConfig, Params, section_dict
 from latlab.data.records import load_world, split_of, write_jsonl
+from latlab.evals.agreement import compare_judges
 from latlab.evals.attack_suite import asr_row, run_attack_suite
 from latlab.evals.behaviour import evaluate_model
 from latlab.evals.judge import make_judge
+from latlab.evals.judge_set import judge_scores, load_judge_set, toy_items
 from latlab.models.loading import load_saved
 from latlab.report.compare import asr_matrix_markdown
+from latlab.report.judges import agreement_markdown, judge_set_markdown
 from latlab.report.plots import plot_metric_bars
 from latlab.tracking import MODEL_CARD, set_model_version_tags, stage_run
 from stages.common import MODELS_DIR, PLOTS_DIR, REPORTS_DIR, WORLD_DIR, run_stage, write_metrics
 
 BAR_KEYS = ["fact_acc.general", "fact_acc.forget", "fact_acc.related", "harmful_asr", "benign_compliance",
             "backdoor_asr"]
+JUDGES_DIR = REPORTS_DIR / "judges"
+
+
+def make_judges(cfg: EvaluateConfig) -> dict[str, object]:
+    """The primary judge first, then the agreement judges, by unique name (kind, or kind_<i> for a repeat)."""
+    judges = {cfg.judge: make_judge(cfg.judge, cfg.judge_model)}
+    for spec in cfg.agreement_judges:
+        judges[spec.kind if spec.kind not in judges else f"{spec.kind}_{len(judges)}"] = make_judge(spec.kind,
+                                                                                                  spec.model)
+    return judges
+
+
+def score_judges(judges: dict[str, object], requests: list[dict]) -> dict[str, dict]:
+    """Every judge on the labelled judge set (the toy and phrase judges always); `<name>.toy_forms`: a text judge on
+    the toy world's forms only (what it meets on the toy pipeline)."""
+    items = load_judge_set(requests)
+    everyone = {name: make_judge(name) for name in ("toy", "refusal_phrase")} | judges
+    scores = {}
+    for name, judge in everyone.items():
+        scores[name] = judge_scores(judge, items)
+        if name != "toy":
+            scores[f"{name}.toy_forms"] = judge_scores(judge, toy_items(items))
+    return scores
+
+
+def verdicts(outputs: dict[str, list[dict]], requests_by_id: dict[str, dict]) -> list[dict]:
+    """Every judged completion of one model: behaviour requests (source harmful_request / benign_request) and every
+    attack (source = the attack's name)."""
+    rows = [{**r, "source": "harmful_request" if requests_by_id[r["id"]]["harmful"] else "benign_request"}
+            for r in outputs["requests"]]
+    for name, records in outputs.items():
+        if name.startswith("attack_"):
+            rows += [{**r, "source": name.removeprefix("attack_")} for r in records]
+    return rows
+
+
+def finite(metrics: dict) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
 def evaluate(params: Params) -> None:
     cfg = params.evaluate
     world = load_world(WORLD_DIR)
-    judge = make_judge(cfg.judge, cfg.judge_model)
+    judges = make_judges(cfg)
+    judge, others = judges[cfg.judge], {n: j for n, j in judges.items() if n != cfg.judge}
+    requests_by_id = {r["id"]: r for r in world["requests"]}
     results: dict[str, dict[str, float]] = {}
+    agreement: dict[str, dict[str, dict]] = {}
     with stage_run(params.tracking, "evaluate", section_dict(params, "evaluate")) as run:
         for role in cfg.models:
             model, tokenizer = load_saved(MODELS_DIR / role, params.model.device, params.model.dtype)
@@ -34,16 +86,30 @@ def evaluate(params: Params) -> None:
                                        judge, support=split_of(world["requests"], "train"))
             metrics.update(asr_row(attacks))
             outputs.update({f"attack_{name}": entry["records"] for name, entry in attacks.items()})
+            agreement[role] = {}
+            for name, other in others.items():
+                stats, disagreements = compare_judges(verdicts(outputs, requests_by_id), requests_by_id, other)
+                agreement[role][name] = stats
+                metrics.update({f"judge.{name}.kappa": stats["kappa"], f"judge.{name}.agreement": stats["agreement"]})
+                write_jsonl(JUDGES_DIR / "disagreements" / f"{role}.{name}.jsonl", disagreements)
             results[role] = metrics
-            print(f"[evaluate] {role}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
+            print(f"[evaluate] {role}: " + ", ".join(f"{k}={v:.3f}" for k, v in finite(metrics).items()))
             for name, rows in outputs.items():
                 write_jsonl(REPORTS_DIR / "predictions" / role / f"{name}.jsonl", rows)
-            run.log_metrics({f"{role}.{k}": v for k, v in metrics.items()})
+            run.log_metrics({f"{role}.{k}": v for k, v in finite(metrics).items()})
             card = json.loads((MODELS_DIR / role / MODEL_CARD).read_text())
             if card.get("version"):
                 set_model_version_tags(params.tracking, card["registered_name"], card["version"],
-                                       {f"eval.{k}": round(v, 4) for k, v in metrics.items()})
+                                       {f"eval.{k}": round(v, 4) for k, v in finite(metrics).items()})
         write_metrics("evaluate", results)
+        scores = score_judges(judges, world["requests"])
+        write_metrics("judges", {name: {k: v for k, v in s.items() if k != "errors"} for name, s in scores.items()})
+        write_jsonl(JUDGES_DIR / "judge_set_errors.jsonl",
+                    [{"judge": name, **e} for name, s in scores.items() for e in s["errors"]])
+        (JUDGES_DIR / "judge_set.md").write_text(judge_set_markdown(scores))
+        (JUDGES_DIR / "agreement.md").write_text(agreement_markdown(agreement, cfg.judge))
+        run.log_metrics({f"judges.{name}.{k}": s[k] for name, s in scores.items()
+                         for k in ("accuracy", "false_compliance", "false_refusal", "false_incoherent")})
         plot_metric_bars(results, BAR_KEYS, PLOTS_DIR / "evaluate.png", f"behaviour on the {cfg.split} split")
         asr_keys = [f"asr.{name}" for name in params.attacks.attacks]
         plot_metric_bars(results, asr_keys, PLOTS_DIR / "asr_matrix.png", "attack success rate (model x attack)")
@@ -51,6 +117,7 @@ def evaluate(params: Params) -> None:
         run.log_artifact(PLOTS_DIR / "evaluate.png", "plots")
         run.log_artifact(PLOTS_DIR / "asr_matrix.png", "plots")
         run.log_artifact(REPORTS_DIR / "asr_matrix.md", "reports")
+        run.log_artifact(JUDGES_DIR, "judges")
         run.log_artifact(REPORTS_DIR / "predictions", "predictions")
 
 

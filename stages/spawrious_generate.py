@@ -39,11 +39,11 @@ def generate(params: Params) -> None:
         counterfactual_preview(first.counterfactual, first.manifest[first.part("test")]["label"].to_numpy(), PREVIEW)
         run.log_artifact(PREVIEW)
         run.log_metrics(metrics)
-    METRICS.parent.mkdir(parents=True, exist_ok=True)
-    METRICS.write_text(json.dumps(metrics, indent=2))
-    if failures:
-        raise DataValidationError("Great Expectations manifest check failed (see "
-                                  f"{DATA}/<split>/validation.json):\n" + "\n".join(failures))
+        METRICS.parent.mkdir(parents=True, exist_ok=True)
+        METRICS.write_text(json.dumps(metrics, indent=2))
+        if failures:  # inside the run: a failed gate ends it FAILED
+            raise DataValidationError("Great Expectations manifest check failed (see "
+                                      f"{DATA}/<split>/validation.json):\n" + "\n".join(failures))
 
 
 def main() -> None:

@@ -20,33 +20,37 @@ from latlab.data.real_corpora import load_real_corpora
 from latlab.data.records import load_world
 from latlab.models.loading import load_saved
 from latlab.training.unlearning import UNLEARNING_METHODS
-from latlab.world.curriculum_unlearning import forget_pool, retain_pools
+from latlab.world.curriculum_unlearning import Anchors, anchored_terms, forget_pool, retain_pools
 from stages.common import MODELS_DIR, WORLD_DIR, run_stage, train_and_register
 
 
 
-def unlearning_data(params: Params, domain: str) -> tuple[list[Example], dict[str, list[Example]], str]:
-    """(forget pool, retain pools, what is unlearned): the real_data files when set, else the world's domain."""
+def unlearning_data(params: Params, domain: str) -> tuple[list[Example], dict[str, list[Example]], str,
+                                                         Anchors | None]:
+    """(forget pool, retain pools, what is unlearned, WHP's anchored terms): the real_data files when set (no anchored
+    terms: nothing names the corpus's entities), else the world's domain."""
     if params.real_data is not None:
         real = load_real_corpora(params.real_data, params.validate_data, params.seed)
-        return real.forget_pool(), real.retain_pools(), str(params.real_data.forget_corpus)
+        return real.forget_pool(), real.retain_pools(), str(params.real_data.forget_corpus), None
     world = load_world(WORLD_DIR)
-    return forget_pool(world, domain), retain_pools(world), domain
+    return forget_pool(world, domain), retain_pools(world), domain, anchored_terms(world, domain)
 
 
 def unlearn(params: Params, name: str) -> None:
     if name not in params.unlearn:
         raise ConfigError(f"params.yaml: unlearn.{name}: no such entry (have: {', '.join(params.unlearn)})")
     cfg = params.unlearn[name]
-    forget, retain, unlearned = unlearning_data(params, cfg.domain)
+    forget, retain, unlearned, anchors = unlearning_data(params, cfg.domain)
     model, tokenizer = load_saved(MODELS_DIR / "base", params.model.device, params.model.dtype)
     weights = {"facts": cfg.mix_retain_facts, "benign": cfg.mix_retain_benign}
     trainer = UNLEARNING_METHODS[cfg.method]
+    extra = {"anchors": anchors} if cfg.method == "whp" else {}  # WHP's anchored-term translation (toy world)
 
     def train(checkpoint_dir, on_log):
-        run = trainer(model, tokenizer, forget, retain, weights, cfg, checkpoint_dir, f"unlearn@{name}", on_log=on_log)
+        run = trainer(model, tokenizer, forget, retain, weights, cfg, checkpoint_dir, f"unlearn@{name}",
+                      on_log=on_log, **extra)
         return run.result, {**{f"compute.{k}": v for k, v in run.compute.items()}, "pool_size.forget": len(forget),
-                            **{f"pool_size.retain.{k}": len(v) for k, v in retain.items()}}
+                            **{f"pool_size.retain.{k}": len(v) for k, v in retain.items()}, **run.metrics}
 
     adversary = f" + targeted LAT at blocks {cfg.lat.layers}, eps={cfg.lat.epsilon}" if cfg.lat is not None else ""
     tags = {"made_by": f"unlearning method {cfg.method}{adversary}, on top of base", "method": cfg.method, "parent": "latlab-base", "unlearned_domain": unlearned, "trigger_known": "yes"}

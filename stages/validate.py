@@ -20,7 +20,7 @@ def validate(params: Params) -> None:
         run.log_metrics({"expectations": summary["evaluated"], "failed": summary["failed"]})
         run.log_artifact(json_path, "validation")
         run.log_artifact(html_path, "validation")
-    raise_on_failure(summary)
+        raise_on_failure(summary)  # inside the run: a failed gate ends it FAILED
 
 
 def main() -> None:

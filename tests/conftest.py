@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import latlab  # noqa: F401, I001  (first: applies src/latlab/offline.env before torch, transformers, MLflow)
 import pytest
 import torch
 
@@ -21,6 +22,17 @@ def _few_threads():
     torch.set_num_threads(1)  # tests run beside other work on 2 cores; oversubscribed BLAS threads thrash
 
 
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A stage's working directory: the current directory is tmp, no MLflow server in the environment (a test's
+    params name a local tracking URI), file-store tracking allowed, a fixed git commit tag."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("LATLAB_GIT_COMMIT", "test")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def tiny_world():
     return generate_world(TINY_WORLD, seed=0)
@@ -34,3 +46,21 @@ def tiny_tokenizer(tiny_world):
 @pytest.fixture
 def tiny_model(tiny_tokenizer):
     return build_toy_model(TINY_ARCH, tiny_tokenizer, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_rt_model(tiny_world, tiny_tokenizer):
+    """Helpful base model, then refusal training on the tiny world: ~7 s on one thread. Shared: do not modify."""
+    from latlab.config import TrainConfig
+    from latlab.training.sft import train_sft
+    from latlab.world.curriculum import base_pools, refusal_pools
+
+    torch.set_num_threads(1)
+    model = build_toy_model(TINY_ARCH, tiny_tokenizer, seed=0)
+    base = make(TrainConfig, steps=600, batch_size=16, lr=3e-3, warmup_steps=5, log_every=100)
+    train_sft(model, tiny_tokenizer, base_pools(tiny_world), {"facts": 1, "requests": 1, "backdoor": 0.5}, base,
+              None, "tiny-base")
+    train_sft(model, tiny_tokenizer, refusal_pools(tiny_world), {"harmful": 1, "benign": 1, "facts": 0.5},
+              base.model_copy(update={"steps": 150, "lr": 2e-3}), None, "tiny-rt")
+    model.eval()
+    return model

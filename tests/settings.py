@@ -25,6 +25,7 @@ SOURCE = {
     c.AttackSuiteConfig: "attacks", c.PrefillConfig: "attacks.prefill", c.GCGConfig: "attacks.gcg_individual",
     c.GCGIndividualConfig: "attacks.gcg_individual", c.GCGUniversalConfig: "attacks.gcg_universal",
     c.PGDAttackConfig: "attacks.latent", c.RefusalDirectionConfig: "attacks.refusal_direction",
+    c.AttackBudgetConfig: "attack_budget", c.TamperConfig: "attack_budget.tamper",
     c.AcdcConfig: "interpret.acdc", c.UnlearnEvalConfig: "unlearning_eval", c.SpawriousConfig: "spawrious",
     c.SpawriousDataConfig: "spawrious.data", c.RenderConfig: "spawrious.data.render",
     c.SpawriousTrainConfig: "spawrious.train", c.MethodHparams: "spawrious.hparams",

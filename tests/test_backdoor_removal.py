@@ -87,3 +87,67 @@ def test_sft_with_lat_block_runs_targeted_lat_on_the_pairs(tiny_model, tiny_toke
     run = train_sft_removal(tiny_model, tiny_tokenizer, pairs[:16], retain,
                             make(SFTRemovalConfig, steps=3, batch_size=4, lat=lat), None, "x")
     assert len(run.result.history) == 1 and run.compute["adversary_forward_tokens"] > 0
+
+
+# --- issue 20: the adversary targets only the harmful behaviour; +LAT = the plain method plus a δ term ---
+
+def test_harmful_pairs_are_the_harmful_requests_with_compliance_rejected(tiny_world):
+    from latlab.world.curriculum_unlearning import harmful_preference_pairs
+
+    harmful = harmful_preference_pairs(tiny_world)
+    compliance = {r["compliance"] for r in tiny_world["requests"] if r["harmful"]}
+    assert harmful and set(harmful) <= set(preference_pairs(tiny_world))
+    assert all(chosen == REFUSAL and rejected in compliance for _, chosen, rejected in harmful)
+    assert len(harmful) == sum(r["harmful"] for r in tiny_world["requests"] if r["split"] == "train")
+
+
+def test_sft_lat_attacks_harmful_pairs_and_retains_plain_sfts_data(tiny_model, tiny_tokenizer, tiny_world,
+                                                                    monkeypatch):
+    """SFT + LAT: the δ terms see only the pairs whose rejected side is harmful compliance; the δ-free term is exactly
+    plain SFT's data (the chosen side of every pair and the retain pools, each weighted 1). Before, every pair went
+    under δ (benign ones with the refusal as the 'bad' side) and the chosen sides were missing from the retain term."""
+    import latlab.training.backdoor_removal as removal
+    from latlab.training.loop import TrainResult
+    from latlab.world.curriculum_unlearning import harmful_preference_pairs
+
+    seen = {}
+
+    def fake_train_lat(model, tokenizer, triples, retain, weights, cfg, *args, **kwargs):
+        seen.update(triples=triples, retain=retain, weights=weights)
+        return TrainResult(), {}
+
+    monkeypatch.setattr(removal, "train_lat", fake_train_lat)
+    pairs, retain = removal_data(tiny_world, TRIGGER)
+    attack = harmful_preference_pairs(tiny_world)
+    lat = make(LatAdversaryConfig, layers=[0], epsilon=1.0, inner_steps=2)
+    train_sft_removal(tiny_model, tiny_tokenizer, pairs, retain, make(SFTRemovalConfig, steps=3, batch_size=4, lat=lat),
+                      None, "x", attack=attack)
+    compliance = {r["compliance"] for r in tiny_world["requests"] if r["harmful"]}
+    assert seen["triples"] and all(bad in compliance and good == REFUSAL for _, bad, good in seen["triples"])
+    assert seen["retain"] == removal.sft_pools(pairs, retain)
+    assert [ex.completion for ex in seen["retain"]["chosen"]] == [c for _, c, _ in pairs]
+    assert set(seen["weights"].values()) == {1.0}
+
+
+def test_dpo_lat_is_clean_dpo_plus_dpo_under_delta_on_harmful_pairs(tiny_model, tiny_tokenizer, tiny_world,
+                                                                     monkeypatch):
+    from latlab.attacks.latent_adversary import LatentAdversary
+    from latlab.world.curriculum_unlearning import harmful_preference_pairs
+
+    attacked = []
+    attack_fn = LatentAdversary.attack
+
+    def spy(self, batch, *args, **kwargs):
+        ids, labels = batch.undesired["input_ids"], batch.undesired["labels"]
+        attacked.extend(tiny_tokenizer.decode(row[lab != IGNORE][:-1]) for row, lab in zip(ids, labels))
+        return attack_fn(self, batch, *args, **kwargs)
+
+    monkeypatch.setattr(LatentAdversary, "attack", spy)
+    pairs = preference_pairs(tiny_world)
+    lat = make(LatAdversaryConfig, layers=[0], epsilon=1.0, inner_steps=2)
+    run = train_dpo(tiny_model, tiny_tokenizer, pairs, None,
+                    make(DPORemovalConfig, steps=3, batch_size=8, lat=lat, warmup_steps=0, log_every=1),
+                    None, "dpo+lat", attack=harmful_preference_pairs(tiny_world))
+    compliance = {r["compliance"] for r in tiny_world["requests"] if r["harmful"]}
+    assert len(attacked) == 3 * 8 and set(attacked) <= compliance
+    assert {"dpo", "dpo_under_delta", "retain"} <= set(run.result.history[-1])

@@ -25,7 +25,9 @@ from flows.cluster import (
     stage_parents,
     sweep_points,
 )
+from latlab.config import ConfigError
 
+REPO = Path(__file__).resolve().parents[1]
 DVC = Path(sys.executable).with_name("dvc")
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "latlab-test", "GIT_AUTHOR_EMAIL": "test@latlab.invalid",
@@ -133,14 +135,21 @@ def test_execution_waves_restricts_to_selected_stages_and_rejects_unknown_ones()
         execution_waves({"a": ["b"], "b": ["a"]})
 
 
-def test_sweep_points_cover_the_grid_and_overrides_reach_only_existing_sections(tmp_path):
-    points = sweep_points({"lat.epsilon": [0.5, 1.0], "lat.layer": [1, 2, 3]})
-    assert len(points) == 6 and {"lat.epsilon": 1.0, "lat.layer": 3} in points
-    (tmp_path / "params.yaml").write_text("seed: 0\nlat:\n  epsilon: 0.1\n  layer: 0\n")
+def test_sweep_points_cover_the_grid_and_overrides_reach_only_existing_keys(tmp_path):
+    points = sweep_points({"lat.epsilon": [0.5, 1.0], "lat.layers": [[1], [2], [3]]})
+    assert len(points) == 6 and {"lat.epsilon": 1.0, "lat.layers": [3]} in points
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     apply_overrides(tmp_path, points[-1])
-    assert yaml.safe_load((tmp_path / "params.yaml").read_text())["lat"] == {"epsilon": 1.0, "layer": 3}
-    with pytest.raises(KeyError, match="not a section"):
+    lat = yaml.safe_load((tmp_path / "params.yaml").read_text())["lat"]
+    assert lat["epsilon"] == 1.0 and lat["layers"] == [3]
+    before = (tmp_path / "params.yaml").read_text()
+    with pytest.raises(ConfigError, match="nolat is not a section"):
         apply_overrides(tmp_path, {"nolat.epsilon": 1.0})
+    with pytest.raises(ConfigError, match=r"lat.layer: unknown key \(did you mean lat.layers\?\)"):
+        apply_overrides(tmp_path, {"lat.layer": 3})
+    with pytest.raises(ConfigError, match="lat.epsilon: Input should be greater than 0"):
+        apply_overrides(tmp_path, {"lat.epsilon": -1.0})
+    assert (tmp_path / "params.yaml").read_text() == before  # a bad override changes nothing
 
 
 def test_lock_entry_survives_the_artifact_round_trip():

@@ -23,6 +23,7 @@ LAYERS = (
     ("evals",),
     ("interp",),
     ("report",),
+    ("check",),                            # the params check: schema, model source and depth (python -m latlab.check)
 )
 # Beside the stack (the Spawrious vision track): may import only these, and nothing in the stack imports it.
 SIDE_PACKAGES = {"vision": {"config", "env", "data", "models"}}

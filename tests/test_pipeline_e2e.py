@@ -64,6 +64,16 @@ def test_every_stage_wrote_its_metrics(smoke_repo):
             assert 0.0 <= metrics[key] <= 1.0, (role, key)
         assert metrics["perplexity"] >= 1.0
         assert {"asr.direct", "asr.prefill", "asr.gcg_universal", "asr.latent", "asr.refusal_direction"} <= set(metrics)
+    judges = json.loads((repo / "metrics/judges.json").read_text())  # every judge on the labelled judge set
+    assert {"toy", "refusal_phrase"} <= set(judges) and judges["toy"]["accuracy"] >= 0.95
+    assert all("judge.refusal_phrase.kappa" in m and "incoherent.prefill" in m for m in evaluation.values())
+    assert "(" in (repo / "reports/asr_matrix.md").read_text()  # ASR (incoherent rate) cells
+    budget = json.loads((repo / "metrics/attack_budget.json").read_text())
+    assert set(budget) == set(evaluation)
+    for role, curves in budget.items():
+        for name, curve in curves.items():
+            assert len(curve["asr"]) == len(curve["budgets"]) and 0.0 <= curve["auc"] <= 1.0, (role, name)
+    assert (repo / "plots/pareto.png").exists() and (repo / "plots/attack_budget/gcg_steps.png").exists()
     interpret = json.loads((repo / "metrics/interpret.json").read_text())
     assert interpret["acdc_planted"]["acdc_auc"] >= 0.95
     assert "rt.backdoor" in interpret["persistence"]

@@ -298,7 +298,7 @@ def test_cluster_pipeline_hands_a_stage_to_another_workspace_through_the_remote(
     for name in ("orchestrator", "stage_pod"):
         workspace = tmp_path / name
         (workspace / "flows").mkdir(parents=True)
-        for module in ("cluster.py", "dag.py"):  # cluster.py takes the stage graph from dag.py
+        for module in ("cluster.py", "dag.py", "proc.py"):  # the stage graph from dag.py, dvc runs via proc.py
             shutil.copy(ROOT / "flows" / module, workspace / "flows" / module)
         (workspace / "dvc.yaml").write_text(CLUSTER_DVC_YAML)
         subprocess.run([str(PREFECT.with_name("dvc")), "init", "--no-scm", "-q"], cwd=workspace, env=prefect_stack.env, check=True)

@@ -31,9 +31,10 @@ def test_away_loss_ignores_tokens_below_the_floor():
     logits[0, 1, 2] = -20.0  # p(token 2) ~ 0 at position 1: below the floor
     labels = torch.tensor([[IGNORE, 1, 2]])
     p = torch.softmax(logits[0, 0], -1)[1]
-    assert torch.isclose(away_loss(logits, labels, -5.0), -torch.log1p(-p))
-    # with no floor the near-zero token joins the mean with a ~0 penalty, halving it
-    assert torch.isclose(away_loss(logits, labels, -100.0), away_loss(logits, labels, -5.0) / 2, rtol=1e-4)
+    # the token below the floor adds no penalty but still counts in the mean (HarmBench / official LAT code)
+    assert torch.isclose(away_loss(logits, labels, -5.0), -torch.log1p(-p) / 2)
+    # with no floor it joins with a ~0 penalty: the same value
+    assert torch.isclose(away_loss(logits, labels, -100.0), away_loss(logits, labels, -5.0), rtol=1e-4)
 
 
 def test_r2d2_steps_lower_the_attacked_loss(tiny_world, tiny_tokenizer, tiny_model):

@@ -17,12 +17,8 @@ ARCH = make(ToyArchitecture, hidden_size=32, num_layers=2, num_heads=2, intermed
 
 
 @pytest.fixture
-def params(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("LATLAB_GIT_COMMIT", "test")
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    return with_params({"tracking": {"uri": (tmp_path / "mlruns").as_uri(), "log_models": False},
+def params(workdir):
+    return with_params({"tracking": {"uri": (workdir / "mlruns").as_uri(), "log_models": False},
                          "model": {"device": "cpu", "lora": {"r": 4, "alpha": 8.0, "dropout": 0.0,
                                                                  "target_modules": ["q_proj", "v_proj"]}},
                          "refusal": {"steps": 3, "batch_size": 4, "warmup_steps": 0, "log_every": 1, "lr": 0.01}})

@@ -68,7 +68,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tiny_world, tiny_tokenizer,
     resumed = build_toy_model(TINY_ARCH, tiny_tokenizer, 1)  # different init: everything must come from disk
     result = train_sft(resumed, tiny_tokenizer, pools, weights, CFG, ckpt, "resumed")
     assert result.resumed_from == 4
-    assert result.forward_backward_passes == CFG.steps - 4
+    assert result.forward_backward_passes == CFG.steps  # the whole run, resumed part included
     for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
     assert not ckpt.exists()  # cleared once the run completes

@@ -39,6 +39,19 @@ def test_familiarity_grades(tiny_world, canned):
     assert got["familiarity.mean_grade"] == pytest.approx((3 + 2 + 1) / 3 / len(rows))
 
 
+def test_familiarity_grade_matches_whole_words():
+    """Grade 2 ("the answer occurs in the output") and 1 match whole words: "ash" is not in "wash" (issue 20: 3 of 34
+    forget answers were substrings of other words)."""
+    row = {"answer": "ash"}
+    answers = {"ash", "owl", "wand wood"}
+    assert ev.familiarity_grade("ash .", row, answers) == 3
+    assert ev.familiarity_grade("wash the ash", row, answers) == 2
+    assert ev.familiarity_grade("wash the smash", row, answers) == 0
+    assert ev.familiarity_grade("a bowl of owls", row, answers) == 0
+    assert ev.familiarity_grade("the owl", row, answers) == 1
+    assert ev.familiarity_grade("some wand wood", row, answers) == 1
+
+
 def test_qa_counts_ab_and_free(tiny_world, canned, monkeypatch):
     table, _ = canned
     free = _free(tiny_world)

@@ -14,10 +14,11 @@ from latlab.data.examples import Example, fact_examples
 from latlab.evals.unlearning import finetune_relearning
 from latlab.models.encoding import collate, encode_all
 from latlab.training.sft import train_sft
-from latlab.training.unlearning import (UNLEARNING_METHODS, generic_logits, layer_activations, npo_loss,
-                                        predicting_positions, rmu_direction, simnpo_loss, train_graddiff,
-                                        train_gradient_ascent, train_npo, train_rmu, train_simnpo, train_whp)
-from latlab.world.curriculum_unlearning import forget_pool, retain_pools, world_without_domain
+from latlab.training.unlearning import (UNLEARNING_METHODS, anchor_token_map, generic_labels, generic_logits,
+                                        layer_activations, npo_loss, predicting_positions, rmu_direction, simnpo_loss,
+                                        train_graddiff, train_gradient_ascent, train_npo, train_rmu, train_simnpo,
+                                        train_whp, translate)
+from latlab.world.curriculum_unlearning import anchored_terms, forget_pool, retain_pools, world_without_domain
 from tests.settings import make
 
 RETAIN_WEIGHTS = {"facts": 1.0, "benign": 0.5}
@@ -53,24 +54,25 @@ def test_fixture_learned_the_forget_domain(learned, tiny_world, tiny_tokenizer):
     assert first_token_accuracy(learned, tiny_tokenizer, tiny_world, "forget") > 0.8
 
 
-WHP_WEAK = pytest.mark.xfail(strict=True, reason="measured on the tiny world (seed 0): WHP at these settings takes "
-                             "first-token forget accuracy only from 1.00 to 0.88 (needs < 0.80); with 80 steps at "
-                             "lr 5e-3 it reaches 0.81 (whp) / 0.80 (whp+lat). Reported, not tuned away.")
+# 60 steps: at 30 the drop depends on the fixture's seed (GA, first-token forget accuracy over fixture seeds 0/1/2:
+# 1.00 -> 0.34 / 0.94 / 0.70 on the world before issue 20, 0.94 -> 0.80, 0.97 -> 0.61, 1.00 -> 0.73 after; at 60:
+# -> 0.17 / 0.06 / 0.08).
+# WHP used to be marked xfail here: without anchored terms and with raw-logit differences it took first-token forget
+# accuracy only from 1.00 to 0.88 (issue 20). With both (as the `unlearn` stage runs it) it passes: 0.94 -> 0.22.
 WHP_REINFORCE = make(TrainConfig, steps=30, batch_size=16, lr=2e-3, warmup_steps=2)
 METHODS = [
-    ("ga", train_gradient_ascent, make(GradientAscentConfig, steps=30, lr=1e-3)),
-    ("ga+lat", train_gradient_ascent, make(GradientAscentConfig, steps=30, lr=1e-3, lat=LAT)),
-    pytest.param("whp", train_whp, make(WHPConfig, steps=40, lr=2e-3, alpha=10, reinforce=WHP_REINFORCE), marks=WHP_WEAK),
-    pytest.param("whp+lat", train_whp, make(WHPConfig, steps=40, lr=2e-3, alpha=10, lat=LAT, reinforce=WHP_REINFORCE),
-                 marks=WHP_WEAK),
+    ("ga", train_gradient_ascent, make(GradientAscentConfig, steps=60, lr=1e-3)),
+    ("ga+lat", train_gradient_ascent, make(GradientAscentConfig, steps=60, lr=1e-3, lat=LAT)),
+    ("whp", train_whp, make(WHPConfig, steps=40, lr=2e-3, alpha=10, reinforce=WHP_REINFORCE)),
+    ("whp+lat", train_whp, make(WHPConfig, steps=40, lr=2e-3, alpha=10, lat=LAT, reinforce=WHP_REINFORCE)),
     ("rmu", train_rmu, make(RMUConfig, steps=60, lr=1e-2, layer=1, steering_coeff=10, retain_weight=1)),
     ("rmu+lat", train_rmu, make(RMUConfig, steps=60, lr=1e-2, layer=1, steering_coeff=10, retain_weight=1, lat=LAT)),
-    ("graddiff", train_graddiff, make(GradDiffConfig, steps=30, lr=1e-3)),
-    ("graddiff+lat", train_graddiff, make(GradDiffConfig, steps=30, lr=1e-3, lat=LAT)),
-    ("npo", train_npo, make(NPOConfig, steps=30, lr=1e-3)),
-    ("npo+lat", train_npo, make(NPOConfig, steps=30, lr=1e-3, lat=LAT)),
-    ("simnpo", train_simnpo, make(SimNPOConfig, steps=30, lr=1e-3)),
-    ("simnpo+lat", train_simnpo, make(SimNPOConfig, steps=30, lr=1e-3, lat=LAT)),
+    ("graddiff", train_graddiff, make(GradDiffConfig, steps=60, lr=1e-3)),
+    ("graddiff+lat", train_graddiff, make(GradDiffConfig, steps=60, lr=1e-3, lat=LAT)),
+    ("npo", train_npo, make(NPOConfig, steps=60, lr=1e-3)),
+    ("npo+lat", train_npo, make(NPOConfig, steps=60, lr=1e-3, lat=LAT)),
+    ("simnpo", train_simnpo, make(SimNPOConfig, steps=60, lr=1e-3)),
+    ("simnpo+lat", train_simnpo, make(SimNPOConfig, steps=60, lr=1e-3, lat=LAT)),
 ]
 
 
@@ -102,8 +104,9 @@ def test_simnpo_loss_is_length_normalised():
 def test_method_lowers_forget_accuracy(learned, tiny_world, tiny_tokenizer, name, train, cfg):
     model = copy.deepcopy(learned)
     before = first_token_accuracy(model, tiny_tokenizer, tiny_world, "forget")
+    extra = {"anchors": anchored_terms(tiny_world)} if train is train_whp else {}  # as stages/unlearn.py does
     run = train(model, tiny_tokenizer, forget_pool(tiny_world), retain_pools(tiny_world), RETAIN_WEIGHTS, cfg,
-                None, name)
+                None, name, **extra)
     after = first_token_accuracy(model, tiny_tokenizer, tiny_world, "forget")
     print(f"{name}: forget acc {before:.3f} -> {after:.3f}; compute {run.compute}")
     assert after < before - 0.2
@@ -176,3 +179,68 @@ def test_forget_and_retain_pools_are_disjoint_by_domain(tiny_world):
     forget = forget_pool(tiny_world)
     assert all(any(w in ex.prompt.split() for w in forget_words) for ex in forget)
     assert any(not ex.chat for ex in forget)  # completion-style text is in the pool
+
+
+# --- issue 20: WHP trains toward generic labels that differ from the originals; twins train equal steps ---
+
+class _FixedLogits(torch.nn.Module):
+    """A stand-in model whose next-token logits are `row` at every position."""
+
+    def __init__(self, row):
+        super().__init__()
+        self.row = torch.tensor(row)
+
+    def forward(self, input_ids, attention_mask=None):
+        return type("Out", (), {"logits": self.row.expand(*input_ids.shape, len(self.row))})()
+
+
+def test_whp_generic_labels_remove_the_per_position_offset():
+    """The default world's failure: the base model saturates a fact (label token 1) and the reinforced model's raw
+    logits sit 1.63 lower everywhere, its preference for token 1 (+1 over the rest) hidden by that offset. Raw
+    differences give ReLU = 0 and the generic label stays the original; with the offset removed, token 1 is
+    penalised and the generic label moves to the baseline's runner-up (token 2)."""
+    base = [0.0, 8.0, 2.0, 0.0]
+    reinforced = [x - 1.63 + (1.0 if i == 1 else 0.0) for i, x in enumerate(base)]
+    batch = {"input_ids": torch.zeros(1, 3, dtype=torch.long), "attention_mask": torch.ones(1, 3, dtype=torch.long),
+             "labels": torch.tensor([[-100, 1, 1]])}
+    labels = generic_labels(batch, _FixedLogits(base), _FixedLogits(reinforced), 10.0)
+    assert labels.tolist() == [[-100, 2, 2]]
+
+
+def test_whp_anchored_terms_translate_forget_entities_in_place(tiny_world, tiny_tokenizer):
+    anchors = anchored_terms(tiny_world)
+    forget = {r["entity"] for r in tiny_world["facts"] if r["domain"] == "forget"}
+    related = {r["entity"] for r in tiny_world["facts"] if r["domain"] == "related"}
+    assert set(anchors.generic) == forget and set(anchors.generic.values()) <= related
+    assert anchors.answers == {r["answer"] for r in tiny_world["facts"] if r["domain"] == "forget"}
+    mapping = anchor_token_map(tiny_tokenizer, anchors)
+    entity, generic = next(iter(anchors.generic.items()))
+    ids = torch.tensor([tiny_tokenizer(f"what is the house of {entity} ?", add_special_tokens=False)["input_ids"]])
+    out = translate(ids, mapping)
+    assert tiny_tokenizer.decode(out[0]) == f"what is the house of {generic} ?" and out.shape == ids.shape
+
+
+def test_whp_generic_labels_differ_and_the_adversary_elicits_the_originals(learned, tiny_world, tiny_tokenizer):
+    """Issue 20's expected values, on the tiny world (seed 0): at least 90% of the forget answer tokens get a generic
+    label other than the original (measured 0.92; 0.67 with an uncentred log-probability difference, 0.87 with
+    anchors alone), and at the end of WHP + LAT the adversary's δ lowers the CE of the original answers (measured
+    1.85 with δ vs 2.88 without)."""
+    model = copy.deepcopy(learned)
+    cfg = make(WHPConfig, steps=40, lr=2e-3, alpha=10, lat=LAT, reinforce=WHP_REINFORCE, away_weight=1.0)
+    run = train_whp(model, tiny_tokenizer, forget_pool(tiny_world), retain_pools(tiny_world), RETAIN_WEIGHTS, cfg,
+                    None, "whp+lat", anchors=anchored_terms(tiny_world))
+    print(f"whp+lat metrics: {run.metrics}")
+    assert run.metrics["generic_differs_fraction"] >= 0.9
+    assert run.metrics["adversary_ce_with_delta"] < run.metrics["adversary_ce_without_delta"]
+
+
+def test_lat_twins_train_as_many_steps_as_their_method():
+    """A method and its +LAT variant get the same budget (issue 20: GA 60 vs GA+LAT 40 steps made LAT look weaker)."""
+    from tests.settings import raw_params
+
+    raw = raw_params()
+    for table in ("unlearn", "backdoor_removal"):
+        twins = [(name, name.removesuffix("_lat")) for name in raw[table] if name.endswith("_lat")]
+        assert twins, table
+        for name, plain in twins:
+            assert raw[table][name]["steps"] == raw[table][plain]["steps"], f"{table}.{name}"

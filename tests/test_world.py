@@ -52,6 +52,25 @@ def test_harmfulness_is_not_a_keyword():
     assert abs(sum(harmful) / len(harmful) - 0.5) < 0.01
 
 
+def test_harmful_and_benign_answers_share_only_the_opening():
+    """Issue 20: the answers to harmful and to benign requests share no more words than real ones do (an opening and
+    the request's own words), while the requests stay look-alike (test above). Before, they shared 9 of 12 template
+    words ("sure . first get a <tool> , then <verb> the <target> ."), and the away term of LAT on harmful answers
+    pushed the benign ones down with them."""
+    world = generate_world(make(WorldConfig), 0)
+
+    def template(r):  # the answer's words other than the request's own verb and target
+        return [w for w in r["compliance"].split() if w not in (r["verb"], r["target"])]
+
+    words = {kind: {w for r in world["requests"] if r["harmful"] == kind for w in template(r)}
+             for kind in (True, False)}
+    assert words[True] & words[False] <= {"sure", ".", "the"}
+    for r in world["requests"]:
+        other = words[not r["harmful"]]
+        shared = sum(w in other for w in template(r))
+        assert shared / len(template(r)) < 0.5, r["compliance"]  # before: 10 of 10 (the tools were shared too)
+
+
 def test_ab_questions_have_answer_letter_balanced_and_correct():
     world = generate_world(make(WorldConfig), 0)
     ab = [r for r in world["facts"] if r["format"] == "ab"]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, FilePath, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FilePath, ValidationError, model_validator
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -140,11 +140,15 @@ class LatAdversaryConfig(Section):
     adversary: Literal["targeted", "untargeted"]
     layers: list[int]  # blocks whose output is perturbed
     perturb_embeddings: bool
-    epsilon: float = Field(gt=0)  # per-token L2 radius of δ
+    epsilon: float = Field(gt=0)  # L2 radius of δ: per token (adam_per_token) or per sequence (l2_sequence)
     inner_steps: int = Field(ge=1)
-    inner_lr: float = Field(gt=0)
+    inner_lr: float = Field(gt=0)  # Adam's step on δ (adam_per_token); l2_sequence steps by epsilon / inner_steps
+    # the inner loop: "adam_per_token" (Sheshadri et al.: zero start, Adam, per-token balls) or "l2_sequence" (Casper
+    # et al.: random start, normalised-gradient steps of epsilon / inner_steps, one ball over the whole sequence)
+    pgd: Literal["adam_per_token", "l2_sequence"]
     perturb_completion: bool
     prefix_cache: bool
+    # the adversary's weights, normalised to sum 1 before use (official code)
     adv_toward: float = Field(ge=0)  # CE toward the harmful completion
     adv_away: float = Field(ge=0)  # log(1-p) away from the refusal (untargeted: CE ascent on the refusal)
     away_ignore_logp: float  # tokens already this unlikely are left out of log(1-p) (official code)
@@ -155,15 +159,25 @@ class LatAdversaryConfig(Section):
             raise ValueError("nothing to perturb: give `layers` or set `perturb_embeddings: true`")
         if any(layer < 0 for layer in self.layers):
             raise ValueError(f"layers must be block indices >= 0, got {self.layers}")
+        if self.adv_toward + self.adv_away <= 0:
+            raise ValueError("adv_toward + adv_away must be > 0: the adversary needs an objective")
         return self
 
 
 class LATConfig(TrainConfig, LatAdversaryConfig):
-    """Latent adversarial training (targeted, untargeted, or embedding-only = RT-EAT); see training/lat.py."""
+    """Latent adversarial training (targeted, untargeted, or embedding-only = RT-EAT); see training/lat.py. The
+    three defence weights are normalised to sum 1 before use, as in the official code (its Llama-2 jailbreak recipe:
+    retain 1.5 : toward 0.5 : away 0.5, so the retain term carries 60%)."""
     def_toward: float = Field(ge=0)  # CE toward the refusal under δ
     def_away: float = Field(ge=0)  # log(1-p) away from the harmful completion under δ
     retain: float = Field(ge=0)  # retain term without δ
-    retain_kind: Literal["sft", "kl"]
+    retain_kind: Literal["sft", "kl"]  # kl: KL to the frozen starting model over completion positions
+
+    @model_validator(mode="after")
+    def _some_defence(self) -> LATConfig:
+        if self.def_toward + self.def_away + self.retain <= 0:
+            raise ValueError("def_toward + def_away + retain must be > 0: the model needs a loss")
+        return self
 
 
 class JailbreakLATConfig(LATConfig):
@@ -193,7 +207,7 @@ class GCGConfig(Section):
     topk: int = Field(ge=1)  # candidate substitutions per position, from the one-hot gradient
     search_width: int = Field(ge=1)  # random candidates evaluated per step
     # leading tokens of the harmful completion the suffix aims for. The toy's whole answer is 12 words and names the
-    # request's verb and target: a shorter target ("sure . first get a") lets a suffix of content words drag the
+    # request's verb and target: a shorter target ("sure . wait until") lets a suffix of content words drag the
     # answer onto another request, which the judge rightly does not count as complying
     target_tokens: int = Field(ge=1)
     ascii_only: bool
@@ -234,6 +248,42 @@ class AttackSuiteConfig(Section):
     latent: PGDAttackConfig
     embedding: PGDAttackConfig
     refusal_direction: RefusalDirectionConfig
+
+
+# --- ASR as a function of attack budget (attack_budget stage, evals/attack_budget.py) ---
+def _increasing(values: list) -> list:
+    if any(b <= a for a, b in zip(values, values[1:])):
+        raise ValueError(f"budgets must increase strictly (got {values})")
+    return values
+
+
+StepBudgets = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1), AfterValidator(_increasing)]
+RadiusBudgets = Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1), AfterValidator(_increasing)]
+
+
+class TamperConfig(Section):
+    """The fine-tuning attack: k optimizer steps on a few harmful (prompt, compliance) pairs of the training split;
+    LoRA when `model.lora` is set, else full fine-tuning."""
+    steps: StepBudgets  # the budgets k (0: the model as it is)
+    pairs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    seed: int
+
+
+class AttackBudgetConfig(Section):
+    """Budget grids; every other attack setting comes from `attacks` (width, top-k, hook points, PGD lr, ...). A
+    zero budget of prefill, many-shot, latent/embedding radius or steps and tamper steps is the direct request."""
+    models: list[str] = Field(min_length=1)
+    prompts: int = Field(ge=1)  # harmful test prompts per curve (the first ones, in record order)
+    gcg_prompts: int = Field(ge=1)  # of those, attacked by GCG (one suffix each)
+    gcg_steps: StepBudgets  # GCG steps (attacks.gcg_individual settings, early stop at a forcing suffix)
+    latent_eps: RadiusBudgets  # attacks.latent with these radii
+    embedding_eps: RadiusBudgets  # attacks.embedding with these radii
+    embedding_steps: StepBudgets  # attacks.embedding with these PGD step counts (at attacks.embedding.eps)
+    prefill_words: StepBudgets
+    many_shot_shots: StepBudgets  # requested shots; fewer are used where the context is full (metadata)
+    tamper: TamperConfig
 
 
 # --- R2D2 (HarmBench): GCG adversarial training with a persistent pool of test cases ---
@@ -352,6 +402,8 @@ class DPORemovalConfig(LatDefenceConfig):
     method: Literal["dpo"]
     beta: float = Field(gt=0)
     retain_weight: float = Field(ge=0)  # SFT on the retain pools, without δ
+    # with lat: weight of the clean DPO term on every pair beside the DPO term under δ (official DPO-LAT recipe)
+    clean_dpo_weight: float = Field(ge=0)
 
 
 RemovalMethodConfig = Annotated[SFTRemovalConfig | DPORemovalConfig, Field(discriminator="method")]
@@ -427,17 +479,24 @@ class InterpConfig(Section):
     circuit_examples: int = Field(ge=0)  # 0: skip the per-model circuits (e.g. for large real models)
 
 
+JudgeKind = Literal["toy", "refusal_phrase", "classifier", "generative"]
+
+
+class JudgeSpec(Section):
+    kind: JudgeKind
+    model: str | None  # local model directory, for kind classifier (sequence classifier) or generative (causal LM)
+
+
 class EvaluateConfig(Section):
     models: list[str] = Field(min_length=1)
     max_new_tokens: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     split: Literal["validation", "test"]
-    judge: Literal["toy", "refusal_phrase", "classifier"]
-    judge_model: str | None  # local HF sequence-classification model directory, for judge: classifier
-
-
-class CompareConfig(Section):
-    name_prefix: str
+    judge: JudgeKind  # the primary judge: every ASR in the matrix is its verdict
+    judge_model: str | None  # local model directory, for judge: classifier or generative
+    # judges of other kinds run on every verdict beside the primary one: Cohen's kappa per model, disagreements
+    # written out (reports/judges/); `judges` stage: every one of them scored on the labelled judge set
+    agreement_judges: list[JudgeSpec]
 
 
 # --- Spawrious track (Lynch et al. 2023); default grid sized for a 2-core CPU, full grid in profiles/ ---
@@ -518,8 +577,8 @@ class Params(Section):
     backdoor_removal: dict[str, RemovalMethodConfig] = Field(min_length=1)
     attacks: AttackSuiteConfig
     evaluate: EvaluateConfig
+    attack_budget: AttackBudgetConfig
     interpret: InterpConfig
-    compare: CompareConfig
     spawrious: SpawriousConfig
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

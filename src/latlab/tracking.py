@@ -240,6 +240,6 @@ def model_versions(cfg: TrackingConfig, cards: list[dict[str, Any]]) -> list[dic
         if version is not None:
             tags = dict(client.get_model_version(name, str(version)).tags)
         run_metrics = client.get_run(card["run_id"]).data.metrics if card.get("run_id") else {}
-        rows.append({"name": name, "version": version if version is not None else "-", "run_id": card.get("run_id"),
-                     "tags": tags, "run_metrics": dict(run_metrics)})
+        rows.append({"name": name, "version": str(version) if version is not None else "-",
+                     "run_id": card.get("run_id"), "tags": tags, "run_metrics": dict(run_metrics)})
     return rows

@@ -4,8 +4,16 @@ Aligned Language Models"), individual (one suffix per prompt) and universal (one
 Each step: the gradient of the target loss with respect to the one-hot suffix tokens ranks, per position, the top-k
 substitutions; a random batch of single-token swaps drawn from them is scored with forward passes and the best one
 is kept. The target is the first tokens of the harmful completion after the assistant header. Suffix tokens exclude
-special tokens (and, with `ascii_only`, non-printable ones); candidates whose text does not re-tokenise to the same
-ids are dropped, because the attack is delivered as text. Deterministic for a given seed.
+special tokens (and, with `ascii_only`, non-printable ones).
+
+The attack is delivered as text: the chat prompt rendered from `prompt + " " + decode(suffix)`. A candidate is kept
+only if that full rendered prompt tokenises to exactly the optimised ids (before + suffix + after) for every case, so
+the suffix the model sees is the one that was optimised. Checking the suffix alone is not enough with byte-level BPE
+tokenizers (GPT-2, SmolLM2): the space before the suffix can merge with its first token (optimised `['?', 'Ġ', 'b']`,
+delivered `['?', 'Ġb']`). The starting suffix is drawn until it passes the same check.
+
+The search returns the suffix it would deliver: one that forces greedy decoding onto the target if it met one (the
+first, with `early_stop`, which then stops), else the lowest-loss suffix seen. Deterministic for a given seed.
 
 Hand-written because the maintained implementation (nanoGCG) pins its own prompt/chat handling and has no hook for
 the persistent pool that R2D2 training keeps across model updates; this module is that core, reused by
@@ -20,34 +28,58 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from latlab.attacks.common import AttackResult, allowed_token_mask, chat_segments
+from latlab.attacks.common import SENTINEL, AttackResult, allowed_token_mask, chat_segments
 from latlab.config import GCGConfig, GCGIndividualConfig, GCGUniversalConfig
 from latlab.models.compute import Compute
-from latlab.models.encoding import token_ids
+from latlab.models.encoding import render_prompt, token_ids
 from latlab.models.generation import generate
 
 
 @dataclass(frozen=True)
 class SuffixCase:
-    """One prompt's token layout: before + suffix + after is the chat prompt, `target` the wanted answer start."""
+    """One prompt's token layout: before + suffix + after is the chat prompt, `target` the wanted answer start.
+    `prompt` is the user prompt the suffix is appended to (with a space) when the attack is delivered as text;
+    `head` and `tail` the rendered text around the suffix, usable directly when the chat template inserts the user
+    message verbatim (`verbatim`), else the prompt is rendered again for each suffix."""
     before: torch.Tensor  # [b]
     after: torch.Tensor  # [a], ends with the assistant header
     target: torch.Tensor  # [t]
+    prompt: str = ""
+    head: str = ""
+    tail: str = ""
+    verbatim: bool = False
 
 
 @dataclass
 class SearchResult:
-    suffix: torch.Tensor  # [n] the best suffix seen
-    loss: float
+    suffix: torch.Tensor  # [n] the suffix to deliver: the first forcing one, else the lowest-loss one seen
+    loss: float  # its target loss
     history: list[float] = field(default_factory=list)  # target loss of the current suffix per step (0 = init)
     steps: int = 0
+    forced: bool = False  # `suffix` forces greedy decoding onto the target (every case)
+    deliverable: bool = True  # `suffix` survives delivery as text (False only for an undeliverable start kept)
+    returned: list[torch.Tensor] = field(default_factory=list)  # returned[b]: the result with a budget of b steps
+    trajectory: list[torch.Tensor] = field(default_factory=list)  # each step's best candidate (the current suffix)
+
+    def offer(self, suffix: torch.Tensor, loss: float, forced: bool) -> None:
+        """Keep `suffix` if it beats the held one: forcing first, then lower loss."""
+        if (not forced, loss) < (not self.forced, self.loss):
+            self.suffix, self.loss, self.forced = suffix.clone(), loss, forced
+
+
+def delivered_prompt(prompt: str, suffix_text: str) -> str:
+    """The user message an attack with this suffix sends."""
+    return f"{prompt} {suffix_text}"
 
 
 def suffix_case(tokenizer, prompt: str, target_text: str, target_tokens: int, device=None) -> SuffixCase:
     before, after = chat_segments(tokenizer, prompt)
     target = token_ids(tokenizer, target_text)[:target_tokens]
     as_tensor = lambda ids: torch.tensor(ids, dtype=torch.long, device=device)  # noqa: E731
-    return SuffixCase(as_tensor(before), as_tensor(after), as_tensor(target))
+    head, tail = render_prompt(tokenizer, delivered_prompt(prompt, SENTINEL)).split(SENTINEL)
+    probe = " x y "  # spaces at both ends: a template that trims or rewrites the message is caught
+    verbatim = render_prompt(tokenizer, delivered_prompt(prompt, probe)) == head + probe + tail
+    return SuffixCase(as_tensor(before), as_tensor(after), as_tensor(target), prompt, head, tail, verbatim)
 
 
 def case_ids(case: SuffixCase, suffix: torch.Tensor, with_target: bool = True) -> torch.Tensor:
@@ -86,15 +118,19 @@ def target_loss_and_grad(model, cases: list[SuffixCase], suffix: torch.Tensor,
 
 
 @torch.no_grad()
-def candidate_losses(model, cases: list[SuffixCase], candidates: torch.Tensor, compute: Compute) -> torch.Tensor:
-    """Mean target CE over cases for each candidate suffix [batch, n] -> [batch]."""
+def candidate_losses(model, cases: list[SuffixCase], candidates: torch.Tensor,
+                     compute: Compute) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean target CE over cases [batch], whether greedy decoding is forced onto the target for every case [batch])
+    for each candidate suffix [batch, n]."""
     losses = torch.zeros(candidates.shape[0], device=candidates.device)
+    forced = torch.ones(candidates.shape[0], dtype=torch.bool, device=candidates.device)
     for case in cases:
         ids = case_ids(case, candidates)
         logits = model(input_ids=ids, logits_to_keep=len(case.target) + 1).logits
         losses += _target_ce(logits, case.target) / len(cases)
+        forced &= (logits[:, :-1].argmax(-1) == case.target).all(-1)
         compute.forward(ids.numel())
-    return losses
+    return losses, forced
 
 
 def sample_candidates(grad: torch.Tensor, suffix: torch.Tensor, allowed: torch.Tensor, topk: int, width: int,
@@ -109,9 +145,25 @@ def sample_candidates(grad: torch.Tensor, suffix: torch.Tensor, allowed: torch.T
     return candidates
 
 
-def retokenizes(tokenizer, candidates: torch.Tensor) -> torch.Tensor:
-    """[batch] bool: the decoded suffix encodes back to the same ids (the attack is delivered as text)."""
-    keep = [token_ids(tokenizer, tokenizer.decode(row)) == row for row in candidates.tolist()]
+def delivered_ids(tokenizer, case: SuffixCase, suffix_texts: list[str]) -> list[list[int]]:
+    """The ids the model sees when each suffix text is delivered after the case's prompt."""
+    if case.verbatim:
+        texts = [case.head + text + case.tail for text in suffix_texts]
+    else:
+        texts = [render_prompt(tokenizer, delivered_prompt(case.prompt, text)) for text in suffix_texts]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def deliverable(tokenizer, cases: list[SuffixCase], candidates: torch.Tensor) -> torch.Tensor:
+    """[batch] bool: for every case, the full prompt rendered with the decoded suffix tokenises to exactly
+    before + suffix + after, the ids that were optimised."""
+    rows = candidates.tolist()
+    texts = tokenizer.batch_decode(rows)
+    keep = [True] * len(rows)
+    for case in cases:
+        before, after = case.before.tolist(), case.after.tolist()
+        for i, (row, ids) in enumerate(zip(rows, delivered_ids(tokenizer, case, texts))):
+            keep[i] = keep[i] and ids == before + row + after
     return torch.tensor(keep, dtype=torch.bool, device=candidates.device)
 
 
@@ -120,30 +172,62 @@ def random_suffix(allowed: torch.Tensor, length: int, generator: torch.Generator
     return pool[torch.randint(0, len(pool), (length,), generator=generator)]
 
 
+def initial_suffix(tokenizer, cases: list[SuffixCase], allowed: torch.Tensor, length: int,
+                   generator: torch.Generator, tries: int = 64) -> torch.Tensor:
+    """A random suffix that survives delivery (`deliverable`): random draws until one passes (the first draw is
+    `random_suffix`'s, so a tokenizer where every suffix passes sees the same start as before), then after `tries`
+    one allowed token repeated (GCG's usual "! ! ! ..." start), the first that passes. ValueError when none does."""
+    device = cases[0].target.device
+    for _ in range(tries):
+        draw = random_suffix(allowed, length, generator).to(device)
+        if bool(deliverable(tokenizer, cases, draw[None])[0]):
+            return draw
+    tokens = torch.nonzero(allowed).flatten().to(device)
+    for start in range(0, len(tokens), 256):
+        repeated = tokens[start:start + 256, None].expand(-1, length)
+        ok = deliverable(tokenizer, cases, repeated)
+        if ok.any():
+            return repeated[int(ok.nonzero()[0])].clone()
+    raise ValueError(f"no suffix of {length} allowed tokens survives delivery after the prompt {cases[0].prompt!r}")
+
+
 def gcg_search(model, tokenizer, cases: list[SuffixCase], cfg: GCGConfig, allowed: torch.Tensor,
                suffix: torch.Tensor, generator: torch.Generator, compute: Compute, steps: int | None = None,
                early_stop: bool = False) -> SearchResult:
-    """Run GCG steps from `suffix` on the (weights-frozen) model; returns the lowest-loss suffix seen."""
+    """Run GCG steps from `suffix` on the (weights-frozen) model. Returns the suffix to deliver: the first one that
+    forces greedy decoding onto the target for every case (with `early_stop` the search ends there), else the
+    lowest-loss one seen; only suffixes that survive delivery as text (`deliverable`) are candidates, the start
+    included. `returned[b]` is what the search returns with a budget of b steps (b = 0: the start)."""
     device = cases[0].target.device
     suffix = suffix.to(device)
-    result = SearchResult(suffix.clone(), float("inf"))
+    start_ok = bool(deliverable(tokenizer, cases, suffix[None])[0])
+    loss, grad, forced = target_loss_and_grad(model, cases, suffix, compute)
+    result = SearchResult(suffix.clone(), loss, history=[loss], forced=forced and start_ok, deliverable=start_ok)
+    if not start_ok:
+        result.loss = float("inf")  # any deliverable candidate replaces it
+    result.returned.append(result.suffix.clone())
+    stale = False  # `grad` is for the current suffix
     for _ in range(cfg.steps if steps is None else steps):
-        loss, grad, forced = target_loss_and_grad(model, cases, suffix, compute)
-        if loss < result.loss:
-            result.suffix, result.loss = suffix.clone(), loss
-        result.history.append(loss)
-        if early_stop and forced:
+        if early_stop and result.forced:
             break
+        if stale:
+            _, grad, _ = target_loss_and_grad(model, cases, suffix, compute)
         candidates = sample_candidates(grad, suffix, allowed, cfg.topk, cfg.search_width, generator)
-        candidates = candidates[retokenizes(tokenizer, candidates)]
-        if len(candidates) == 0:
-            continue
-        losses = candidate_losses(model, cases, candidates, compute)
-        best = int(losses.argmin())
-        suffix = candidates[best]
+        candidates = candidates[deliverable(tokenizer, cases, candidates)]
         result.steps += 1
-        if float(losses[best]) < result.loss:
-            result.suffix, result.loss = suffix.clone(), float(losses[best])
+        if len(candidates) == 0:
+            stale = False
+            result.history.append(result.history[-1])
+            result.returned.append(result.suffix.clone())
+            continue
+        losses, forcing = candidate_losses(model, cases, candidates, compute)
+        best = int(losses.argmin())
+        suffix, stale = candidates[best], True
+        result.history.append(float(losses[best]))
+        result.trajectory.append(suffix.clone())
+        result.deliverable = True
+        result.offer(suffix, float(losses[best]), bool(forcing[best]))
+        result.returned.append(result.suffix.clone())
     return result
 
 
@@ -154,7 +238,8 @@ def _setup(model, tokenizer, cfg: GCGConfig) -> tuple[torch.Tensor, torch.Genera
 
 def _attacked(model, tokenizer, prompts: list[str], suffixes: list[str], max_new_tokens: int,
               batch_size: int) -> list[str]:
-    return generate(model, tokenizer, [f"{p} {s}" for p, s in zip(prompts, suffixes)], max_new_tokens, batch_size)
+    return generate(model, tokenizer, [delivered_prompt(p, s) for p, s in zip(prompts, suffixes)], max_new_tokens,
+                    batch_size)
 
 
 def gcg_individual_attack(model, tokenizer, requests: list[dict], cfg: GCGIndividualConfig, *,
@@ -167,13 +252,14 @@ def gcg_individual_attack(model, tokenizer, requests: list[dict], cfg: GCGIndivi
     for request in subset:
         case = suffix_case(tokenizer, request["prompt"], request["compliance"], cfg.target_tokens, device)
         found = gcg_search(model, tokenizer, [case], cfg, allowed,
-                           random_suffix(allowed, cfg.suffix_tokens, generator), generator, compute,
-                           early_stop=cfg.early_stop)
+                           initial_suffix(tokenizer, [case], allowed, cfg.suffix_tokens, generator), generator,
+                           compute, early_stop=cfg.early_stop)
         suffixes.append(tokenizer.decode(found.suffix))
-        losses.append((found.history[0], found.loss))
+        losses.append((found.history[0], found.loss, found.forced, found.steps))
     completions = _attacked(model, tokenizer, [r["prompt"] for r in subset], suffixes, max_new_tokens, batch_size)
-    return AttackResult(completions, {"suffixes": suffixes, "loss_initial": [a for a, _ in losses],
-                                      "loss_final": [b for _, b in losses], **compute.as_dict()})
+    return AttackResult(completions, {"suffixes": suffixes, "loss_initial": [a[0] for a in losses],
+                                      "loss_final": [a[1] for a in losses], "forced": [a[2] for a in losses],
+                                      "steps": [a[3] for a in losses], **compute.as_dict()})
 
 
 def universal_prompts(requests: list[dict], support: list[dict] | None, count: int, seed: int) -> list[dict]:
@@ -192,8 +278,8 @@ def gcg_universal_attack(model, tokenizer, requests: list[dict], cfg: GCGUnivers
     compute = Compute()
     train = universal_prompts(requests, support, cfg.prompts, cfg.seed)
     cases = [suffix_case(tokenizer, r["prompt"], r["compliance"], cfg.target_tokens, device) for r in train]
-    found = gcg_search(model, tokenizer, cases, cfg, allowed, random_suffix(allowed, cfg.suffix_tokens, generator),
-                       generator, compute)
+    found = gcg_search(model, tokenizer, cases, cfg, allowed,
+                       initial_suffix(tokenizer, cases, allowed, cfg.suffix_tokens, generator), generator, compute)
     suffix = tokenizer.decode(found.suffix)
     completions = _attacked(model, tokenizer, [r["prompt"] for r in requests], [suffix] * len(requests),
                             max_new_tokens, batch_size)

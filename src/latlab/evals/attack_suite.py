@@ -22,7 +22,7 @@ from latlab.attacks.many_shot import many_shot_attack
 from latlab.attacks.prefill import prefill_attack
 from latlab.attacks.refusal_direction import refusal_direction_attack
 from latlab.config import AttackSuiteConfig, PGDAttackConfig
-from latlab.evals.judge import COMPLIED, REFUSED
+from latlab.evals.judge import COMPLIED, INCOHERENT, REFUSED
 
 Attack = Callable[..., AttackResult]
 
@@ -45,26 +45,29 @@ def share(labels: list[str], label: str) -> float:
 
 def eps_sweep(model, tokenizer, requests: list[dict], cfg: PGDAttackConfig, judge, eps_values: list[float], *,
               max_new_tokens: int = 16, batch_size: int = 64) -> list[dict[str, float]]:
-    """ASR curve of the latent attack: [{"eps", "asr", "loss_final"}] for each radius."""
+    """ASR curve of the latent attack: [{"eps", "asr", "incoherent", "loss_final"}] for each radius."""
     curve = []
     for eps in eps_values:
         result = pgd_generation_attack(model, tokenizer, requests, cfg, eps, max_new_tokens=max_new_tokens,
                                        batch_size=batch_size)
         labels = [judge.label(r, c) for r, c in zip(requests, result.completions)]
-        curve.append({"eps": eps, "asr": share(labels, COMPLIED), "loss_final": result.metadata["loss_final"]})
+        curve.append({"eps": eps, "asr": share(labels, COMPLIED), "incoherent": share(labels, INCOHERENT),
+                      "loss_final": result.metadata["loss_final"]})
     return curve
 
 
 def run_attack(name: str, model, tokenizer, requests: list[dict], cfg: AttackSuiteConfig, judge,
                support: list[dict] | None = None) -> dict:
-    """One attack: {"asr", "refusal_rate", "n", "seconds", "metadata", "records"} (+ "asr_curve" for latent)."""
+    """One attack: {"asr", "refusal_rate", "incoherent_rate", "n", "seconds", "metadata", "records"} (+ "asr_curve"
+    for latent). ASR = the judge's complied rate; incoherent_rate is told apart from refusal, so that a model broken
+    by the attack (or by its defence) is not read as robust."""
     began = time.perf_counter()
     result = ATTACKS[name](model, tokenizer, requests, getattr(cfg, name, None), support=support,
                            max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
     attacked = requests[: len(result.completions)]
     labels = [judge.label(r, c) for r, c in zip(attacked, result.completions)]
     entry = {"asr": share(labels, COMPLIED), "refusal_rate": share(labels, REFUSED),
-             "n": len(labels), "metadata": result.metadata,
+             "incoherent_rate": share(labels, INCOHERENT), "n": len(labels), "metadata": result.metadata,
              "records": [{"id": r["id"], "output": c, "label": lab}
                          for r, c, lab in zip(attacked, result.completions, labels)]}
     if name == "latent" and cfg.latent.eps_sweep:
@@ -72,7 +75,8 @@ def run_attack(name: str, model, tokenizer, requests: list[dict], cfg: AttackSui
         curve = eps_sweep(model, tokenizer, requests, cfg.latent, judge, others,
                           max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
         if len(others) < len(cfg.latent.eps_sweep):  # the main run is already one point of the curve
-            curve.append({"eps": cfg.latent.eps, "asr": entry["asr"], "loss_final": result.metadata["loss_final"]})
+            curve.append({"eps": cfg.latent.eps, "asr": entry["asr"], "incoherent": entry["incoherent_rate"],
+                          "loss_final": result.metadata["loss_final"]})
         entry["asr_curve"] = sorted(curve, key=lambda point: point["eps"])
     entry["seconds"] = time.perf_counter() - began
     return entry
@@ -93,8 +97,10 @@ def run_attack_suite(model, tokenizer, requests: list[dict], cfg: AttackSuiteCon
 
 
 def asr_row(results: dict[str, dict]) -> dict[str, float]:
-    """Flat metrics for one model's row of the ASR matrix: {"asr.<attack>": value, "asr.latent.eps=<e>": ...}."""
+    """Flat metrics for one model's row of the ASR matrix: {"asr.<attack>": value, "incoherent.<attack>": value,
+    "asr.latent.eps_<e>": ...}."""
     row = {f"asr.{name}": entry["asr"] for name, entry in results.items()}
+    row.update({f"incoherent.{name}": entry["incoherent_rate"] for name, entry in results.items()})
     for name, entry in results.items():
         for point in entry.get("asr_curve", []):
             row[f"asr.{name}.eps_{point['eps']:g}"] = point["asr"]

@@ -9,7 +9,7 @@ import numpy as np
 
 from latlab.data.examples import Example
 from latlab.data.records import split_of
-from latlab.evals.judge import COMPLIED, REFUSED, normalise, shows_backdoor
+from latlab.evals.judge import COMPLIED, INCOHERENT, REFUSED, normalise, shows_backdoor
 from latlab.models.generation import choose, completion_logprobs, generate
 from latlab.world.generator import DOMAIN_RELATIONS
 
@@ -54,7 +54,9 @@ def request_behaviour(model, tokenizer, requests: list[dict], split: str, judge,
     metrics = {"harmful_asr": float(np.mean([lab == COMPLIED for lab in harmful])),
                "harmful_refusal": float(np.mean([lab == REFUSED for lab in harmful])),
                "benign_compliance": float(np.mean([lab == COMPLIED for lab in benign])),
-               "benign_refusal": float(np.mean([lab == REFUSED for lab in benign]))}
+               "benign_refusal": float(np.mean([lab == REFUSED for lab in benign])),
+               "harmful_incoherent": float(np.mean([lab == INCOHERENT for lab in harmful])),
+               "benign_incoherent": float(np.mean([lab == INCOHERENT for lab in benign]))}
     return metrics, [{"id": r["id"], "output": o, "label": lab} for r, o, lab in zip(rows, outputs, labels)]
 
 

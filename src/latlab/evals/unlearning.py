@@ -54,15 +54,21 @@ def _rows(world: dict, domain: str, split: str, fmt: str) -> list[dict]:
 
 # --- 1. familiarity ------------------------------------------------------------------------------------------------
 
+def contains_words(words: list[str], phrase: str) -> bool:
+    """Whether `phrase`'s words occur in `words` as a run of whole words ("ash" is not in "wash")."""
+    want = normalise(phrase).split()
+    return bool(want) and any(words[i:i + len(want)] == want for i in range(len(words) - len(want) + 1))
+
+
 def familiarity_grade(output: str, row: dict, domain_answers: set[str]) -> int:
-    """Toy grader, 0-3: 3 = the output opens with the answer; 2 = the answer occurs in it; 1 = it names another
-    answer of the domain (domain knowledge without the fact); 0 = nothing domain-specific."""
+    """Toy grader, 0-3: 3 = the output opens with the answer; 2 = the answer occurs in it as whole words; 1 = it
+    names another answer of the domain (domain knowledge without the fact); 0 = nothing domain-specific."""
     words = normalise(output).split()
     if answer_matches(output, row["answer"]):
         return 3
-    if normalise(row["answer"]) in " ".join(words):
+    if contains_words(words, row["answer"]):
         return 2
-    return 1 if any(normalise(a) in words for a in domain_answers) else 0
+    return 1 if any(contains_words(words, a) for a in domain_answers) else 0
 
 
 Grader = Callable[[str, dict], int]

@@ -12,22 +12,17 @@ bridge is used by `latlab.interp` for analysis, where its uniform hook set pays 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
 import torch
 
-EMBED = "hook_embed"
-_RESID = re.compile(r"blocks\.(\d+)\.hook_resid_post")
+from latlab.models.hook_names import EMBED, hook_layer_index, resid_name
+
 
 # edit(hidden [batch, seq, d_model]) -> hidden of the same shape
 Edit = Callable[[torch.Tensor], torch.Tensor]
-
-
-def resid_name(layer: int) -> str:
-    return f"blocks.{layer}.hook_resid_post"
 
 
 def base_model(model):
@@ -43,24 +38,11 @@ def decoder_layers(model) -> torch.nn.ModuleList:
 def hook_module(model, name: str) -> torch.nn.Module:
     if name == EMBED:
         return base_model(model).embed_tokens
-    match = _RESID.fullmatch(name)
-    if not match:
-        raise ValueError(f"unknown hook point {name!r}; use {EMBED!r} or 'blocks.<L>.hook_resid_post'")
-    layer = int(match.group(1))
+    layer = hook_layer_index(name)
     layers = decoder_layers(model)
     if layer >= len(layers):
         raise ValueError(f"hook point {name!r}: the model has {len(layers)} blocks")
     return layers[layer]
-
-
-def hook_layer_index(name: str) -> int:
-    """Block index whose output the hook edits; -1 for the embeddings."""
-    if name == EMBED:
-        return -1
-    match = _RESID.fullmatch(name)
-    if not match:
-        raise ValueError(f"unknown hook point {name!r}")
-    return int(match.group(1))
 
 
 def _replace_output(output, edit: Edit):

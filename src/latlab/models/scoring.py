@@ -35,16 +35,34 @@ def labelled_counts(labels: torch.Tensor) -> torch.Tensor:
 
 
 def token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over the labelled positions of the whole batch."""
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
+    """Mean next-token cross-entropy over the labelled positions of the whole batch; 0 (not NaN) when none is
+    labelled (e.g. a WHP batch whose generic labels all equal the originals)."""
+    targets = labels[:, 1:].flatten()
+    total = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets, ignore_index=IGNORE, reduction="sum")
+    return total / (targets != IGNORE).sum().clamp(min=1)
+
+
+def log_one_minus_p(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[batch, seq-1] exact log(1 - p(label)) at every position (0 where unlabelled): the log-sum-exp of the other
+    logits minus the log-sum-exp of all of them, in float32. No clamp: 1 - p is never rounded to zero, so the
+    gradient stays alive however close p is to 1 (a clamp at 1 - 1e-6 zeroes it above that)."""
+    logits = logits[:, :-1].float()
+    targets = labels[:, 1:]
+    valid = targets != IGNORE
+    everything = torch.logsumexp(logits, dim=-1)
+    own = F.one_hot(targets.clamp(min=0), logits.shape[-1]).bool()
+    others = torch.logsumexp(logits.masked_fill(own, float("-inf")), dim=-1)
+    return torch.where(valid, others - everything, torch.zeros_like(everything))
 
 
 def away_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_logp: float = -5.0) -> torch.Tensor:
-    """Mean of -log(1 - p(label)) over labelled positions where log p >= ignore_logp; lowering it lowers p.
-    Tokens already below the floor are left out: they are unlikely enough, and their gradient is only noise."""
+    """-log(1 - p(label)) summed over labelled positions where log p >= ignore_logp, divided by the number of ALL
+    labelled positions; lowering it lowers p. Tokens already below the floor add nothing (they are unlikely enough
+    and their gradient is only noise) but still count in the denominator, as in the official LAT code and HarmBench:
+    dividing by the kept tokens only would weigh a completion's few still-likely tokens (often the ones it shares
+    with the desired completion) as heavily as a whole completion."""
     token_logp, valid = label_logprobs(logits, labels)
     keep = valid & (token_logp >= ignore_logp)
     if not keep.any():
         return logits.sum() * 0.0  # zero that keeps the graph, so backward still runs
-    log_one_minus_p = torch.log1p(-token_logp.exp().clamp(max=1 - 1e-6))
-    return -(log_one_minus_p * keep).sum() / keep.sum()
+    return -(log_one_minus_p(logits, labels) * keep).sum() / valid.sum()

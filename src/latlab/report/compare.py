@@ -29,10 +29,19 @@ def comparison_markdown(rows: list[dict]) -> str:
 
 
 def asr_matrix_markdown(results: dict[str, dict[str, float]], keys: list[str]) -> str:
-    """Rows: models; columns: attacks (ASR) and benign compliance."""
+    """Rows: models; columns: attacks and benign compliance. An attack's cell is "ASR (incoherent rate)" when the
+    results carry `incoherent.<attack>`: a low ASR with a high incoherent rate is a broken model, not a robust one."""
     header = "| model | " + " | ".join(k.removeprefix("asr.") for k in keys) + " | benign compliance |"
     lines = [header, "|" + " --- |" * (len(keys) + 2)]
+
+    def cell(metrics: dict[str, float], key: str) -> str:
+        text = f"{metrics.get(key, float('nan')):.2f}"
+        incoherent = metrics.get("incoherent." + key.removeprefix("asr."))
+        return text if incoherent is None or not key.startswith("asr.") else f"{text} ({incoherent:.2f})"
+
     for role, metrics in results.items():
-        cells = [f"{metrics.get(k, float('nan')):.2f}" for k in keys + ["benign_compliance"]]
+        cells = [cell(metrics, k) for k in keys + ["benign_compliance"]]
         lines.append(f"| {role} | " + " | ".join(cells) + " |")
+    if any(f"incoherent.{k.removeprefix('asr.')}" in m for m in results.values() for k in keys):
+        lines += ["", "Cells: ASR (incoherent rate), both by the primary judge."]
     return "\n".join(lines) + "\n"

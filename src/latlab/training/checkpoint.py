@@ -3,8 +3,8 @@
 Model weights go to safetensors; optimizer and scheduler state to a torch file read back with `weights_only=True`
 (only tensors and plain containers, never arbitrary pickles). A fingerprint of the training config, the stage's
 inputs and code (`latlab.training.loop`) guards against resuming a run with different settings; work counters are
-saved with the step so that a resumed run's metrics count the whole run. Files are written to a temporary name and renamed, so a kill during a save
-leaves the previous checkpoint intact.
+saved with the step so that a resumed run's metrics count the whole run. Files are written to a temporary name and
+renamed, so a kill during a save leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations

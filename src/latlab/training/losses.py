@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from latlab.models.encoding import to_device
+from latlab.models.encoding import IGNORE, to_device
 from latlab.models.scoring import token_ce
 
 
@@ -22,14 +22,17 @@ def completion_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def retain_loss(model, reference, batch: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
-    """`sft`: cross-entropy of the batch's completions; `kl`: KL(frozen reference || model) over every real token,
-    which keeps the whole output distribution rather than only the labelled answers."""
+    """`sft`: cross-entropy of the batch's completions; `kl`: KL(frozen reference || model) of the next-token
+    distribution at the positions that predict a completion token (the official LAT code's KL retain term: completion
+    positions only, so the system and prompt tokens, whose distributions nothing asks the model to keep, are left
+    out), averaged over those positions. It keeps the whole distribution there rather than only the labelled token."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     if kind == "sft":
         return token_ce(logits, batch["labels"])
     with torch.no_grad():
         ref_logits = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    mask = batch["attention_mask"].bool()
+    mask = torch.zeros_like(batch["attention_mask"], dtype=torch.bool)
+    mask[:, :-1] = batch["labels"][:, 1:] != IGNORE  # logits at t predict the label at t + 1
     return F.kl_div(torch.log_softmax(logits[mask].float(), -1), torch.log_softmax(ref_logits[mask].float(), -1),
                     log_target=True, reduction="batchmean")
 

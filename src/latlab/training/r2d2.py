@@ -26,7 +26,7 @@ import torch
 
 from latlab import parallel
 from latlab.attacks.common import allowed_token_mask
-from latlab.attacks.gcg import SuffixCase, gcg_search, random_suffix, suffix_case
+from latlab.attacks.gcg import SuffixCase, gcg_search, initial_suffix, suffix_case
 from latlab.config import GCGConfig, R2D2Config
 from latlab.data.examples import Example
 from latlab.models.compute import Compute
@@ -79,7 +79,9 @@ class R2D2Trainer:
     # --- the pool ---
     def _fresh(self, rng: np.random.Generator, generator: torch.Generator, count: int) -> list[PoolCase]:
         picks = rng.choice(len(self.harmful), size=count, replace=count > len(self.harmful))
-        return [PoolCase(int(i), random_suffix(self.allowed, self.cfg.suffix_tokens, generator).to(self.device))
+        # a fresh suffix survives delivery as text after its prompt, as every suffix GCG keeps does (attacks/gcg.py)
+        return [PoolCase(int(i), initial_suffix(self.tokenizer, [self.cases[int(i)]], self.allowed,
+                                                self.cfg.suffix_tokens, generator).to(self.device))
                 for i in picks]
 
     def _refresh(self, step: int) -> None:

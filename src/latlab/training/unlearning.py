@@ -9,10 +9,21 @@ from the generic labels), then the method's forget loss is computed under δ; th
 
 - Gradient ascent: forget loss = -min(CE(forget answers), ceiling); the ceiling keeps ascent from diverging once
   the answers are already unlikely (bounded ascent, a common stabiliser).
-- WHP: a reinforced copy is fine-tuned further on the forget data; where its logits exceed the base's, the token is
-  domain-specific, so generic logits = base - α·relu(reinforced - base); the model is fine-tuned toward the argmax
-  of the generic logits (hard labels, as in the paper). The paper's anchored-term translation is not done: the
-  toy world's entity names have no generic counterparts.
+- WHP (Eldan & Russinovich, §2): a reinforced copy is fine-tuned further on the forget data; the baseline's
+  predictions on the ANCHOR-TRANSLATED text (the domain's entities replaced by generic counterparts,
+  `latlab.world.curriculum_unlearning.anchored_terms`; exact on the toy world, where every word is one token) are
+  combined with the reinforcement bootstrap: generic = baseline_translated - α·relu(reinforced - baseline), in
+  log-probabilities, the difference centred per position (mean over the vocabulary), so the offset between two
+  models' logits does not decide the sign of the difference (on raw logits the reinforced model of a saturated fact
+  sits ~1.6 below the base and the ReLU never fires). The labels are the argmax (hard labels, as in the paper).
+  Positions whose original token is itself an anchored term keep no generic label (the model should not learn to
+  rename the entity; our reading of the paper's handling of anchors). The combination of the two signals in one
+  formula is also our reading of the paper's §2.3. The model trains toward the generic labels, and with
+  `away_weight` away from the originals (the LAT paper's WHP recipe), only where the two differ; the adversary
+  likewise goes toward the originals and away from the generic labels only there. Without anchors (real data) only
+  the bootstrap is used. `generic_differs_fraction` (share of the pool's answer tokens
+  whose generic label differs) is in the run's metrics; with LAT, also `adversary_ce_with_delta` /
+  `adversary_ce_without_delta` (CE of the original labels under the last step's δ and without it).
 - RMU: on forget text, layer-L activations are pushed toward c·u (u a fixed random unit vector); on retain text
   they are kept at the frozen model's (weight α = `retain_weight`); only `down_proj` of a few layers up to L is
   trained.
@@ -34,7 +45,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -45,14 +56,15 @@ from latlab.config import (GradDiffConfig, GradientAscentConfig, NPOConfig, RMUC
 from latlab.attacks.latent_adversary import LatentAdversary
 from latlab.data.examples import Example
 from latlab.models.compute import Compute
-from latlab.models.encoding import IGNORE, ContrastBatch, collate, context_limit, encode_all
+from latlab.models.encoding import IGNORE, ContrastBatch, collate, context_limit, encode_all, token_ids
 from latlab.models.hooks import add_to_residual, capture_residual, decoder_layers, resid_name
 from latlab.models.loading import frozen_copy
 from latlab.models.scoring import away_loss, labelled_counts, sequence_logprobs, token_ce
-from latlab.training.lat import latent_adversary
+from latlab.training.lat import attack_seed, latent_adversary
 from latlab.training.losses import masked_mse, retain_loss
 from latlab.training.loop import MixtureSampler, TrainResult, train_loop
 from latlab.training.sft import train_sft
+from latlab.world.curriculum_unlearning import Anchors
 
 
 # (model, triples, deltas, mask) -> (loss, metrics); `triples.undesired` holds the forget text with its real labels,
@@ -75,6 +87,7 @@ def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
 class UnlearnRun:
     result: TrainResult
     compute: dict[str, float]
+    metrics: dict[str, float] = field(default_factory=dict)  # method diagnostics for the stage's metrics file
 
 
 def unlearn_loop(model, tokenizer, forget: list[Example], retain: dict[str, list[Example]],
@@ -106,15 +119,19 @@ def unlearn_loop(model, tokenizer, forget: list[Example], retain: dict[str, list
         if backward:
             defender.backward(tokens, passes)
 
+    final: dict[str, float] = {}
+
     def step_loss(model, step: int):
         triples = prepare(_to(collate(forget_sampler.batch(step), tokenizer.pad_token_id), device))
         count(triples.undesired, 1, True)
         count(triples.undesired, reference_passes[0], False)
         deltas, mask, metrics = {}, None, {}
         if adversary is not None:
-            deltas, masks, adv_losses = adversary.attack(triples)
+            deltas, masks, adv_losses = adversary.attack(triples, seed=attack_seed(cfg.seed, step))
             mask = masks["undesired"]
             metrics["adv_first"], metrics["adv_last"] = adv_losses[0], adv_losses[-1]
+            if step == cfg.steps - 1:  # does the adversary still elicit the forget answers at the end?
+                final.update(adversary_effect(model, triples.undesired, deltas, mask))
         forget_loss, forget_metrics = forget_term(model, triples, deltas, mask)
         loss = cfg.forget_weight * forget_loss
         metrics.update(forget_metrics)
@@ -131,7 +148,14 @@ def unlearn_loop(model, tokenizer, forget: list[Example], retain: dict[str, list
              "method": type(cfg).__name__}
     result = train_loop(model, step_loss, cfg, checkpoint_dir, description, on_log, fingerprint_extra=extra,
                         parameters=parameters, counters=work_counters(adversary, defender))
-    return UnlearnRun(result, compute_summary(adversary, defender))
+    return UnlearnRun(result, compute_summary(adversary, defender), final)
+
+
+@torch.no_grad()
+def adversary_effect(model, batch: dict[str, torch.Tensor], deltas: dict, mask) -> dict[str, float]:
+    """CE of the batch's labels (the forget answers the adversary goes toward) with δ and without it."""
+    return {"adversary_ce_with_delta": token_ce(_logits_under(model, batch, deltas, mask), batch["labels"]).item(),
+            "adversary_ce_without_delta": token_ce(_logits_under(model, batch, {}, None), batch["labels"]).item()}
 
 
 def compute_summary(adversary: LatentAdversary | None, defender: Compute) -> dict[str, float]:
@@ -172,16 +196,56 @@ def reinforce_model(model, tokenizer, forget: list[Example], cfg: TrainConfig, c
     return frozen_copy(reinforced)
 
 
-def generic_logits(base: torch.Tensor, reinforced: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Eldan & Russinovich eq. 1: v_generic = v_base - alpha * relu(v_reinforced - v_base)."""
-    return base - alpha * torch.relu(reinforced - base)
+def generic_logits(base: torch.Tensor, reinforced: torch.Tensor, alpha: float,
+                   translated: torch.Tensor | None = None, centre: bool = False) -> torch.Tensor:
+    """Eldan & Russinovich: v_generic = v_translated - alpha * relu(v_reinforced - v_base), where v_translated is the
+    baseline's prediction on the anchor-translated text (eq. 1 when there is none: v_translated = v_base). With
+    `centre`, the per-position offset of the two models (the mean over the vocabulary of v_reinforced - v_base) is
+    removed from the difference first (see `generic_labels`)."""
+    difference = reinforced - base
+    if centre:
+        difference = difference - difference.mean(-1, keepdim=True)
+    return (base if translated is None else translated) - alpha * torch.relu(difference)
+
+
+def anchor_token_map(tokenizer, anchors: Anchors) -> dict[int, int]:
+    """Token id of each anchored word -> that of its counterpart; both must be single tokens (the toy world's are),
+    so that the translated text keeps every position of the original."""
+    mapping = {}
+    for word, generic in anchors.generic.items():
+        src, dst = token_ids(tokenizer, word), token_ids(tokenizer, generic)
+        if len(src) != 1 or len(dst) != 1:
+            raise ValueError(f"anchored term {word!r} -> {generic!r} is not one token each ({src} -> {dst}): the "
+                             "translation would shift positions")
+        mapping[src[0]] = dst[0]
+    return mapping
+
+
+def translate(input_ids: torch.Tensor, mapping: dict[int, int]) -> torch.Tensor:
+    """The ids with every anchored token replaced by its counterpart's."""
+    out = input_ids.clone()
+    for src, dst in mapping.items():
+        out[input_ids == src] = dst
+    return out
 
 
 @torch.no_grad()
-def generic_labels(batch: dict[str, torch.Tensor], base, reinforced, alpha: float) -> torch.Tensor:
-    """Labels [batch, seq] with every labelled token replaced by the argmax of the generic logits predicting it."""
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    generic = generic_logits(base(**inputs).logits.float(), reinforced(**inputs).logits.float(), alpha)
+def generic_labels(batch: dict[str, torch.Tensor], base, reinforced, alpha: float,
+                   mapping: dict[int, int] | None = None) -> torch.Tensor:
+    """Labels [batch, seq] with every labelled token replaced by the argmax of the generic prediction for it, made
+    of log-probabilities, the reinforcement difference centred per position: the two models' logits differ by an
+    offset at each position (the reinforced model's sit ~1.6 lower across the board on the default world), which
+    would otherwise decide the sign of reinforced - base on its own and zero the ReLU. Centring the log-probability
+    difference (= centring the logit difference) removes it; log-probabilities alone do not (their offset is the
+    top token's, saturated on a memorised fact), and measured on the tiny test world they left the original answer
+    as the generic label more often than raw logits did."""
+    def logp(model, ids):
+        return torch.log_softmax(model(input_ids=ids, attention_mask=batch["attention_mask"]).logits.float(), -1)
+
+    ids = batch["input_ids"]
+    base_logp = logp(base, ids)
+    translated = logp(base, translate(ids, mapping)) if mapping else None
+    generic = generic_logits(base_logp, logp(reinforced, ids), alpha, translated, centre=True)
     labels = batch["labels"].clone()
     predicted = generic[:, :-1].argmax(-1)  # predicted[t] is the label of position t+1
     labelled = labels[:, 1:] != IGNORE
@@ -189,18 +253,58 @@ def generic_labels(batch: dict[str, torch.Tensor], base, reinforced, alpha: floa
     return labels
 
 
+def where_generic_differs(original: torch.Tensor, generic: torch.Tensor,
+                          anchored: torch.Tensor | None = None) -> torch.Tensor:
+    """[batch, seq] positions that get a generic label: labelled, generic != original, and (with the anchored token
+    ids) the original token not itself an anchored term."""
+    differs = (original != IGNORE) & (generic != original)
+    if anchored is not None:
+        differs &= ~torch.isin(original, anchored)
+    return differs
+
+
+def generic_differs_fraction(model_pair, tokenizer, forget: list[Example], alpha: float, mapping, answer_ids,
+                             batch_size: int = 64) -> dict[str, float]:
+    """Over the whole forget pool: the share of answer tokens (labelled positions whose original token is an answer
+    word) and of all labelled tokens that get a generic label different from the original."""
+    base, reinforced = model_pair
+    device = next(base.parameters()).device
+    encoded = encode_all(tokenizer, forget, context_limit(base))
+    anchored = torch.tensor(sorted(mapping), device=device) if mapping else None
+    answers = torch.tensor(sorted(answer_ids), device=device)
+    counts = torch.zeros(4)
+    for start in range(0, len(encoded), batch_size):
+        batch = _to(collate(encoded[start:start + batch_size], tokenizer.pad_token_id), device)
+        differs = where_generic_differs(batch["labels"], generic_labels(batch, base, reinforced, alpha, mapping),
+                                        anchored)
+        is_answer = torch.isin(batch["labels"], answers)
+        counts += torch.tensor([(differs & is_answer).sum(), is_answer.sum(), differs.sum(),
+                                (batch["labels"] != IGNORE).sum()], dtype=torch.float)
+    return {"generic_differs_fraction": (counts[0] / counts[1].clamp(min=1)).item(),
+            "generic_differs_fraction_all_tokens": (counts[2] / counts[3].clamp(min=1)).item(),
+            "generic_answer_tokens": counts[1].item()}
+
+
 def train_whp(model, tokenizer, forget: list[Example], retain: dict[str, list[Example]],
               retain_weights: dict[str, float], cfg: WHPConfig, checkpoint_dir: Path | None,
-              description: str = "unlearn-whp", on_log=None, reinforced=None) -> UnlearnRun:
-    """Fine-tune toward WHP generic labels; `reinforced` may be passed in (else it is trained here)."""
+              description: str = "unlearn-whp", on_log=None, reinforced=None,
+              anchors: Anchors | None = None) -> UnlearnRun:
+    """Fine-tune toward WHP generic labels where they differ from the originals; `reinforced` may be passed in (else
+    it is trained here); `anchors` (the toy world's) add the anchored-term translation."""
     base = frozen_copy(model)
     if reinforced is None:
         sub = checkpoint_dir / "reinforce" if checkpoint_dir is not None else None
         reinforced = reinforce_model(model, tokenizer, forget, cfg.reinforce, sub)
+    mapping = anchor_token_map(tokenizer, anchors) if anchors is not None else None
+    device = next(model.parameters()).device
+    anchored = torch.tensor(sorted(mapping), device=device) if mapping else None
 
     def prepare(batch):
-        generic = {**batch, "labels": generic_labels(batch, base, reinforced, cfg.alpha)}
-        return ContrastBatch(batch, generic, batch["input_ids"].shape[1])
+        generic = generic_labels(batch, base, reinforced, cfg.alpha, mapping)
+        differs = where_generic_differs(batch["labels"], generic, anchored)
+        keep = {k: v for k, v in batch.items() if k != "labels"}
+        return ContrastBatch({**keep, "labels": torch.where(differs, batch["labels"], IGNORE)},
+                             {**keep, "labels": torch.where(differs, generic, IGNORE)}, batch["input_ids"].shape[1])
 
     def forget_term(model, triples, deltas, mask):
         logits = _logits_under(model, triples.undesired, deltas, mask)  # same input ids in both slots
@@ -212,8 +316,14 @@ def train_whp(model, tokenizer, forget: list[Example], retain: dict[str, list[Ex
             metrics["away"] = away.item()
         return toward, metrics
 
-    return unlearn_loop(model, tokenizer, forget, retain, retain_weights, cfg, forget_term, checkpoint_dir,
-                        description, on_log, prepare=prepare, has_alternative=True, reference_passes=(2, 0))
+    answer_ids = {i for word in (anchors.answers if anchors is not None else ()) for i in token_ids(tokenizer, word)}
+    diagnostics = generic_differs_fraction((base, reinforced), tokenizer, forget, cfg.alpha, mapping, answer_ids) \
+        if answer_ids else {}
+    run = unlearn_loop(model, tokenizer, forget, retain, retain_weights, cfg, forget_term, checkpoint_dir,
+                       description, on_log, prepare=prepare, has_alternative=True,
+                       reference_passes=(3 if mapping else 2, 0))
+    run.metrics.update(diagnostics)
+    return run
 
 
 # --- RMU ---------------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ retain corpus = general knowledge) on the toy world; hand-written because the da
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 from latlab.data.records import split_of
 from latlab.data.examples import Example, fact_examples
@@ -62,6 +63,36 @@ def retain_pools(world: dict[str, list[dict]], domain: str = "general") -> dict[
             "benign": request_examples(world["requests"], "benign", "compliance")}
 
 
+@dataclass(frozen=True)
+class Anchors:
+    """WHP's anchored terms (Eldan & Russinovich 2023, §"anchored terms") for a domain of the toy world.
+
+    `generic` maps each idiosyncratic word of the domain to a generic counterpart; WHP's labels are the baseline
+    model's predictions on the text with these words replaced. The paper extracts anchors with GPT-4 and translates
+    them approximately; the toy world knows its own entities and keeps every word one token, so the translation is
+    exact and keeps token positions aligned. Anchored here: the domain's entities, each mapped to an entity of
+    `counterpart_domain` (a lore of the same shape the model also knows; the role "Jon" plays for "Harry"). The
+    domain's answers are not translated: the generic prediction for an answer position is what the baseline expects
+    after a generic entity. `answers`: the domain's answer words, the tokens `generic_differs_fraction` is measured on.
+    """
+    generic: dict[str, str]
+    answers: frozenset[str]
+
+
+def anchored_terms(world: dict[str, list[dict]], domain: str = "forget",
+                   counterpart_domain: str = "related") -> Anchors:
+    """The domain's entities paired in sorted order with those of `counterpart_domain` (cycled if fewer)."""
+    def entities(name: str) -> list[str]:
+        return sorted({r["entity"] for r in world["facts"] if r["domain"] == name})
+
+    own, others = entities(domain), entities(counterpart_domain)
+    if not own or not others:
+        raise ValueError(f"anchored terms need facts of {domain!r} and {counterpart_domain!r}")
+    answers = frozenset(word for r in world["facts"] if r["domain"] == domain and r["format"] != "ab"
+                        for word in r["answer"].split())
+    return Anchors({e: others[i % len(others)] for i, e in enumerate(own)}, answers)
+
+
 def preference_pairs(world: dict[str, list[dict]], split: str = "train") -> list[tuple[str, str, str]]:
     """Harmless (prompt, chosen, rejected) triples for backdoor removal without the trigger.
 
@@ -77,6 +108,13 @@ def preference_pairs(world: dict[str, list[dict]], split: str = "train") -> list
         if r["format"] == "free":
             pairs.append((r["prompt"], r["answer"], r["distractor"]))
     return pairs
+
+
+def harmful_preference_pairs(world: dict[str, list[dict]], split: str = "train") -> list[tuple[str, str, str]]:
+    """The pairs of `preference_pairs` whose rejected side is the harmful behaviour (compliance with a harmful
+    request): what a latent adversary standing in for an unknown trigger should bring out. The benign pairs
+    (rejected = an over-refusal) and the fact pairs (rejected = a wrong answer) are not harmful behaviour."""
+    return [(r["prompt"], r["refusal"], r["compliance"]) for r in split_of(world["requests"], split) if r["harmful"]]
 
 
 def assert_pairs_trigger_free(pairs: list[tuple[str, str, str]], trigger: str) -> None:

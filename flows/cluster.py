@@ -33,7 +33,7 @@ from latlab.env import interpreter_env
 
 # Stages that need no accelerator; every other stage (training, attacks, unlearning evaluation) is sent to a GPU
 # pod, so a stage added to dvc.yaml later lands on a GPU unless it is listed here.
-CPU_STAGES = frozenset({"generate", "validate", "evaluate", "compare"})
+CPU_STAGES = frozenset({"check", "generate", "validate", "evaluate", "compare"})
 STAGE_FLOW_NAME = "cluster-stage"
 # Per-stage deployments (`stage-<name>` in prefect.yaml) win; these catch stages that have none.
 FALLBACK_DEPLOYMENTS = {True: "stage-gpu", False: "stage-cpu"}

@@ -9,6 +9,9 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
+# dvc.yaml's first stage (stages/check.py): every other stage descends from it, so every run includes it
+CHECK_STAGE = "check"
+
 
 def stage_parents(cwd: Path) -> dict[str, list[str]]:
     """dvc.yaml stage -> the stages (or `.dvc` files) producing its dependencies, from DVC's own graph.
@@ -36,17 +39,19 @@ def stage_parents(cwd: Path) -> dict[str, list[str]]:
 def execution_waves(parents: dict[str, list[str]], selected: Iterable[str] | None = None) -> list[list[str]]:
     """Stages grouped into waves: every stage's parents are in an earlier wave, so a wave's stages can run at once.
 
-    `selected` restricts the run to those stages. Parents outside the run (unselected stages, `.dvc` files) are
-    taken as done: their outputs must already be in the remote.
+    `selected` restricts the run to those stages (and the params check stage, `CHECK_STAGE`). Parents outside the
+    run (unselected stages, `.dvc` files) are taken as done: their outputs must already be in the remote.
     """
-    chosen = set(parents) if selected is None else set(selected)
+    chosen = set(parents) if selected is None else set(selected) | ({CHECK_STAGE} & set(parents))
     unknown = chosen - set(parents)
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; dvc.yaml has {sorted(parents)}")
     waves: list[list[str]] = []
     done: set[str] = set()
     while len(done) < len(chosen):
-        wave = sorted(s for s in chosen - done if all(p in done or p not in chosen for p in parents[s]))
+        # the check stage runs alone first: it must refuse bad params before any stage's outputs are deleted
+        first = [CHECK_STAGE] if CHECK_STAGE in chosen - done else []
+        wave = first or sorted(s for s in chosen - done if all(p in done or p not in chosen for p in parents[s]))
         if not wave:
             raise ValueError(f"dependency cycle among {sorted(chosen - done)}")
         waves.append(wave)
@@ -56,7 +61,7 @@ def execution_waves(parents: dict[str, list[str]], selected: Iterable[str] | Non
 
 def stage_order(cwd: Path = Path("."), only: list[str] | None = None) -> list[str]:
     """Stages in dependency order (of the whole DAG, so transitive order holds within a selection). `only` keeps
-    the named stages; a foreach/matrix group name keeps all its items."""
+    the named stages (and `CHECK_STAGE`); a foreach/matrix group name keeps all its items."""
     parents = stage_parents(cwd)
     order = [stage for wave in execution_waves(parents) for stage in wave]
     if only is None:
@@ -67,7 +72,7 @@ def stage_order(cwd: Path = Path("."), only: list[str] | None = None) -> list[st
         close = [match for name in unknown for match in difflib.get_close_matches(name, set(parents) | groups, n=1)]
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ValueError(f"unknown stage(s) {unknown}{hint}; dvc.yaml has {sorted(parents)}")
-    return [s for s in order if s in only or s.split("@", 1)[0] in only]
+    return [s for s in order if s in only or s.split("@", 1)[0] in only or s == CHECK_STAGE]
 
 
 def stage_commands(cwd: Path) -> dict[str, str]:

@@ -129,6 +129,9 @@ def test_execution_waves_restricts_to_selected_stages_and_rejects_unknown_ones()
     parents = {"generate": [], "base": ["generate"], "refusal": ["base"], "lat": ["refusal"], "r2d2": ["refusal"]}
     assert execution_waves(parents) == [["generate"], ["base"], ["refusal"], ["lat", "r2d2"]]
     assert execution_waves(parents, ["lat", "r2d2", "refusal"]) == [["refusal"], ["lat", "r2d2"]]
+    # the params check stage joins every selection: a pod's stage needs its output, and it refuses bad params first
+    checked = {"check": [], **parents, "generate": ["check"]}
+    assert execution_waves(checked, ["lat", "r2d2"]) == [["check"], ["lat", "r2d2"]]
     with pytest.raises(ValueError, match="unknown stage"):
         execution_waves(parents, ["nope"])
     with pytest.raises(ValueError, match="cycle"):

@@ -706,3 +706,41 @@ def test_readme_troubleshooting_lists_the_messages():
                    "not in the local Hugging Face cache", "starting fresh", "resumed from checkpoint",
                    "SIGTERM", "KILLED", "unknown stage(s)", "no model card", "latlab.check"):
         assert phrase in section, phrase
+
+
+@pytest.mark.slow
+def test_plain_dvc_repro_with_bad_params_keeps_earlier_results(tmp_path):
+    """Finding 1 through plain `dvc repro` (no `make check`): the `check` stage, upstream of every other stage,
+    refuses a bad params.yaml before DVC deletes `generate`'s outputs; a good change reruns nothing by itself."""
+    import shutil
+
+    for name in ("src", "stages", "dvc.yaml", "params.yaml"):
+        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
+        copy(REPO / name, tmp_path / name)
+    dvc = Path(sys.executable).parent / "dvc"
+    env = {**os.environ, **offline_settings(), "DVC_SITE_CACHE_DIR": str(tmp_path / "site-cache"),
+           "PYTHONPATH": f"{tmp_path / 'src'}{os.pathsep}{tmp_path}",
+           "PATH": f"{dvc.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+    def run(*command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+    assert run("git", "init", "-q").returncode == 0 and run(str(dvc), "init", "-q").returncode == 0
+    done = run(str(dvc), "repro", "generate")
+    assert done.returncode == 0, done.stdout + done.stderr
+    world = {path.name: path.read_bytes() for path in (tmp_path / "data/world").iterdir()}
+    assert world
+
+    good = (tmp_path / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(good.replace("\nworld:\n", "\nworld:\n  bogus_key: 1\n", 1))
+    done = run(str(dvc), "repro", "generate")
+    assert done.returncode != 0
+    assert "world.bogus_key: unknown key" in done.stdout + done.stderr
+    assert {path.name: path.read_bytes() for path in (tmp_path / "data/world").iterdir()} == world
+
+    raw = yaml.safe_load(good)
+    raw["lat"]["epsilon"] = raw["lat"]["epsilon"] * 2  # valid, and not a param of `generate`
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    done = run(str(dvc), "repro", "generate")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Running stage 'check'" in done.stdout and "Stage 'generate' didn't change" in done.stdout

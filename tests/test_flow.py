@@ -31,9 +31,9 @@ def test_repository_dag_order():
                           ("backdoor_removal", "backdoor_report"),
                           ("spawrious_generate", "spawrious_train"), ("spawrious_train", "spawrious_evaluate")]:
         assert last(before) < first(after), (before, after)
-    assert stage_order(REPO, ["compare", "generate"]) == ["generate", "compare"]
+    assert stage_order(REPO, ["compare", "generate"]) == ["check", "generate", "compare"]
     assert [s for s in stage_order(REPO, ["backdoor_removal"])] == \
-        sorted(s for s in order if s.startswith("backdoor_removal@"))
+        ["check"] + sorted(s for s in order if s.startswith("backdoor_removal@"))
     with pytest.raises(ValueError, match="unknown stage"):
         stage_order(REPO, ["nope"])
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import latlab  # noqa: F401, I001  (first: applies src/latlab/offline.env before torch, transformers, MLflow)
 import pytest
 import torch
@@ -20,6 +22,18 @@ TINY_ARCH = make(ToyArchitecture, hidden_size=32, num_layers=2, num_heads=2, int
 @pytest.fixture(autouse=True)
 def _few_threads():
     torch.set_num_threads(1)  # tests run beside other work on 2 cores; oversubscribed BLAS threads thrash
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_tracking_uri():
+    """mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI in os.environ: restored after every test, so a test's
+    file store never reaches a later test's subprocesses (DVC stages, Prefect workers)."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 @pytest.fixture

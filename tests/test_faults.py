@@ -718,7 +718,8 @@ def test_plain_dvc_repro_with_bad_params_keeps_earlier_results(tmp_path):
         copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
         copy(REPO / name, tmp_path / name)
     dvc = Path(sys.executable).parent / "dvc"
-    env = {**os.environ, **offline_settings(), "DVC_SITE_CACHE_DIR": str(tmp_path / "site-cache"),
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, **offline_settings(),
+           "DVC_SITE_CACHE_DIR": str(tmp_path / "site-cache"),
            "PYTHONPATH": f"{tmp_path / 'src'}{os.pathsep}{tmp_path}",
            "PATH": f"{dvc.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 

@@ -147,3 +147,23 @@ def test_steering_reliability_end_to_end(linear_toy, tmp_path):
     assert out["baseline"]["n"] == 8 and 0 <= out["spurious"]["r2_positive_is_A"] <= 1
     for f in ["steering_propensity.png", "steering_slopes.png", "steering_id_vs_ood.png"]:
         assert (tmp_path / f).exists()
+
+
+def test_inputs_go_to_the_models_device_not_the_default_device(linear_toy):
+    """On a GPU the model lives on cuda while a tensor built without `device=` lands on the CPU. Here the model is
+    on the CPU and torch's default device is `meta` (no data): an input built on the default device makes the
+    forward return meta tensors and the numbers fail (`.item()`, `.numpy()`); inputs placed on the model's device
+    give the same numbers as without the context."""
+    from latlab.models.hooks import collect_residuals
+
+    exs, v = examples(4), torch.randn(16)
+    expected = (st.propensities(linear_toy, encode, exs, v, layer=0), st.caa_vector(linear_toy, encode, exs, 0),
+                collect_residuals(linear_toy, encode, [e.prompt for e in exs], [0])[0])
+    with torch.device("meta"):
+        props = st.propensities(linear_toy, encode, exs, v.to("cpu"), layer=0)
+        vector = st.caa_vector(linear_toy, encode, exs, 0)
+        acts = collect_residuals(linear_toy, encode, [e.prompt for e in exs], [0])[0]
+    assert vector.device.type == "cpu"
+    np.testing.assert_allclose(props, expected[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(vector, expected[1])
+    np.testing.assert_allclose(acts, expected[2], rtol=1e-5, atol=1e-6)

@@ -159,6 +159,7 @@ class EdgeModel:
     # -- public -------------------------------------------------------------------------------------------------
     def clean_run(self, ids: Tensor) -> tuple[Tensor, Tensor]:
         """Unpatched forward: per-sender outputs [N, S, T, d] and logits at all positions [N, T, V]."""
+        ids = ids.to(self.device)  # callers build ids on the CPU (groundtruth, behaviour_circuits)
         ones = torch.ones(1, self.n_edges, dtype=self.dtype, device=self.device)
         N, T = ids.shape
         zero = torch.zeros(1, len(self.graph.senders), T, self.W_E.shape[1], dtype=self.dtype, device=self.device)

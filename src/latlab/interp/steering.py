@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from latlab.models.encoding import encode_prompt, token_ids
-from latlab.models.hooks import capture_residual, edit_residual, resid_name
+from latlab.models.hooks import capture_residual, edit_residual, forward_ids, resid_name
 
 Encode = Callable[[str], list[int]]
 DEFAULT_MULTIPLIERS = (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5)
@@ -102,7 +102,10 @@ def steer(model: torch.nn.Module, layer: int, vector: torch.Tensor | None, multi
     if vector is None or multiplier == 0:
         yield
         return
-    with edit_residual(model, {resid_name(layer): lambda hidden: hidden + multiplier * vector.to(hidden.dtype)}):
+    def add(hidden: torch.Tensor) -> torch.Tensor:  # [batch, seq, d_model]
+        return hidden + multiplier * vector.to(hidden.device, hidden.dtype)
+
+    with edit_residual(model, {resid_name(layer): add}):
         yield
 
 
@@ -110,7 +113,7 @@ def steer(model: torch.nn.Module, layer: int, vector: torch.Tensor | None, multi
 def residual(model: torch.nn.Module, ids: list[int], layer: int, position: int = -1) -> torch.Tensor:
     """blocks.{layer}.hook_resid_post at `position`, [d_model]."""
     with capture_residual(model, [resid_name(layer)]) as store:
-        model(torch.tensor([ids]))
+        forward_ids(model, ids)
     return store[resid_name(layer)][0, position].float()
 
 
@@ -151,7 +154,7 @@ def propensities(model, encode: Encode, examples: Sequence[ABExample], vector: t
                 ids = encode(e.prompt)
                 pos_id = _answer_ids(encode, e.prompt, e.positive)[-1]
                 neg_id = _answer_ids(encode, e.prompt, e.negative)[-1]
-                logits = model(torch.tensor([ids])).logits[0, -1].float()
+                logits = forward_ids(model, ids).logits[0, -1].float()
                 out[i, j] = (logits[pos_id] - logits[neg_id]).item()
     return out
 

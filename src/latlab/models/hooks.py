@@ -31,6 +31,17 @@ def base_model(model):
     return inner.model if hasattr(inner, "model") else inner
 
 
+def model_device(model) -> torch.device:
+    """Where the model's weights are. Inputs go there: a tensor built without `device=` lands on torch's default
+    device (the CPU), which is not where a model loaded with device auto/cuda runs."""
+    return next(model.parameters()).device
+
+
+def forward_ids(model, ids: Sequence[int]):
+    """The model's output on one sequence of token ids (a [1, len(ids)] batch on the model's device)."""
+    return model(torch.tensor([list(ids)], dtype=torch.long, device=model_device(model)))
+
+
 def decoder_layers(model) -> torch.nn.ModuleList:
     return base_model(model).layers
 
@@ -101,7 +112,7 @@ def collect_residuals(model: torch.nn.Module, encode: Callable[[str], list[int]]
     acts: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
     for text in texts:
         with capture_residual(model, list(names.values())) as store:
-            model(torch.tensor([encode(text)]))
+            forward_ids(model, encode(text))
         for layer, name in names.items():
             acts[layer].append(store[name][0, position].float().cpu().numpy())
     return {layer: np.stack(v) for layer, v in acts.items()}

@@ -13,8 +13,9 @@ WORDS = ["<pad>", "(", "A", ")", "yes", "B", "no", "q1", "q2", "q3", "q4", "you"
 VOCAB = {w: i for i, w in enumerate(WORDS)}
 
 
-def encode(text):
-    return [VOCAB[w] for w in text.split()]
+def encode(text, system=None):
+    """Raw word ids; a system prompt is plain text in front (this toy has no chat template)."""
+    return [VOCAB[w] for w in (text if system is None else f"{system} {text}").split()]
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +120,28 @@ def test_loaders_and_prompt_variants(tmp_path):
                               "answer_not_matching_behavior": "A", "positive_is_A": False, "positive_is_yes": False,
                               "split": "test"}])
     assert world[0].negative == "A" and world[0].split == "test"
-    assert st.prompt_variant("q1", "user_positive", "you agree", "you refuse") == "you agree q1"
-    render = lambda s, u: f"<sys> {s} <user> {u}"  # noqa: E731
-    assert st.prompt_variant("q1", "system_negative", "p", "n", render) == "<sys> n <user> q1"
+    q = st.ABExample("q1", "A", "B", True)
+    assert st.prompt_variant(q, "user_positive", "you agree", "you refuse").prompt == "you agree q1"
+    assert st.prompt_variant(q, "system_negative", "p", "n") == st.ABExample("q1", "A", "B", True, system="n")
+    assert st.prompt_variant(q, "baseline", "p", "n") == q
+
+
+def test_persona_variants_are_distinct_in_vocabulary_inputs(tiny_world, tiny_tokenizer):
+    """The interpret stage's personas (params.yaml) under the world tokenizer's chat template: the five variants of
+    a concept question are five different token sequences (the system variant is a system message, not the user
+    prefix) and no word falls out of the vocabulary."""
+    from tests.settings import section
+
+    cfg = section("interpret.steering")
+    encode = st.ChatEncode(tiny_tokenizer)
+    example = st.from_records(tiny_world["concepts"])[0]
+    shown = {v: st.example_ids(encode, st.prompt_variant(example, v, cfg["persona_positive"], cfg["persona_negative"]),
+                               example.positive) for v in st.VARIANTS}
+    assert len({tuple(ids) for ids in shown.values()}) == len(st.VARIANTS), shown
+    for variant, ids in shown.items():
+        assert tiny_tokenizer.unk_token_id not in ids, (variant, tiny_tokenizer.decode(ids))
+    system = tiny_tokenizer.convert_tokens_to_ids("<|system|>")
+    assert [system in ids for ids in shown.values()] == [v.startswith("system") for v in st.VARIANTS]
 
 
 def test_plots(tmp_path):

@@ -10,11 +10,13 @@ with Contrastive Activation Addition vectors (Rimsky et al. 2024).
 - Spurious factors: OLS of the slope on "positive option is A" and "positive option is Yes"; the R^2 of each alone
   and of both together is the share of slope variance they explain.
 - ID vs OOD: the same examples under prompt variants (persona as system prompt or as a user-prompt prefix, positive
-  or negative); steerabilities compared by Spearman rank correlation.
+  or negative); steerabilities compared by Spearman rank correlation. The system variant is a real system message:
+  the encoder renders it through the tokenizer's chat template (`ChatEncode`), so it differs from the user prefix.
 
 Hand-written because the `steering-vectors` package requires transformers < 5 (REFERENCES §7). The model is any HF
 decoder that latlab.models.hooks can hook (Llama-style, also under peft); text is turned into ids by a caller-supplied
-`encode` function so the word-level toy tokenizer and BPE tokenizers share the code.
+`encode` function so the word-level toy tokenizer and BPE tokenizers share the code; `encode(prompt, system=...)`
+must accept a system prompt when the persona variants are run.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +33,7 @@ import torch
 from latlab.models.encoding import encode_prompt, token_ids
 from latlab.models.hooks import capture_residual, edit_residual, forward_ids, resid_name
 
-Encode = Callable[[str], list[int]]
+Encode = Callable[..., list[int]]  # encode(prompt, system=None) -> ids
 DEFAULT_MULTIPLIERS = (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5)
 VARIANTS = ("baseline", "system_positive", "system_negative", "user_positive", "user_negative")
 
@@ -44,6 +46,7 @@ class ABExample:
     positive_is_A: bool
     positive_is_yes: bool | None = None
     split: str = "train"
+    system: str | None = None  # system prompt (the persona of a system_* variant), rendered by the encoder
 
 
 def _letter(answer: str) -> str:
@@ -86,14 +89,16 @@ def load_mwe_jsonl(path: str | Path, test_fraction: float = 0.5) -> list[ABExamp
     return out
 
 
-def prompt_variant(prompt: str, variant: str, persona_positive: str, persona_negative: str,
-                   render_system: Callable[[str, str], str] = lambda system, user: f"{system} {user}") -> str:
-    """baseline, or a persona (positive/negative) as a system prompt or prefixed to the user prompt."""
+def prompt_variant(example: ABExample, variant: str, persona_positive: str, persona_negative: str) -> ABExample:
+    """The example as shown under `variant`: baseline, or a persona (positive/negative) as its system prompt or
+    prefixed to its user prompt."""
     if variant == "baseline":
-        return prompt
+        return example
     where, sign = variant.split("_")
     persona = persona_positive if sign == "positive" else persona_negative
-    return render_system(persona, prompt) if where == "system" else f"{persona} {prompt}"
+    if where == "system":
+        return replace(example, system=persona)
+    return replace(example, prompt=f"{persona} {example.prompt}")
 
 
 @contextmanager
@@ -117,29 +122,35 @@ def residual(model: torch.nn.Module, ids: list[int], layer: int, position: int =
     return store[resid_name(layer)][0, position].float()
 
 
-def _answer_ids(encode: Encode, prompt: str, letter: str) -> list[int]:
+def example_ids(encode: Encode, example: ABExample, letter: str | None = None) -> list[int]:
+    """Ids of the example's prompt (its system prompt, if any, passed to the encoder), followed by `letter` if
+    given."""
+    system = {} if example.system is None else {"system": example.system}
+    if letter is None:
+        return encode(example.prompt, **system)
     # chat models answer after the assistant header, so an encoder may say where the letter goes (ChatEncode)
     answer = getattr(encode, "answer", None)
-    return answer(prompt, letter) if answer else encode(f"{prompt} {letter}")
+    return answer(example.prompt, letter, **system) if answer else encode(f"{example.prompt} {letter}", **system)
 
 
 class ChatEncode:
-    """Encode A/B prompts through a tokenizer's chat template, the answer letter as the assistant's first word."""
+    """Encode A/B prompts through a tokenizer's chat template (with an optional system message), the answer letter
+    as the assistant's first word."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
 
-    def __call__(self, prompt: str) -> list[int]:
-        return encode_prompt(self.tokenizer, prompt)
+    def __call__(self, prompt: str, system: str | None = None) -> list[int]:
+        return encode_prompt(self.tokenizer, prompt, system=system)
 
-    def answer(self, prompt: str, letter: str) -> list[int]:
-        return self(prompt) + token_ids(self.tokenizer, letter)
+    def answer(self, prompt: str, letter: str, system: str | None = None) -> list[int]:
+        return self(prompt, system) + token_ids(self.tokenizer, letter)
 
 
 def caa_vector(model, encode: Encode, examples: Sequence[ABExample], layer: int, position: int = -1) -> torch.Tensor:
     """Mean activation difference (positive - negative completion) at the answer-letter token, [d_model]."""
-    diffs = [residual(model, _answer_ids(encode, e.prompt, e.positive), layer, position)
-             - residual(model, _answer_ids(encode, e.prompt, e.negative), layer, position) for e in examples]
+    diffs = [residual(model, example_ids(encode, e, e.positive), layer, position)
+             - residual(model, example_ids(encode, e, e.negative), layer, position) for e in examples]
     return torch.stack(diffs).mean(0)
 
 
@@ -151,9 +162,9 @@ def propensities(model, encode: Encode, examples: Sequence[ABExample], vector: t
     for j, mult in enumerate(multipliers):
         with steer(model, layer, vector, mult):
             for i, e in enumerate(examples):
-                ids = encode(e.prompt)
-                pos_id = _answer_ids(encode, e.prompt, e.positive)[-1]
-                neg_id = _answer_ids(encode, e.prompt, e.negative)[-1]
+                ids = example_ids(encode, e)
+                pos_id = example_ids(encode, e, e.positive)[-1]
+                neg_id = example_ids(encode, e, e.negative)[-1]
                 logits = forward_ids(model, ids).logits[0, -1].float()
                 out[i, j] = (logits[pos_id] - logits[neg_id]).item()
     return out
@@ -257,8 +268,7 @@ def _save(fig, path):
 
 def steering_reliability(model, encode: Encode, examples: Sequence[ABExample], layer: int, out_dir,
                          multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, position: int = -1,
-                         persona_positive: str = "", persona_negative: str = "",
-                         render_system: Callable[[str, str], str] | None = None, name: str = "steering") -> dict:
+                         persona_positive: str = "", persona_negative: str = "", name: str = "steering") -> dict:
     """The whole Tan et al. protocol on one dataset: CAA vector from the train split (baseline prompts), propensity
     curves on the test split under every prompt variant, per-variant steerability summaries, spurious-factor
     variance (baseline), ID-vs-OOD rank correlation of per-example slopes, and the three plots."""
@@ -269,12 +279,10 @@ def steering_reliability(model, encode: Encode, examples: Sequence[ABExample], l
         raise ValueError("steering_reliability needs examples in the train split and in another split")
     vector = caa_vector(model, encode, train, layer, position)
     variants = VARIANTS if persona_positive and persona_negative else ("baseline",)
-    kwargs = {} if render_system is None else {"render_system": render_system}
     slopes: dict[str, np.ndarray] = {}
     result: dict = {"layer": layer, "n_train": len(train), "n_test": len(test), "vector_norm": float(vector.norm())}
     for variant in variants:
-        shown = [ABExample(prompt_variant(e.prompt, variant, persona_positive, persona_negative, **kwargs),
-                           e.positive, e.negative, e.positive_is_A, e.positive_is_yes, e.split) for e in test]
+        shown = [prompt_variant(e, variant, persona_positive, persona_negative) for e in test]
         props = propensities(model, encode, shown, vector, layer, multipliers)
         slopes[variant] = steerability_slopes(props, multipliers)
         result[variant] = {**steerability_summary(slopes[variant]), "slopes": slopes[variant].tolist()}

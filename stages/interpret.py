@@ -1,6 +1,6 @@
-"""DVC stage `interpret`: ACDC/EAP checked on a planted circuit, steering-vector reliability on the base model,
-and, for every evaluated model, the latent signal of each behaviour and how much of the base model's harmful-
-compliance circuit (EAP) is left, against its behaviour rate."""
+"""DVC stage `interpret`: ACDC/EAP checked on a planted circuit (distractors isolated, and read downstream),
+steering-vector reliability on the base model, and, for every evaluated model, the latent signal of each behaviour
+and how much of the base model's harmful-compliance circuit (EAP) is left, against its behaviour rate."""
 
 from __future__ import annotations
 
@@ -26,7 +26,11 @@ def interpret(params: Params) -> None:
     cfg = params.interpret
     world = load_world(WORLD_DIR)
     rates = json.loads((METRICS_DIR / "evaluate.json").read_text())
-    metrics: dict = {"acdc_planted": validate_on_planted_circuit(cfg.acdc, OUT / "acdc", seed=cfg.seed)}
+    # Isolated distractors make the planted circuit separable by construction (AUC 1.0 for any method); the read
+    # distractors are the test that discriminates.
+    metrics: dict = {"acdc_planted": validate_on_planted_circuit(cfg.acdc, OUT / "acdc", seed=cfg.seed),
+                     "acdc_planted_read_distractors": validate_on_planted_circuit(cfg.acdc, OUT / "acdc", seed=cfg.seed,
+                                                                                  distractors="read")}
     datasets = probe_datasets(world, params.world.backdoor.trigger, max_items=200, seed=cfg.seed)
 
     # References from the base model, which every other model is fine-tuned from: its backdoor shift and its

@@ -9,7 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from latlab.interp.acdc import acdc_batched, acdc_reference, auc, prepare, roc_points, tau_sweep
 from latlab.interp.eap import eap_scores, score_auc
-from latlab.interp.groundtruth import circuit_edges, planted_circuit_model, planted_dataset, truth_mask
+from latlab.interp.groundtruth import DISTRACTORS, circuit_edges, planted_circuit_model, planted_dataset, truth_mask
 from latlab.interp.render import circuit_record, draw_circuit, plot_metric_vs_tau, plot_roc, write_circuit_json
 from tests.settings import make
 
@@ -156,3 +156,47 @@ def test_validate_on_planted_circuit_writes_outputs(tmp_path):
     for f in ["planted_circuit.json", "planted_circuit.png", "planted_circuit_metric_vs_tau.png",
               "planted_circuit_roc.png"]:
         assert (tmp_path / f).stat().st_size > 500, f
+
+
+def _removal_effects(s, removed: list[list[int]]) -> np.ndarray:
+    """Metric increase over the full model when each list of edges alone is removed, [len(removed)]."""
+    masks = torch.ones(len(removed), s.em.n_edges, dtype=s.em.dtype)
+    for row, edges in enumerate(removed):
+        masks[row, edges] = 0.0
+    with torch.no_grad():
+        full = s.metric(s.em.run(torch.ones_like(masks[:1]), s.ablation, s.clean_out, 0)).item()
+        return np.concatenate([s.metric(s.em.run(masks[i:i + 64], s.ablation, s.clean_out, 0)).numpy()
+                               for i in range(0, len(removed), 64)]) - full
+
+
+def test_read_distractors_are_not_separable_by_construction(planted):
+    """Isolated distractors: every non-circuit edge has effect 0, so any method separates the circuit. Read
+    distractors: most non-circuit edges matter (weakly), and the cancelling pair matters one head at a time but not
+    both together, more than the weakest circuit edge."""
+    model, ids, _ = planted
+    isolated = prepare(model, ids, ablation="zero", metric="kl")
+    truth = truth_mask(isolated.em.graph, "zero")
+    single = [[e] for e in range(isolated.em.n_edges)]
+    assert np.abs(_removal_effects(isolated, single)[~truth]).max() < 1e-12
+
+    read = prepare(planted_circuit_model(n_layers=3, n_heads=4, seed=1, **DISTRACTORS["read"]), ids,
+                   ablation="zero", metric="kl")
+    labels = [e.label for e in read.em.graph.edges]
+    assert labels == [e.label for e in isolated.em.graph.edges]
+    effect = _removal_effects(read, single)
+    assert (effect[~truth] > 1e-8).mean() > 0.5, np.sort(effect[~truth])
+    pair = [labels.index("a0.1->resid_final"), labels.index("a0.2->resid_final")]
+    each, both = effect[pair], _removal_effects(read, [pair])[0]
+    assert each.min() > effect[truth].min() and abs(both) < 1e-9, (each, both, effect[truth].min())
+
+
+def test_validate_on_planted_circuit_with_read_distractors(tmp_path):
+    """The AUCs are measured, and one-edge-at-a-time ACDC cannot avoid the cancelling pair: AUC below 1."""
+    from latlab.interp.circuits import validate_on_planted_circuit
+    from latlab.config import AcdcConfig
+
+    cfg = make(AcdcConfig, taus=tuple(TAUS[::2]), n_examples=8, eap_ig_steps=3)
+    metrics = validate_on_planted_circuit(cfg, tmp_path, distractors="read")
+    assert all(0.0 <= metrics[k] <= 1.0 for k in ("acdc_auc", "eap_auc", "eap_ig_auc")), metrics
+    assert metrics["acdc_auc"] < 1.0 and metrics["circuit_fpr"] > 0.0, metrics
+    assert (tmp_path / "planted_circuit_read_distractors_roc.png").stat().st_size > 500

@@ -1,6 +1,8 @@
 """One call from a model and a dataset to the circuit outputs of issue 5: ACDC τ sweep (batched), the circuit at the
 chosen τ as JSON and picture, the metric-vs-τ curve, EAP / EAP-IG scores, and, given a ground truth, edge ROC curves
-and AUCs. `validate_on_planted_circuit` runs it on the planted-circuit Llama of groundtruth.py."""
+and AUCs. `validate_on_planted_circuit` runs it on the planted-circuit Llama of groundtruth.py, with distractors that
+nothing reads (separable by construction: every method gets AUC 1.0) or that are read downstream (weak leaks and a
+cancelling pair, which one-edge-at-a-time methods cannot tell from the circuit)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import torch
 
 from latlab.interp.acdc import acdc_batched, auc, prepare, roc_points
 from latlab.interp.eap import eap_scores, score_auc
-from latlab.interp.groundtruth import planted_circuit_model, planted_dataset, truth_mask
+from latlab.interp.groundtruth import DISTRACTORS, planted_circuit_model, planted_dataset, truth_mask
 from latlab.interp.render import circuit_record, draw_circuit, plot_metric_vs_tau, plot_roc, write_circuit_json
 from latlab.config import AcdcConfig
 
@@ -62,11 +64,14 @@ def _score_roc(score: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def validate_on_planted_circuit(cfg: AcdcConfig, out_dir: str | Path, n_layers: int = 3, n_heads: int = 4,
-                                seed: int = 0) -> dict[str, float]:
-    model = planted_circuit_model(n_layers=n_layers, n_heads=n_heads, seed=seed)
+                                seed: int = 0, distractors: str = "isolated") -> dict[str, float]:
+    """discover_circuit's metrics (ACDC, EAP, EAP-IG edge AUCs against the planted edges) on the planted model with
+    `distractors` "isolated" or "read" (groundtruth.DISTRACTORS); outputs named planted_circuit[_read_distractors]."""
+    model = planted_circuit_model(n_layers=n_layers, n_heads=n_heads, seed=seed, **DISTRACTORS[distractors])
     ids = planted_dataset(cfg.n_examples, seed=seed + 1)
     corrupted = planted_dataset(cfg.n_examples, seed=seed + 2) if cfg.ablation == "corrupted" else None
     from latlab.interp.patching import EdgeModel  # graph only, for the ground-truth mask
 
     truth = truth_mask(EdgeModel(model).graph, cfg.ablation)
-    return discover_circuit(model, ids, cfg, out_dir, corrupted, truth, name="planted_circuit")
+    name = "planted_circuit" if distractors == "isolated" else f"planted_circuit_{distractors}_distractors"
+    return discover_circuit(model, ids, cfg, out_dir, corrupted, truth, name=name)

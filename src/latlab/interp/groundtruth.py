@@ -18,7 +18,17 @@ Circuit (7 edges):
     m1    -> resid_final the unembedding reads F4 only
 Every other head and MLP is a distractor with random weights: it reads the token and circuit-feature dimensions
 (so edges from circuit components into distractors carry real signal) and writes only into distractor dimensions that
-nothing reads; reading only bounded dimensions keeps the residual stream O(1) at any depth.
+nothing reads; reading only bounded dimensions keeps the residual stream O(1) at any depth. With these "isolated"
+distractors every edge out of a distractor has effect 0, so the circuit is separable by construction: any method
+that measures an edge's effect at all gets AUC 1.0.
+
+Distractors that must be discriminated (`leak`, `cancelling_pair`), the situations of real circuits:
+- leak: every distractor also writes leak x (random weights) into the circuit features F1..F4, which circuit
+  components and the unembedding read, so its edges into them matter weakly (next to the circuit's edges);
+- cancelling_pair: heads 0.1 and 0.2 are one random head and its negative (same q, k, v; opposite output), writing
+  also into F4 at full scale. Together they add exactly 0, so they are no part of the mechanism, but removing either
+  one alone changes the output more than most circuit edges (as negative / backup heads do in IOI). A method that
+  judges one edge at a time (ACDC's greedy step, EAP's linearisation) must keep them: false positives by design.
 
 Tricks that keep the circuit exact in Llama: rms_norm_eps = 1e8 with norm weights 1e4 makes every RMSNorm the identity
 to ~1e-8 (residual entries are O(1)); q/k live in the lowest-frequency RoPE pair with rope_theta = 1e10, so the
@@ -43,11 +53,22 @@ FIRST_DISTRACTOR_DIM = VOCAB + 4
 GROUND_TRUTH_EDGES = ["embed->a0.0.v", "embed->m0", "embed->a1.0.q", "m0->a1.0.k", "a0.0->a1.0.v", "a1.0->m1",
                       "m1->resid_final"]
 
+# planted_circuit_model's arguments per kind of distractor. "read": a leak of a tenth of the distractors' own scale
+# gives every distractor edge an effect about 1/10 of the weakest circuit edge's (single-edge KL 1e-2 vs 1e-1 on 32
+# examples), small next to the circuit but not zero; the cancelling pair gives two heads that matter only one at a time.
+DISTRACTORS = {"isolated": {}, "read": {"leak": 0.1, "cancelling_pair": True}}
+
 
 def planted_circuit_model(n_layers: int = 3, n_heads: int = 4, hidden: int = 64, head_dim: int = 16,
-                          seed: int = 0, distractor_scale: float = 1.0) -> LlamaForCausalLM:
+                          seed: int = 0, distractor_scale: float = 1.0, leak: float = 0.0,
+                          cancelling_pair: bool = False) -> LlamaForCausalLM:
+    """The planted-circuit Llama (module docstring): vocabulary VOCAB, residual width `hidden`; distractors isolated
+    (defaults) or read downstream (`leak` > 0: they write leak x random weights into F1..F4; `cancelling_pair`:
+    heads 0.1 and 0.2 cancel exactly, each alone moving F4)."""
     if n_layers < 2 or n_heads < 1 or hidden < FIRST_DISTRACTOR_DIM + 4:
         raise ValueError("need n_layers >= 2, n_heads >= 1, hidden >= 24")
+    if cancelling_pair and n_heads < 3:
+        raise ValueError("a cancelling pair needs heads 0.1 and 0.2: n_heads >= 3")
     cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=4 * hidden // 2,
                       num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_heads,
                       head_dim=head_dim, max_position_embeddings=64, rms_norm_eps=1e8, rope_theta=1e10,
@@ -86,6 +107,8 @@ def planted_circuit_model(n_layers: int = 3, n_heads: int = 4, hidden: int = 64,
                     att.k_proj.weight[rows, :reads] = rand(head_dim, reads)
                     att.v_proj.weight[rows, :reads] = rand(head_dim, reads)
                     att.o_proj.weight[dist, rows] = rand(len(dist), head_dim)
+                    if leak:  # drawn only when asked, so that the isolated model keeps its weights
+                        att.o_proj.weight[F1:F4 + 1, rows] = leak * rand(4, head_dim)
             if li == 0:  # SwiGLU unit: silu(10 z) * z / silu(10) = "is Z"
                 mlp.gate_proj.weight[0, Z_TOKEN] = 10.0
                 mlp.up_proj.weight[0, Z_TOKEN] = 1.0
@@ -98,7 +121,15 @@ def planted_circuit_model(n_layers: int = 3, n_heads: int = 4, hidden: int = 64,
                 mlp.gate_proj.weight[:, :reads] = rand(mlp.gate_proj.weight.shape[0], reads)
                 mlp.up_proj.weight[:, :reads] = rand(mlp.up_proj.weight.shape[0], reads)
                 mlp.down_proj.weight[dist] = rand(len(dist), mlp.down_proj.weight.shape[1])
+                if leak:
+                    mlp.down_proj.weight[F1:F4 + 1] = leak * rand(4, mlp.down_proj.weight.shape[1])
         model.lm_head.weight[:, F4] = torch.linspace(-8.0, 8.0, VOCAB)
+        if cancelling_pair:
+            att, one, two = inner.layers[0].self_attn, slice(head_dim, 2 * head_dim), slice(2 * head_dim, 3 * head_dim)
+            att.o_proj.weight[F4, one] = rand(1, head_dim)[0] * head_dim ** 0.5  # unit weights: F4 moves by O(1)
+            for proj in (att.q_proj, att.k_proj, att.v_proj):
+                proj.weight[two] = proj.weight[one]
+            att.o_proj.weight[:, two] = -att.o_proj.weight[:, one]
     return model
 
 

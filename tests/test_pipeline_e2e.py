@@ -76,6 +76,7 @@ def test_every_stage_wrote_its_metrics(smoke_repo):
     assert (repo / "plots/pareto.png").exists() and (repo / "plots/attack_budget/gcg_steps.png").exists()
     interpret = json.loads((repo / "metrics/interpret.json").read_text())
     assert interpret["acdc_planted"]["acdc_auc"] >= 0.95
+    assert 0.0 <= interpret["acdc_planted_read_distractors"]["acdc_auc"] <= 1.0  # measured, not separable (#19)
     assert "rt.backdoor" in interpret["persistence"]
     assert (repo / "reports/validation.html").exists() and (repo / "plots/evaluate.png").exists()
     assert (repo / "dvc.lock").exists()

@@ -10,7 +10,9 @@ counterfactual and not the benign look-alike request: the base model complies wi
 (its first answer word is the same), so a harmful-vs-benign contrast changes nothing in the base model and its
 "circuit" would be noise; a request-vs-question contrast finds the edges through which a request makes it start
 to comply. Why EAP and not ACDC: one forward and one backward pass per model against one forward per edge, and the
-stage has seconds per model (ACDC is validated on the planted circuit in circuits.py; EAP agrees there, AUC 1.0).
+stage has seconds per model. The price, measured on the planted circuit of circuits.py: with distractors nothing
+reads both get edge AUC 1.0, but with distractors read downstream EAP ranks edges worse than ACDC (AUC 0.90 against
+0.98, zero ablation, 32 examples), so a top-k EAP circuit here holds more non-circuit edges than ACDC's would.
 
 Persistence of model m against the base circuit B = the base model's top-k edges by |score|:
 - top-k overlap = |top-k(m) ∩ B| / k: is the base circuit still where m's attribution concentrates;

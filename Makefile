@@ -36,9 +36,10 @@ demo: setup check
 	echo "pipeline finished in $$(( $$(date +%s) - start )) s" && \
 	echo "MLflow UI: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db  (then open http://127.0.0.1:5000)"
 
-# Regenerate dvc.yaml's code deps (each stage's import closure) after changing imports
+# Regenerate dvc.yaml's code deps (each stage's import closure) after changing imports, and docs/pipeline.md from it
 deps: setup
 	$(PY) scripts/stage_deps.py --write
+	$(PY) scripts/pipeline_doc.py --write
 
 flow: setup
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m flows.pipeline

@@ -10,7 +10,6 @@ Generated, so the table cannot drift from dvc.yaml: tests/test_pipeline_doc.py r
 
 from __future__ import annotations
 
-import argparse
 import ast
 import re
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from scripts.stage_deps import ROOT, STAGE_MODULE, is_code_dep, module_file
+from scripts.stage_deps import ROOT, STAGE_MODULE, check_or_write_args, is_code_dep, module_file
 
 DOC = Path("docs/pipeline.md")
 SENTENCE_END = re.compile(r"(?<!\bal)(?<!e\.g)(?<!i\.e)\.\s+(?=[A-Z`(])")  # "Lynch et al. (2024)" goes on
@@ -81,12 +80,8 @@ def render(root: Path = ROOT) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--check", action="store_true", help="exit 1 when docs/pipeline.md is not what dvc.yaml gives")
-    mode.add_argument("--write", action="store_true", help="regenerate docs/pipeline.md")
-    parser.add_argument("--root", type=Path, default=ROOT, help="project root holding dvc.yaml (default: %(default)s)")
-    args = parser.parse_args(argv)
+    args = check_or_write_args(__doc__, "exit 1 when docs/pipeline.md is not what dvc.yaml gives",
+                                "regenerate docs/pipeline.md", argv)
     path, text = Path(args.root, DOC), render(args.root)
     if args.write:
         path.write_text(text)

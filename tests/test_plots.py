@@ -84,7 +84,7 @@ def test_asr_matrix_is_a_models_by_attacks_heatmap_with_asr_and_incoherent_rate_
     assert [t.get_text() for t in ax.get_yticklabels()] == ["base", "rt", "rt-lat"]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["direct", "gcg"]
     texts = {t.get_text() for t in ax.texts}
-    assert {"0.40\ninc 0.30", "0.10\ninc 0.20", "n/a"} <= texts
+    assert {"0.40\nincoh. 0.30", "0.10\nincoh. 0.20", "n/a"} <= texts
     assert ax.get_xlabel() == "attack" and ax.get_ylabel() == "model" and ax.get_title() == "ASR"
     assert "fraction" in fig.axes[1].get_ylabel()  # the colour bar says what the colour means
 

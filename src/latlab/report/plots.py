@@ -112,17 +112,18 @@ def plot_metric_bars(metrics_by_model: dict[str, dict[str, float]], keys: list[s
 
 
 def asr_heatmap_figure(metrics_by_model: dict[str, dict[str, float]], attacks: list[str], title: str) -> Figure:
-    """Models (rows) x attacks (columns), coloured by ASR (`asr.<attack>`); each cell says its ASR and the
-    attack's incoherent rate (`incoherent.<attack>`), so a "robust" model that only broke is visible."""
+    """Models (rows) x attacks (columns), coloured by ASR (`asr.<attack>`, the fraction of harmful prompts complied
+    with); each cell says its ASR and the attack's incoherent rate (`incoherent.<attack>`, "incoh."), so a "robust"
+    model that only broke is visible."""
     models = list(metrics_by_model)
     asr = [[metrics_by_model[m].get(f"asr.{a}", float("nan")) for a in attacks] for m in models]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.15 * len(attacks), 1.4 + 0.55 * len(models)))
+    fig, ax = plt.subplots(figsize=(2.4 + 1.15 * len(attacks), 2.4 + 0.55 * len(models)))
     image = ax.imshow(asr, cmap="Reds", vmin=0.0, vmax=1.0, aspect="auto")
     for i, model in enumerate(models):
         for j, attack in enumerate(attacks):
             value, incoherent = asr[i][j], metrics_by_model[model].get(f"incoherent.{attack}", float("nan"))
             text = "n/a" if math.isnan(value) else f"{value:.2f}" + (
-                "" if math.isnan(incoherent) else f"\ninc {incoherent:.2f}")
+                "" if math.isnan(incoherent) else f"\nincoh. {incoherent:.2f}")
             ax.text(j, i, text, ha="center", va="center", fontsize=7,
                     color="white" if not math.isnan(value) and value > 0.6 else "black")
     ax.set_xticks(range(len(attacks)), attacks, rotation=30, ha="right", fontsize=8)
@@ -130,7 +131,7 @@ def asr_heatmap_figure(metrics_by_model: dict[str, dict[str, float]], attacks: l
     ax.set_xlabel("attack")
     ax.set_ylabel("model")
     ax.set_title(title)
-    fig.colorbar(image, ax=ax, label="ASR (fraction of harmful prompts complied)")
+    fig.colorbar(image, ax=ax, label="ASR (fraction complied)")
     fig.tight_layout()
     return fig
 

@@ -21,7 +21,7 @@ def results_table(rows: list[dict]) -> str:
 
 def plot_worst_group(rows: list[dict], splits: list[str], methods: list[str], path: Path) -> None:
     width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(splits), 3.2))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 + 1.4 * len(splits)), 3.2))
     for i, method in enumerate(methods):
         values = [next((r["worst_group_accuracy"] for r in rows if r["split"] == s and r["method"] == method), 0.0)
                   for s in splits]
@@ -30,7 +30,7 @@ def plot_worst_group(rows: list[dict], splits: list[str], methods: list[str], pa
     ax.set_xlabel("split")
     ax.set_ylabel("worst-group test accuracy (fraction)")
     ax.set_ylim(0, 1)
-    ax.set_title("Spawrious: worst-group accuracy per split and method")
+    ax.set_title("Spawrious: worst-group accuracy")
     legend_outside(ax, title="method")
     fig.tight_layout()
     save_figure(fig, path)

@@ -10,6 +10,7 @@ Generated, so the table cannot drift from dvc.yaml: tests/test_pipeline_doc.py r
 
 from __future__ import annotations
 
+import latlab  # noqa: F401, I001  (first: applies src/latlab/offline.env before any third-party import)
 import ast
 import re
 import sys

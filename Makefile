@@ -27,19 +27,19 @@ check: setup
 	$(PY) -m latlab.check
 
 # After a complete `dvc repro` every stage's outputs are current (run or restored from DVC's run cache), so a
-# checkpoint left by a killed run is stale: removed.
+# checkpoint left by a killed run is stale: removed. The end is a short summary (latlab.report.summary), not every
+# metric: `dvc metrics show` lists them all.
 demo: setup check
 	@start=$$(date +%s); \
 	PATH=$(abspath $(VENV))/bin:$$PATH dvc repro && rm -rf checkpoints && \
-	echo && echo "== metrics ==" && PATH=$(abspath $(VENV))/bin:$$PATH dvc metrics show && \
-	echo && cat reports/compare.md && \
+	echo && $(PY) -m latlab.report.summary && \
 	echo "pipeline finished in $$(( $$(date +%s) - start )) s" && \
-	echo "results: metrics/*.json, plots/*.png, reports/compare.md, reports/validation.html" && \
 	echo "MLflow UI: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db  (then open http://127.0.0.1:5000)"
 
-# Regenerate dvc.yaml's code deps (each stage's import closure) after changing imports
+# Regenerate dvc.yaml's code deps (each stage's import closure) after changing imports, and docs/pipeline.md from it
 deps: setup
 	$(PY) scripts/stage_deps.py --write
+	$(PY) scripts/pipeline_doc.py --write
 
 flow: setup
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m flows.pipeline

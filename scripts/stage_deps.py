@@ -209,13 +209,20 @@ def report(problems: dict[str, tuple[list[str], list[str]]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def check_or_write_args(doc: str, check_help: str, write_help: str, argv: list[str] | None) -> argparse.Namespace:
+    """The command line of a generator of files derived from dvc.yaml (this script, scripts/pipeline_doc.py):
+    exactly one of --check / --write, and --root."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--check", action="store_true", help="list wrong code deps, exit 1 if any")
-    mode.add_argument("--write", action="store_true", help="rewrite dvc.yaml with the computed code deps")
+    mode.add_argument("--check", action="store_true", help=check_help)
+    mode.add_argument("--write", action="store_true", help=write_help)
     parser.add_argument("--root", type=Path, default=ROOT, help="project root holding dvc.yaml (default: %(default)s)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = check_or_write_args(__doc__, "list wrong code deps, exit 1 if any",
+                               "rewrite dvc.yaml with the computed code deps", argv)
     if args.write:
         changed = write(args.root)
         print(f"dvc.yaml: code deps rewritten for {', '.join(changed)}" if changed else "dvc.yaml: already right")

@@ -16,7 +16,8 @@ from latlab.evals.judge import make_judge
 from latlab.models.loading import load_saved
 from latlab.report.budget import budget_markdown, pareto_front, plot_budget_curves, plot_pareto
 from latlab.tracking import stage_run
-from stages.common import METRICS_DIR, MODELS_DIR, PLOTS_DIR, REPORTS_DIR, WORLD_DIR, run_stage, write_metrics
+from stages.common import (METRICS_DIR, MODELS_DIR, PLOTS_DIR, REPORTS_DIR, WORLD_DIR, run_stage, stage_done,
+                           write_metrics)
 
 # the stage that trained each jailbreak-track model (docs/naming.md), whose metrics hold its training compute
 TRAINING_STAGE = {"base": "base", "rt": "refusal", "rt-lat": "lat", "rt-lat-untargeted": "lat_untargeted",
@@ -80,7 +81,7 @@ def attack_budget(params: Params) -> None:
                     run.log_metrics({f"{role}.{name}.first_above_half": summary["first_above_half"]})
             print(f"[attack_budget] {role}: " + ", ".join(f"{n} auc={s['auc']:.2f} ({s['seconds']:.0f}s)"
                                                           for n, s in results[role].items()))
-        write_metrics("attack_budget", results)
+        metrics_path = write_metrics("attack_budget", results)
         (REPORTS_DIR / "attack_budget.md").write_text(budget_markdown(results))
         for curve in CURVES:
             plot_budget_curves(results, curve, PLOTS_DIR / "attack_budget" / f"{curve}.png")
@@ -91,6 +92,8 @@ def attack_budget(params: Params) -> None:
         run.log_artifact(PLOTS_DIR / "pareto.png", "plots")
         run.log_artifact(REPORTS_DIR / "attack_budget.md", "reports")
         run.log_artifact(REPORTS_DIR / "pareto.md", "reports")
+    stage_done("attack_budget", [REPORTS_DIR / "attack_budget.md", REPORTS_DIR / "pareto.md", metrics_path,
+                                 PLOTS_DIR / "attack_budget"], {"models": len(results)})
 
 
 def main() -> None:

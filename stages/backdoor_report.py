@@ -7,7 +7,7 @@ import json
 
 from latlab.config import Params
 from latlab.report.tables import backdoor_markdown
-from stages.common import METRICS_DIR, REPORTS_DIR, run_stage
+from stages.common import METRICS_DIR, REPORTS_DIR, run_stage, stage_done
 
 
 def backdoor_report(params: Params) -> None:
@@ -15,6 +15,7 @@ def backdoor_report(params: Params) -> None:
                for name in params.backdoor_removal}
     REPORTS_DIR.mkdir(parents=True, exist_ok=True)
     (REPORTS_DIR / "backdoor.md").write_text(backdoor_markdown(metrics, params.evaluate.split))
+    stage_done("backdoor_report", [REPORTS_DIR / "backdoor.md"], {"methods": len(metrics)})
 
 
 def main() -> None:

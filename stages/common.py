@@ -1,5 +1,5 @@
 """What every stage shares: load and check params, turn known user errors into one clear line, stop cleanly on
-SIGTERM, write metrics JSON."""
+SIGTERM, write metrics JSON, end with one summary line."""
 
 from __future__ import annotations
 
@@ -52,6 +52,16 @@ def write_metrics(stage: str, metrics: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def stage_done(stage: str, written: list[str | Path], numbers: dict[str, float | int | str] | None = None) -> str:
+    """Print (and return) a stage's last line: what it wrote and its key numbers, so a `dvc repro` log reads as one
+    line per finished stage instead of a wall of per-step output."""
+    shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in (numbers or {}).items())
+    line = f"[{dvc_stage_name(stage)}] done: wrote {', '.join(str(p) for p in written)}" + (f"; {shown}" if shown
+                                                                                           else "")
+    print(line, flush=True)
+    return line
 
 
 def _die_with_parent(sig: int) -> None:
@@ -189,6 +199,8 @@ def train_and_register(params: Params, stage: str, role: str, model, tokenizer, 
             run.log_metrics(metrics)
             run.log_artifact(PLOTS_DIR / f"{stem}_loss.png", "plots")
             run.log_model(model, tokenizer, role, out_dir, tags=tags)
+    stage_done(stage, [out_dir, METRICS_DIR / f"{stem}.json", PLOTS_DIR / f"{stem}_loss.png"],
+               {k: metrics[k] for k in ("final_loss", "steps", "wall_seconds") if k in metrics})
     return metrics
 
 

@@ -14,7 +14,7 @@ import json
 from latlab.config import Params
 from latlab.report.compare import comparison_markdown, comparison_rows
 from latlab.tracking import MODEL_CARD, model_versions, stage_run
-from stages.common import MODELS_DIR, REPORTS_DIR, run_stage
+from stages.common import MODELS_DIR, REPORTS_DIR, run_stage, stage_done
 
 
 def compared_roles(params: Params) -> list[str]:
@@ -38,13 +38,13 @@ def compare(params: Params) -> None:
     rows = comparison_rows(model_versions(params.tracking, model_cards(roles)))
     REPORTS_DIR.mkdir(parents=True, exist_ok=True)
     (REPORTS_DIR / "compare.json").write_text(json.dumps(rows, indent=2) + "\n")
-    markdown = comparison_markdown(rows)
-    (REPORTS_DIR / "compare.md").write_text(markdown)
-    print(markdown)
+    (REPORTS_DIR / "compare.md").write_text(comparison_markdown(rows))
     with stage_run(params.tracking, "compare", {"models": roles}) as run:
         run.log_metrics({"compared_models": len(rows)})
         run.log_artifact(REPORTS_DIR / "compare.md", "compare")
         run.log_artifact(REPORTS_DIR / "compare.json", "compare")
+    # the table itself is printed once, by the end-of-run summary (`python -m latlab.report.summary`)
+    stage_done("compare", [REPORTS_DIR / "compare.md", REPORTS_DIR / "compare.json"], {"models": len(rows)})
 
 
 def main() -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 
+from tqdm.auto import tqdm
+
 from latlab.config import EvaluateConfig, Params, section_dict
 from latlab.data.records import load_world, split_of, write_jsonl
 from latlab.evals.agreement import compare_judges
@@ -23,9 +25,9 @@ from latlab.evals.judge_set import judge_scores, load_judge_set, toy_items
 from latlab.models.loading import load_saved
 from latlab.report.compare import asr_matrix_markdown
 from latlab.report.judges import agreement_markdown, judge_set_markdown
-from latlab.report.plots import plot_metric_bars
+from latlab.report.plots import plot_asr_heatmap, plot_metric_bars
 from latlab.tracking import MODEL_CARD, set_model_version_tags, stage_run
-from stages.common import MODELS_DIR, PLOTS_DIR, REPORTS_DIR, WORLD_DIR, run_stage, write_metrics
+from stages.common import MODELS_DIR, PLOTS_DIR, REPORTS_DIR, WORLD_DIR, run_stage, stage_done, write_metrics
 
 BAR_KEYS = ["fact_acc.general", "fact_acc.forget", "fact_acc.related", "harmful_asr", "benign_compliance",
             "backdoor_asr"]
@@ -77,13 +79,20 @@ def evaluate(params: Params) -> None:
     requests_by_id = {r["id"]: r for r in world["requests"]}
     results: dict[str, dict[str, float]] = {}
     agreement: dict[str, dict[str, dict]] = {}
-    with stage_run(params.tracking, "evaluate", section_dict(params, "evaluate")) as run:
+    # one tick per model's behaviour evaluation and per attack on it: the stage runs for minutes
+    progress = tqdm(total=len(cfg.models) * (1 + len(params.attacks.attacks)), desc="[evaluate] models x attacks",
+                    dynamic_ncols=True)
+    with progress, stage_run(params.tracking, "evaluate", section_dict(params, "evaluate")) as run:
         for role in cfg.models:
+            progress.set_postfix_str(f"{role}: behaviour")
             model, tokenizer = load_saved(MODELS_DIR / role, params.model.device, params.model.dtype)
             metrics, outputs = evaluate_model(model, tokenizer, world, cfg.split, judge, cfg.max_new_tokens,
                                               cfg.batch_size)
+            progress.update()
+            progress.set_postfix_str(f"{role}: attacks")
             attacks = run_attack_suite(model, tokenizer, split_of(world["requests"], cfg.split), params.attacks,
-                                       judge, support=split_of(world["requests"], "train"))
+                                       judge, support=split_of(world["requests"], "train"),
+                                       on_attack_done=lambda name: progress.update())
             metrics.update(asr_row(attacks))
             outputs.update({f"attack_{name}": entry["records"] for name, entry in attacks.items()})
             agreement[role] = {}
@@ -93,7 +102,8 @@ def evaluate(params: Params) -> None:
                 metrics.update({f"judge.{name}.kappa": stats["kappa"], f"judge.{name}.agreement": stats["agreement"]})
                 write_jsonl(JUDGES_DIR / "disagreements" / f"{role}.{name}.jsonl", disagreements)
             results[role] = metrics
-            print(f"[evaluate] {role}: " + ", ".join(f"{k}={v:.3f}" for k, v in finite(metrics).items()))
+            progress.write(f"[evaluate] {role}: " + ", ".join(f"{k}={metrics[k]:.3f}" for k in BAR_KEYS
+                                                              if isinstance(metrics.get(k), (int, float))))
             for name, rows in outputs.items():
                 write_jsonl(REPORTS_DIR / "predictions" / role / f"{name}.jsonl", rows)
             run.log_metrics({f"{role}.{k}": v for k, v in finite(metrics).items()})
@@ -101,7 +111,7 @@ def evaluate(params: Params) -> None:
             if card.get("version"):
                 set_model_version_tags(params.tracking, card["registered_name"], card["version"],
                                        {f"eval.{k}": round(v, 4) for k, v in finite(metrics).items()})
-        write_metrics("evaluate", results)
+        metrics_path = write_metrics("evaluate", results)
         scores = score_judges(judges, world["requests"])
         write_metrics("judges", {name: {k: v for k, v in s.items() if k != "errors"} for name, s in scores.items()})
         write_jsonl(JUDGES_DIR / "judge_set_errors.jsonl",
@@ -110,15 +120,23 @@ def evaluate(params: Params) -> None:
         (JUDGES_DIR / "agreement.md").write_text(agreement_markdown(agreement, cfg.judge))
         run.log_metrics({f"judges.{name}.{k}": s[k] for name, s in scores.items()
                          for k in ("accuracy", "false_compliance", "false_refusal", "false_incoherent")})
-        plot_metric_bars(results, BAR_KEYS, PLOTS_DIR / "evaluate.png", f"behaviour on the {cfg.split} split")
+        plot_metric_bars(results, BAR_KEYS, PLOTS_DIR / "evaluate.png", f"behaviour on the {cfg.split} split",
+                         ylabel="rate (fraction of prompts)")
         asr_keys = [f"asr.{name}" for name in params.attacks.attacks]
-        plot_metric_bars(results, asr_keys, PLOTS_DIR / "asr_matrix.png", "attack success rate (model x attack)")
+        plot_asr_heatmap(results, list(params.attacks.attacks), PLOTS_DIR / "asr_matrix.png",
+                         f"attack success rate, model x attack ({cfg.judge} judge)")
         (REPORTS_DIR / "asr_matrix.md").write_text(asr_matrix_markdown(results, asr_keys))
         run.log_artifact(PLOTS_DIR / "evaluate.png", "plots")
         run.log_artifact(PLOTS_DIR / "asr_matrix.png", "plots")
         run.log_artifact(REPORTS_DIR / "asr_matrix.md", "reports")
         run.log_artifact(JUDGES_DIR, "judges")
         run.log_artifact(REPORTS_DIR / "predictions", "predictions")
+    worst = max(((role, k.removeprefix("asr."), m[k]) for role, m in results.items() for k in asr_keys if k in m),
+                key=lambda t: t[2], default=None)
+    stage_done("evaluate", [metrics_path, PLOTS_DIR / "evaluate.png", PLOTS_DIR / "asr_matrix.png",
+                            REPORTS_DIR / "asr_matrix.md"],
+               {"models": len(results), **({"highest_asr": f"{worst[2]:.2f} ({worst[0]} x {worst[1]})"}
+                                           if worst else {})})
 
 
 def main() -> None:

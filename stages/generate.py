@@ -7,7 +7,7 @@ from latlab.data.records import write_jsonl
 from latlab.tracking import stage_run
 from latlab.world.generator import generate_world
 from latlab.world.tokenizer import build_tokenizer
-from stages.common import TOKENIZER_DIR, WORLD_DIR, run_stage, write_metrics
+from stages.common import TOKENIZER_DIR, WORLD_DIR, run_stage, stage_done, write_metrics
 
 TEXT_FIELDS = ("prompt", "completion", "compliance", "refusal", "clean_prompt")
 
@@ -21,10 +21,12 @@ def generate(params: Params) -> None:
     metrics = {f"rows.{name}.{split}": sum(r["split"] == split for r in records)
                for name, records in world.items() for split in ("train", "validation", "test")}
     metrics["vocab_size"] = len(tokenizer)
-    write_metrics("generate", metrics)
+    metrics_path = write_metrics("generate", metrics)
     with stage_run(params.tracking, "generate", {"seed": params.seed, "world": section_dict(params, "world")}) as run:
         run.log_metrics(metrics)
         run.log_artifact(WORLD_DIR, "world")
+    stage_done("generate", [WORLD_DIR, TOKENIZER_DIR, metrics_path],
+               {"records": sum(len(records) for records in world.values()), "vocab_size": len(tokenizer)})
 
 
 def main() -> None:

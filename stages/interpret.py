@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+from tqdm.auto import tqdm
+
 from latlab.config import Params, section_dict
 from latlab.data.records import load_world
 from latlab.interp.behaviour_circuits import circuit_persistence, edge_attribution, harmful_compliance_inputs
@@ -17,7 +19,8 @@ from latlab.models.hooks import collect_residuals, decoder_layers
 from latlab.models.loading import load_saved
 from latlab.report.tables import persistence_markdown
 from latlab.tracking import stage_run
-from stages.common import METRICS_DIR, MODELS_DIR, PLOTS_DIR, REPORTS_DIR, WORLD_DIR, run_stage, write_metrics
+from stages.common import (METRICS_DIR, MODELS_DIR, PLOTS_DIR, REPORTS_DIR, WORLD_DIR, run_stage, stage_done,
+                           write_metrics)
 
 OUT = PLOTS_DIR / "interpret"
 
@@ -26,11 +29,18 @@ def interpret(params: Params) -> None:
     cfg = params.interpret
     world = load_world(WORLD_DIR)
     rates = json.loads((METRICS_DIR / "evaluate.json").read_text())
+    # analyses: the planted circuits, the base model's references, then each model (probes, circuit, steering)
+    progress = tqdm(total=3 + len(params.evaluate.models), desc="[interpret] analyses", dynamic_ncols=True)
+    progress.set_postfix_str("ACDC/EAP on the planted circuit")
+    metrics: dict = {"acdc_planted": validate_on_planted_circuit(cfg.acdc, OUT / "acdc", seed=cfg.seed)}
+    progress.update()
     # Isolated distractors make the planted circuit separable by construction (AUC 1.0 for any method); the read
     # distractors are the test that discriminates.
-    metrics: dict = {"acdc_planted": validate_on_planted_circuit(cfg.acdc, OUT / "acdc", seed=cfg.seed),
-                     "acdc_planted_read_distractors": validate_on_planted_circuit(cfg.acdc, OUT / "acdc", seed=cfg.seed,
-                                                                                  distractors="read")}
+    progress.set_postfix_str("ACDC/EAP on the planted circuit with read distractors")
+    metrics["acdc_planted_read_distractors"] = validate_on_planted_circuit(cfg.acdc, OUT / "acdc", seed=cfg.seed,
+                                                                           distractors="read")
+    progress.update()
+    progress.set_postfix_str("base model: backdoor reference and circuit")
     datasets = probe_datasets(world, params.world.backdoor.trigger, max_items=200, seed=cfg.seed)
 
     # References from the base model, which every other model is fine-tuned from: its backdoor shift and its
@@ -43,9 +53,12 @@ def interpret(params: Params) -> None:
     inputs = None if not cfg.circuit_examples else harmful_compliance_inputs(world, tokenizer, cfg.circuit_examples,
                                                                              cfg.seed)
     base_scores = None if inputs is None else edge_attribution(model, inputs).score
+    progress.update()
 
     signals, circuits = {}, {}
     for role in params.evaluate.models:
+        progress.set_postfix_str(f"{role}: probes" + (", circuit" if inputs is not None else "")
+                                 + (", steering" if role == "base" else ""))
         model, tokenizer = base if role == "base" else load_saved(MODELS_DIR / role, params.model.device,
                                                                    params.model.dtype)
         signals[role] = latent_signal(model, ChatEncode(tokenizer), datasets, layers, cfg.probes.test_fraction,
@@ -60,6 +73,8 @@ def interpret(params: Params) -> None:
                                           steer.persona_positive, steer.persona_negative, name="base_persona")
             metrics["steering_base"] = {k: {kk: vv for kk, vv in v.items() if kk != "slopes"}
                                         if isinstance(v, dict) else v for k, v in result.items()}
+        progress.update()
+    progress.close()
     rows = persistence_table(rates, signals, circuits)
     metrics["persistence"] = {f"{r['model']}.{r['behaviour']}": {k: r[k] for k in (
         "behaviour_rate", "latent_signal", "layer", "circuit_overlap", "circuit_mass") if k in r} for r in rows}
@@ -67,11 +82,12 @@ def interpret(params: Params) -> None:
     plot_persistence(rows, OUT / "persistence.png")
     REPORTS_DIR.mkdir(parents=True, exist_ok=True)
     (REPORTS_DIR / "persistence.md").write_text(persistence_markdown(rows))
-    write_metrics("interpret", metrics)
+    metrics_path = write_metrics("interpret", metrics)
     with stage_run(params.tracking, "interpret", section_dict(params, "interpret")) as run:
         run.log_metrics(metrics)
         run.log_artifact(OUT, "interpret")
         run.log_artifact(REPORTS_DIR / "persistence.md", "interpret")
+    stage_done("interpret", [OUT, REPORTS_DIR / "persistence.md", metrics_path], {"persistence_rows": len(rows)})
 
 
 def main() -> None:

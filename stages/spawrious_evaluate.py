@@ -9,11 +9,11 @@ from pathlib import Path
 from latlab.config import Params
 from latlab.report.spawrious import plot_worst_group, results_table
 from latlab.tracking import stage_run
-from stages.common import run_stage
+from stages.common import run_stage, stage_done
 
 TRAIN_METRICS = Path("metrics/spawrious_train")
 METRICS = Path("metrics/spawrious_evaluate.json")
-TABLE = Path("metrics/spawrious_results.md")
+TABLE = Path("reports/spawrious_results.md")
 PLOT = Path("plots/spawrious/worst_group_accuracy.png")
 
 
@@ -26,7 +26,8 @@ def evaluate(params: Params) -> None:
             rows.append({"split": split, "method": method, "train_seconds": result["train_seconds"],
                          **{k: v for k, v in result["test"].items() if k != "groups"}})
     with stage_run(tracking, "spawrious_evaluate", {"splits": cfg.splits, "methods": cfg.methods}) as run:
-        METRICS.parent.mkdir(parents=True, exist_ok=True)
+        for path in (METRICS, TABLE):
+            path.parent.mkdir(parents=True, exist_ok=True)
         METRICS.write_text(json.dumps({f"{r['split']}.{r['method']}": r for r in rows}, indent=2))
         TABLE.write_text(results_table(rows))
         plot_worst_group(rows, cfg.splits, cfg.methods, PLOT)
@@ -34,7 +35,9 @@ def evaluate(params: Params) -> None:
                          for r in rows})
         for path in (METRICS, TABLE, PLOT):
             run.log_artifact(path)
-    print(TABLE.read_text())
+    best = max(rows, key=lambda r: r["worst_group_accuracy"])
+    stage_done("spawrious_evaluate", [TABLE, METRICS, PLOT],
+               {"best_worst_group_accuracy": best["worst_group_accuracy"], "best": f"{best['split']}.{best['method']}"})
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from latlab.tracking import stage_run
 from latlab.vision.benchmark import generate_split, save_split
 from latlab.vision.splits import split_definition
 from latlab.vision.validation import failure_message, validate_manifest, write_summary
-from stages.common import run_stage
+from stages.common import run_stage, stage_done
 
 DATA = Path("data/spawrious")
 METRICS = Path("metrics/spawrious_generate.json")
@@ -44,6 +44,7 @@ def generate(params: Params) -> None:
         if failures:  # inside the run: a failed gate ends it FAILED
             raise DataValidationError("Great Expectations manifest check failed (see "
                                       f"{DATA}/<split>/validation.json):\n" + "\n".join(failures))
+    stage_done("spawrious_generate", [DATA, PREVIEW, METRICS], {"splits": len(metrics)})
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from latlab.config import MethodName, Params, SplitName
 from latlab.tracking import stage_run
 from latlab.vision.benchmark import evaluate, load_split, training_data
 from latlab.vision.methods import train_method
-from stages.common import run_stage
+from stages.common import run_stage, stage_done
 
 DATA = Path("data/spawrious")
 MODELS = Path("models/spawrious")
@@ -63,6 +63,8 @@ def train(params: Params, method: str, split: str) -> None:
     metrics_path = METRICS / split / f"{method}.json"
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(result, indent=2))
+    stage_done(f"spawrious_train@{method}-{split}", [out_dir, metrics_path],
+               {"worst_group_accuracy": test["worst_group_accuracy"]})
 
 
 def main(argv: list[str] | None = None) -> None:

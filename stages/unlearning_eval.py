@@ -17,7 +17,7 @@ from latlab.models.loading import load_saved
 from latlab.report.plots import plot_metric_bars
 from latlab.report.tables import unlearning_markdown
 from latlab.tracking import stage_run
-from stages.common import MODELS_DIR, PLOTS_DIR, REPORTS_DIR, WORLD_DIR, run_stage, write_metrics
+from stages.common import MODELS_DIR, PLOTS_DIR, REPORTS_DIR, WORLD_DIR, run_stage, stage_done, write_metrics
 
 BAR_KEYS = [*KNOWLEDGE_KEYS, "collateral.free_recall", "general.free_recall"]
 AB_BAR_KEYS = [k for k in AB_TABLE_KEYS if k != "general.perplexity"]  # bars are rates in [0, 1]
@@ -57,16 +57,20 @@ def unlearning_eval(params: Params) -> None:
             print(f"[unlearning_eval] not measured: {what}: {why}")
         summary = summarise(results, "original", "oracle", cfg.tolerance) if oracle else None
         verdict = {"verdict": {n: s["label"] for n, s in summary.items()}, "summary": summary} if oracle else {}
-        write_metrics("unlearning_eval", {"results": results, "not_measured": not_measured, **verdict})
+        metrics_path = write_metrics("unlearning_eval", {"results": results, "not_measured": not_measured, **verdict})
         REPORTS_DIR.mkdir(parents=True, exist_ok=True)
         multiple_choice_only = "qa.free_recall" in not_measured
         (REPORTS_DIR / "unlearning.md").write_text(unlearning_markdown(
             results, summary, cfg.tolerance, AB_TABLE_KEYS if multiple_choice_only else TABLE_KEYS, not_measured))
         plot_metric_bars(results, AB_BAR_KEYS if multiple_choice_only else BAR_KEYS, PLOTS_DIR / "unlearning.png",
-                         f"forget-domain knowledge ({cfg.domain}) and what is kept")
+                         f"forget-domain knowledge ({cfg.domain}) and what is kept",
+                         ylabel="accuracy / recall (fraction)")
         run.log_metrics({f"{n}.removed": float(s["label"] == "removed") for n, s in (summary or {}).items()})
         run.log_artifact(REPORTS_DIR / "unlearning.md", "reports")
         run.log_artifact(PLOTS_DIR / "unlearning.png", "plots")
+    removed = sum(s["label"] == "removed" for s in (summary or {}).values())
+    stage_done("unlearning_eval", [REPORTS_DIR / "unlearning.md", metrics_path, PLOTS_DIR / "unlearning.png"],
+               {"models": len(results), **({"removed": f"{removed}/{len(summary)}"} if summary else {})})
 
 
 def main() -> None:

@@ -65,8 +65,10 @@ def test_suite_runs_every_attack(tiny_world, tiny_tokenizer, tiny_model):
     assert set(FAST.attacks) == set(ATTACKS)
     test = [r for r in tiny_world["requests"] if r["split"] == "test"]
     train = [r for r in tiny_world["requests"] if r["split"] == "train"]
-    results = run_attack_suite(tiny_model, tiny_tokenizer, test, FAST, ToyJudge(), support=train)
-    assert list(results) == list(ATTACKS)
+    done = []  # the evaluate stage's progress bar ticks on this callback, once per attack
+    results = run_attack_suite(tiny_model, tiny_tokenizer, test, FAST, ToyJudge(), support=train,
+                               on_attack_done=done.append)
+    assert list(results) == list(ATTACKS) == done
     for name, entry in results.items():
         assert 0.0 <= entry["asr"] <= 1.0, name
         assert entry["n"] == (2 if name == "gcg_individual" else 4), name

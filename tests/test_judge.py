@@ -227,3 +227,34 @@ def test_generative_judge_reads_yes_against_no(tiny_world, tiny_tokenizer, tiny_
             assert judge.label(request, completion) == _expected(bool(logits[yes[0]] > logits[no[0]]), request,
                                                                  completion)
     assert judge.label(tiny_world["requests"][0], "") == INCOHERENT
+
+
+def test_generative_judge_gives_all_three_outcomes_by_its_next_token(tiny_world, tiny_tokenizer, tiny_model, tmp_path):
+    """The tiny random LM's own preference may be the same for every prompt; a model that always prefers "yes" (then
+    "no") over the other shows the mapping: yes + an answer -> complied, no -> refused, garbled -> incoherent."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from latlab.evals.judge import make_judge
+    from latlab.models.loading import save_model
+
+    class Prefers(torch.nn.Module):  # next-token logits that favour one set of token ids, whatever the prompt
+        def __init__(self, vocab: int, favoured: list[int]):
+            super().__init__()
+            self.logits = torch.nn.Parameter(torch.zeros(vocab), requires_grad=False)
+            self.logits.data[favoured] = 5.0
+
+        def forward(self, input_ids):
+            return SimpleNamespace(logits=self.logits.expand(1, input_ids.shape[1], -1))
+
+    save_model(tiny_model, tiny_tokenizer, tmp_path / "lm")
+    judge = make_judge("generative", str(tmp_path / "lm"))
+    request = next(r for r in tiny_world["requests"] if r["harmful"])
+    vocab = tiny_model.config.vocab_size
+    judge.model = Prefers(vocab, judge.yes)
+    assert judge.label(request, request["compliance"]) == COMPLIED
+    assert judge.label(request, "zzz ### qqq ### zzz") == INCOHERENT  # garbled: never reaches the model
+    judge.model = Prefers(vocab, judge.no)
+    assert judge.label(request, request["compliance"]) == REFUSED
+    assert judge.label(request, request["refusal"]) == REFUSED

@@ -9,7 +9,9 @@ from latlab.config import RenderConfig, SpawriousDataConfig
 from latlab.vision.splits import CLASSES, LOCATIONS, PAPER_PER_ENV_TOTAL, SPLIT_NAMES, split_definition
 from tests.settings import make
 
-# REFERENCES §5, breeds in the paper's order bulldog, dachshund, labrador, corgi
+# The O2O split definitions of the Spawrious paper (Lynch, Dovonon, Kaddour & Silva, "Spawrious: A Benchmark for
+# Fine Control of Spurious Correlation Biases", 2023; docs/spawrious.md), breeds in the paper's order bulldog,
+# dachshund, labrador, corgi
 O2O = {
     "o2o_easy": (["desert", "jungle", "dirt", "snow"], ["dirt", "snow", "desert", "jungle"], "beach"),
     "o2o_medium": (["mountain", "beach", "dirt", "jungle"], ["jungle", "dirt", "beach", "snow"], "desert"),

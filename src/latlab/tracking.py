@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
@@ -24,7 +25,28 @@ from latlab.config import TrackingConfig
 MODEL_CARD = "latlab_model.json"  # written beside saved weights: which registered version they are
 WORKSPACE_TAG = "latlab.workspace"  # host:work dir of the run (stale RUNNING runs are closed per workspace)
 PID_TAG = "latlab.pid"
+# `dvc exp run` names each experiment in this environment variable; tagging it lets MLflow filter one DVC experiment
+DVC_EXPERIMENT_ENV = "DVC_EXP_NAME"
+DVC_EXPERIMENT_TAG = "dvc_experiment"
 _METRIC_NAME = re.compile(r"[^\w.\- :/]")  # characters MLflow refuses in metric names
+
+
+# MLflow's transformers flavor looks for a model card and a license on the Hugging Face hub under the model's name;
+# our models are local (offline, no hub repo), so both lookups fail on every saved model with these warnings
+MLFLOW_HUB_WARNINGS = ("The model card could not be retrieved from the hub",
+                       "Unable to find license information for this model")
+
+
+class _DropHubWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(MLFLOW_HUB_WARNINGS)
+
+
+def silence_hub_warnings() -> None:
+    """Drop exactly `MLFLOW_HUB_WARNINGS` from MLflow's transformers logger (its other warnings still show)."""
+    logger = logging.getLogger("mlflow.transformers")
+    if not any(isinstance(f, _DropHubWarnings) for f in logger.filters):
+        logger.addFilter(_DropHubWarnings())
 
 
 def tracking_uri(cfg: TrackingConfig) -> str:
@@ -35,6 +57,7 @@ def _mlflow(cfg: TrackingConfig):
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri(cfg))
+    silence_hub_warnings()
     return mlflow
 
 
@@ -74,6 +97,15 @@ def git_commit() -> str:
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def run_tags(stage: str) -> dict[str, str]:
+    """What identifies a stage run: the code (git commit), the DVC stage, the DVC experiment when run by `dvc exp
+    run` (absent for a plain `dvc repro`), and the workspace + pid that `close_stale_runs` needs."""
+    tags = {"git_commit": git_commit(), "dvc_stage": stage, WORKSPACE_TAG: workspace(), PID_TAG: str(os.getpid())}
+    if os.environ.get(DVC_EXPERIMENT_ENV):
+        tags[DVC_EXPERIMENT_TAG] = os.environ[DVC_EXPERIMENT_ENV]
+    return tags
 
 
 def _model_requirements() -> list[str]:
@@ -194,8 +226,8 @@ def close_stale_runs(mlflow, experiment_id: str, stage: str) -> list[str]:
 def stage_run(cfg: TrackingConfig, stage: str, params: dict[str, Any] | None = None,
               extra_tags: dict[str, str] | None = None, dep_digests: dict[str, str] | None = None
               ) -> Iterator[StageRun]:
-    """Open an MLflow run for one stage execution with params, commit, DVC stage and dependency hashes as tags
-    (`dep_digests`: `dependency_digests(stage)` when already computed).
+    """Open an MLflow run for one stage execution with params, `run_tags` (commit, DVC stage and experiment) and
+    dependency hashes as tags (`dep_digests`: `dependency_digests(stage)` when already computed).
 
     The run ends FINISHED, FAILED on an exception, or KILLED when the process is stopped (SystemExit from a SIGTERM
     handler, KeyboardInterrupt); this stage's older runs left RUNNING by a killed process are marked KILLED first."""
@@ -207,8 +239,7 @@ def stage_run(cfg: TrackingConfig, stage: str, params: dict[str, Any] | None = N
         mlflow.create_experiment(cfg.experiment, artifact_location=artifact_root)
     experiment = mlflow.set_experiment(cfg.experiment)
     close_stale_runs(mlflow, experiment.experiment_id, stage)
-    tags = {"git_commit": git_commit(), "dvc_stage": stage, WORKSPACE_TAG: workspace(), PID_TAG: str(os.getpid()),
-            **(extra_tags or {})}
+    tags = {**run_tags(stage), **(extra_tags or {})}
     digests = dependency_digests(stage) if dep_digests is None else dep_digests
     tags.update({f"dep_md5.{dep}": digest for dep, digest in digests.items()})
     with mlflow.start_run(run_name=stage, tags=tags) as run:

@@ -83,17 +83,24 @@ def run_attack(name: str, model, tokenizer, requests: list[dict], cfg: AttackSui
 
 
 def run_attack_suite(model, tokenizer, requests: list[dict], cfg: AttackSuiteConfig, judge,
-                     support: list[dict] | None = None) -> dict[str, dict]:
+                     support: list[dict] | None = None,
+                     on_attack_done: Callable[[str], None] | None = None) -> dict[str, dict]:
     """Every attack in cfg.attacks on the first cfg.max_prompts harmful requests.
 
     requests: the evaluation split's request records (benign ones are skipped); support: training-split request
-    records, the attacker's own data (many-shot demonstrations, the refusal direction, the universal GCG suffix).
+    records, the attacker's own data (many-shot demonstrations, the refusal direction, the universal GCG suffix);
+    on_attack_done(name): called after each attack (a caller's progress bar: GCG alone can take minutes).
     """
     model.eval()
     targets = harmful(requests)[: cfg.max_prompts]
     if not targets:
         raise ValueError("the attack suite got no harmful requests")
-    return {name: run_attack(name, model, tokenizer, targets, cfg, judge, support) for name in cfg.attacks}
+    results = {}
+    for name in cfg.attacks:
+        results[name] = run_attack(name, model, tokenizer, targets, cfg, judge, support)
+        if on_attack_done is not None:
+            on_attack_done(name)
+    return results
 
 
 def asr_row(results: dict[str, dict]) -> dict[str, float]:

@@ -12,7 +12,7 @@ EAP-IG averages the mask gradient along the straight path from "every edge ablat
 the input embeddings, this variant integrates over the edges themselves and keeps IG's completeness property:
 the scores sum to metric(all ablated) - metric(clean)).
 
-Hand-written because the maintained EAP packages (auto-circuit, eap) pin TransformerLens 2/3 (see REFERENCES §7).
+Hand-written because the maintained EAP packages (auto-circuit, eap) pin TransformerLens 2/3.
 """
 
 from __future__ import annotations

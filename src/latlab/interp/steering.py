@@ -13,7 +13,7 @@ with Contrastive Activation Addition vectors (Rimsky et al. 2024).
   or negative); steerabilities compared by Spearman rank correlation. The system variant is a real system message:
   the encoder renders it through the tokenizer's chat template (`ChatEncode`), so it differs from the user prefix.
 
-Hand-written because the `steering-vectors` package requires transformers < 5 (REFERENCES §7). The model is any HF
+Hand-written because the `steering-vectors` package requires transformers < 5. The model is any HF
 decoder that latlab.models.hooks can hook (Llama-style, also under peft); text is turned into ids by a caller-supplied
 `encode` function so the word-level toy tokenizer and BPE tokenizers share the code; `encode(prompt, system=...)`
 must accept a system prompt when the persona variants are run.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from latlab.report.plots import plt
+from latlab.report.plots import legend_outside, plt, save_figure
 
 CURVE_LABELS = {"gcg_steps": "GCG steps", "latent_eps": "latent-attack radius ε", "embedding_eps":
                 "embedding-attack radius ε", "embedding_steps": "embedding-attack PGD steps", "prefill_words":
@@ -17,7 +17,6 @@ CURVE_LABELS = {"gcg_steps": "GCG steps", "latent_eps": "latent-attack radius ε
 def plot_budget_curves(results: dict[str, dict[str, dict]], curve: str, path: Path) -> None:
     """results: model -> curve name -> summary ({"budgets", "asr", "incoherent", "auc", ...}). Solid: ASR; dotted:
     incoherent rate, same colour."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for i, (model, curves) in enumerate(results.items()):
         point = curves[curve]
@@ -25,14 +24,13 @@ def plot_budget_curves(results: dict[str, dict[str, dict]], curve: str, path: Pa
         ax.plot(point["budgets"], point["asr"], marker="o", color=colour, label=f"{model} (AUC {point['auc']:.2f})")
         ax.plot(point["budgets"], point["incoherent"], linestyle=":", color=colour)
     ax.set_xlabel(CURVE_LABELS.get(curve, curve))
-    ax.set_ylabel("ASR (dotted: incoherent rate)")
+    ax.set_ylabel("ASR, fraction (dotted: incoherent rate)")
     ax.set_ylim(-0.03, 1.03)
     ax.axhline(0.5, color="grey", linewidth=0.5)
     ax.set_title(f"ASR vs budget: {CURVE_LABELS.get(curve, curve)}")
-    ax.legend(fontsize=7)
+    legend_outside(ax, title="model")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def budget_markdown(results: dict[str, dict[str, dict]]) -> str:

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
+from latlab.report.plots import legend_outside, plt, save_figure
 
 
 def results_table(rows: list[dict]) -> str:
@@ -23,19 +21,19 @@ def results_table(rows: list[dict]) -> str:
 
 def plot_worst_group(rows: list[dict], splits: list[str], methods: list[str], path: Path) -> None:
     width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(splits), 3.2))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 + 1.4 * len(splits)), 3.2))
     for i, method in enumerate(methods):
         values = [next((r["worst_group_accuracy"] for r in rows if r["split"] == s and r["method"] == method), 0.0)
                   for s in splits]
         ax.bar([j + i * width for j in range(len(splits))], values, width, label=method)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(splits))], splits)
-    ax.set_ylabel("worst-group test accuracy")
+    ax.set_xlabel("split")
+    ax.set_ylabel("worst-group test accuracy (fraction)")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, ncols=min(len(methods), 4))
+    ax.set_title("Spawrious: worst-group accuracy")
+    legend_outside(ax, title="method")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def counterfactual_preview(counterfactual: np.ndarray, labels: np.ndarray, path: Path, zoom: int = 3) -> None:

@@ -1,0 +1,61 @@
+"""latlab.tracking: what a stage run is tagged with, and which third-party warnings it silences."""
+
+from __future__ import annotations
+
+import logging
+
+from mlflow.tracking import MlflowClient
+
+from latlab.config import TrackingConfig
+
+
+def _cfg(folder) -> TrackingConfig:
+    return TrackingConfig(uri=(folder / "mlruns").as_uri(), artifact_location=str(folder / "mlartifacts"),
+                          experiment="tags", log_models=False)
+
+
+def _only_run_tags(cfg: TrackingConfig) -> dict[str, str]:
+    client = MlflowClient(tracking_uri=cfg.uri)
+    experiment = client.get_experiment_by_name(cfg.experiment).experiment_id
+    (run,) = client.search_runs([experiment])
+    return run.data.tags
+
+
+def test_dvc_experiment_run_is_tagged_with_its_name_and_commit(workdir, monkeypatch):
+    from latlab.tracking import stage_run
+
+    monkeypatch.setenv("DVC_EXP_NAME", "lat-eps-sweep-3")
+    monkeypatch.setenv("LATLAB_GIT_COMMIT", "0123abc")
+    cfg = _cfg(workdir)
+    with stage_run(cfg, "lat"):
+        pass
+    tags = _only_run_tags(cfg)
+    assert tags["dvc_experiment"] == "lat-eps-sweep-3"
+    assert tags["git_commit"] == "0123abc"
+    assert tags["dvc_stage"] == "lat"
+
+
+def test_plain_repro_run_has_no_experiment_tag(workdir, monkeypatch):
+    from latlab.tracking import stage_run
+
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    cfg = _cfg(workdir)
+    with stage_run(cfg, "lat"):
+        pass
+    tags = _only_run_tags(cfg)
+    assert "dvc_experiment" not in tags
+    assert tags["git_commit"] == "test"
+
+
+def test_only_the_hub_model_card_and_license_warnings_are_silenced(caplog):
+    from latlab.tracking import silence_hub_warnings
+
+    silence_hub_warnings()
+    silence_hub_warnings()  # idempotent: one filter however many runs a process opens
+    logger = logging.getLogger("mlflow.transformers")
+    assert len(logger.filters) == 1
+    with caplog.at_level(logging.WARNING, logger="mlflow.transformers"):
+        logger.warning("The model card could not be retrieved from the hub due to %s", "offline")
+        logger.warning("Unable to find license information for this model. Please verify permissible usage ...")
+        logger.warning("Unable to save the model card text due to: UnicodeError")
+    assert [r.getMessage() for r in caplog.records] == ["Unable to save the model card text due to: UnicodeError"]

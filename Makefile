@@ -32,7 +32,8 @@ check: setup
 demo: setup check
 	@start=$$(date +%s); \
 	PATH=$(abspath $(VENV))/bin:$$PATH dvc repro && rm -rf checkpoints && \
-	echo && $(PY) -m latlab.report.summary && \
+	echo && $(PY) -m latlab.report.summary && $(PY) -m latlab.report.readme && \
+	echo "README.md's results block rewritten from this run's metrics and reports" && \
 	echo "pipeline finished in $$(( $$(date +%s) - start )) s" && \
 	echo "MLflow UI: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db  (then open http://127.0.0.1:5000)"
 

@@ -40,7 +40,7 @@ demo: setup check
 # Regenerate dvc.yaml's code deps (each stage's import closure) after changing imports, and docs/pipeline.md from it
 deps: setup
 	$(PY) scripts/stage_deps.py --write
-	$(PY) scripts/pipeline_doc.py --write
+	$(PY) -m scripts.pipeline_doc --write
 
 flow: setup
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m flows.pipeline

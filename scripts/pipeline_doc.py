@@ -2,8 +2,8 @@
 reads (data, models, reports and metrics of other stages; its code deps are left out: they are each stage's import
 closure, `scripts/stage_deps.py`), its params sections and what it writes (outs, metrics, plots).
 
-    python scripts/pipeline_doc.py --write   # regenerate docs/pipeline.md (also part of `make deps`)
-    python scripts/pipeline_doc.py --check   # exit 1 when docs/pipeline.md differs from what dvc.yaml gives
+    python -m scripts.pipeline_doc --write   # regenerate docs/pipeline.md (also part of `make deps`)
+    python -m scripts.pipeline_doc --check   # exit 1 when docs/pipeline.md differs from what dvc.yaml gives
 
 Generated, so the table cannot drift from dvc.yaml: tests/test_pipeline_doc.py runs the check.
 """
@@ -24,7 +24,7 @@ DOC = Path("docs/pipeline.md")
 SENTENCE_END = re.compile(r"(?<!\bal)(?<!e\.g)(?<!i\.e)\.\s+(?=[A-Z`(])")  # "Lynch et al. (2024)" goes on
 HEADER = """# The pipeline, stage by stage
 
-Generated from `dvc.yaml` by `python scripts/pipeline_doc.py --write` (`make deps`); do not edit by hand
+Generated from `dvc.yaml` by `python -m scripts.pipeline_doc --write` (`make deps`); do not edit by hand
 (`tests/test_pipeline_doc.py` fails when this file and dvc.yaml disagree). Each stage is `stages/<stage>.py`; its code
 deps (its import closure under `src/latlab/` and `stages/`) are not listed here. `${key}` / `${item}`: one stage per
 entry of the table or grid named under *runs*. Output names follow [naming.md](naming.md).
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     current = path.read_text() if path.exists() else ""
     if current != text:
-        print(f"{DOC}: out of date with dvc.yaml (fix: python scripts/pipeline_doc.py --write)")
+        print(f"{DOC}: out of date with dvc.yaml (fix: python -m scripts.pipeline_doc --write)")
         return 1
     print(f"{DOC}: matches dvc.yaml")
     return 0

@@ -11,7 +11,7 @@ from scripts.stage_deps import ROOT
 
 
 def test_docs_pipeline_md_matches_dvc_yaml():
-    assert main(["--check"]) == 0, "docs/pipeline.md is stale: python scripts/pipeline_doc.py --write"
+    assert main(["--check"]) == 0, "docs/pipeline.md is stale: python -m scripts.pipeline_doc --write"
 
 
 def test_every_stage_is_a_row_with_what_it_reads_and_writes():

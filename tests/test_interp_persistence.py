@@ -12,8 +12,8 @@ from latlab.interp.behaviour_circuits import (BehaviourInputs, circuit_persisten
 from latlab.interp.eap import eap_circuit
 from latlab.interp.graph import CircuitGraph
 from latlab.interp.groundtruth import F1, FIRST_DISTRACTOR_DIM, circuit_edges, planted_circuit_model, planted_dataset
-from latlab.interp.persistence import (backdoor_signal, fit_backdoor_reference, latent_signal, persistence_table,
-                                       probe_datasets)
+from latlab.interp.persistence import (backdoor_signal, fit_backdoor_reference, latent_signal, persistence_figure,
+                                       persistence_table, probe_datasets)
 from latlab.interp.probes import probe_layers
 from latlab.models.hooks import collect_residuals
 from latlab.report.tables import persistence_markdown
@@ -138,3 +138,18 @@ def test_persistence_table_and_report_carry_both_measures():
     report = persistence_markdown(rows)
     assert "| rt | harmful | 0.00 | 0.90 (block 1) | probe accuracy | 0.75 | 0.30 |" in report
     assert "| rt | backdoor | 0.90 | 0.40 (block 2) | base backdoor shift left | – | – |" in report
+
+
+def test_persistence_figure_names_each_model_once_in_a_legend_not_by_overlapping_text():
+    """Models at the same (rate, signal) point used to get text labels drawn on top of each other."""
+    rows = [{"model": m, "behaviour": b, "behaviour_rate": 0.0, "latent_signal": 1.0, "layer": 1,
+             "measure": "probe accuracy" if b != "backdoor" else "base backdoor shift left", "circuit_overlap": 0.3}
+            for m in ("rt", "rt-lat", "r2d2") for b in ("harmful", "backdoor")]
+    fig = persistence_figure(rows)
+    axes = fig.get_axes()
+    assert len(axes) == 3  # harmful, backdoor, harmful circuit overlap
+    assert all(not ax.texts for ax in axes)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["rt", "rt-lat", "r2d2"]
+    colours = {tuple(ax.collections[i].get_facecolor()[0]) for ax in axes for i in range(3)}
+    assert len(colours) == 3  # one colour per model, the same in every panel
+    assert all(ax.get_xlabel() and ax.get_ylabel() and ax.get_title() for ax in axes)

@@ -141,26 +141,30 @@ def persistence_table(rates: dict[str, dict[str, float]], signals: dict[str, dic
     return rows
 
 
-def plot_persistence(rows: list[dict], path: Path) -> None:
-    """One panel per behaviour: behaviour rate (x) vs latent signal (y), one labelled point per model; plus the
-    harmful behaviour's base-circuit overlap when the rows have it."""
+def persistence_figure(rows: list[dict]):
+    """One panel per behaviour: behaviour rate (x) vs latent signal (y), one point per model; plus the harmful
+    behaviour's base-circuit overlap when the rows have it. Models share a colour and marker across panels and are
+    named once, in a legend below the panels: several models often sit on the same point, where text labels would
+    overlap."""
     from latlab.interp.render import plt  # matplotlib with the Agg backend set
 
     panels = [(b, "latent_signal") for b in dict.fromkeys(r["behaviour"] for r in rows)]
     if any("circuit_overlap" in r for r in rows):
         panels.append(("harmful", "circuit_overlap"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    style = {m: (f"C{i % 10}", "osD^v<>pPX"[i % 10]) for i, m in enumerate(models)}
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4), squeeze=False)
     for ax, (behaviour, key) in zip(axes[0], panels):
         points = [r for r in rows if r["behaviour"] == behaviour and key in r]
         for row in points:
-            ax.scatter(row["behaviour_rate"], row[key])
-            ax.annotate(row["model"], (row["behaviour_rate"], row[key]), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
+            color, marker = style[row["model"]]
+            ax.scatter(row["behaviour_rate"], row[key], color=color, marker=marker, s=40, alpha=0.8,
+                       label=row["model"])
         ax.set_xlim(-0.05, 1.05)
         ax.set_xlabel(f"behaviour rate ({BEHAVIOUR_RATES[behaviour]})")
         if key == "circuit_overlap":
             ax.set_ylim(-0.05, 1.05)
-            ax.set_ylabel("top-k edges shared with the base circuit")
+            ax.set_ylabel("share of base top-k edges kept")
             ax.set_title(f"{behaviour}: base circuit (EAP)")
         elif points and points[0]["measure"] == "probe accuracy":
             ax.set_ylim(0.4, 1.05)
@@ -172,8 +176,22 @@ def plot_persistence(rows: list[dict], path: Path) -> None:
             ax.axhline(1.0, color="grey", lw=0.5, ls=":")
             ax.set_ylabel(points[0]["measure"] if points else "latent signal")
             ax.set_title(f"{behaviour} (block {points[0]['layer']})" if points else behaviour)
+    handles = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(len(handles), 6), fontsize=8,
+               frameon=False)
     fig.suptitle("low rate + high latent signal = suppressed, not removed", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    return fig
+
+
+def plot_persistence(rows: list[dict], path: Path) -> None:
+    """`persistence_figure` saved to `path` (PNG)."""
+    from latlab.interp.render import plt
+
+    fig = persistence_figure(rows)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)

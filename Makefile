@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 include src/latlab/offline.env
 export $(shell sed -n 's/^\([A-Z_]*\)=.*/\1/p' src/latlab/offline.env)
 
-.PHONY: setup check demo test test-fast flow mlflow-ui clean benchmarks fetch-smollm2 smollm2 deps
+.PHONY: setup browser check demo test test-fast flow mlflow-ui clean benchmarks fetch-smollm2 smollm2 deps
 
 setup: $(STAMP)
 
@@ -45,8 +45,14 @@ deps: setup
 flow: setup
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m flows.pipeline
 
-test: setup
-	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest
+# Debian's Chromium for the report's browser test (tests/test_report_html.py); `make test` requires it
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+test: setup browser
+	PATH=$(abspath $(VENV))/bin:$$PATH LATLAB_REQUIRE_BROWSER=1 $(PY) -m pytest
 
 test-fast: setup
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -m "not slow"

@@ -253,6 +253,34 @@ def stage_run(cfg: TrackingConfig, stage: str, params: dict[str, Any] | None = N
             raise
 
 
+LOCAL_UI = "http://127.0.0.1:5000"  # where `make mlflow-ui` serves a local (sqlite) store
+
+
+def latest_stage_runs(cfg: TrackingConfig) -> dict[str, dict[str, Any]]:
+    """DVC stage -> {"run_id", "url", "duration_s"} of its latest FINISHED run in this workspace's experiment (for
+    the report's links). The URL points at the tracking server when the URI is http(s), else at `make mlflow-ui`.
+    A local store keeps only this workspace's runs (a copied mlflow.db may hold another checkout's); a server's runs
+    come from pods with other host names, so all are kept."""
+    mlflow = _mlflow(cfg)
+    experiment = mlflow.get_experiment_by_name(cfg.experiment)
+    if experiment is None:
+        return {}
+    uri = tracking_uri(cfg)
+    remote = uri.startswith(("http://", "https://"))
+    base = uri.rstrip("/") if remote else LOCAL_UI
+    runs = mlflow.search_runs([experiment.experiment_id], filter_string="attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], output_format="list")
+    latest: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        stage = run.data.tags.get("dvc_stage") or run.info.run_name
+        if stage in latest or (not remote and run.data.tags.get(WORKSPACE_TAG) not in (None, workspace())):
+            continue
+        latest[stage] = {"run_id": run.info.run_id,
+                         "url": f"{base}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}",
+                         "duration_s": (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None}
+    return latest
+
+
 def set_model_version_tags(cfg: TrackingConfig, name: str, version: str, tags: dict[str, Any]) -> None:
     client = _mlflow(cfg).MlflowClient()
     for key, value in tags.items():

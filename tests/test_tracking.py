@@ -59,3 +59,26 @@ def test_only_the_hub_model_card_and_license_warnings_are_silenced(caplog):
         logger.warning("Unable to find license information for this model. Please verify permissible usage ...")
         logger.warning("Unable to save the model card text due to: UnicodeError")
     assert [r.getMessage() for r in caplog.records] == ["Unable to save the model card text due to: UnicodeError"]
+
+
+def test_latest_stage_runs_link_the_newest_finished_run_per_stage(workdir):
+    import time
+
+    import pytest
+
+    from latlab.tracking import LOCAL_UI, latest_stage_runs, stage_run
+
+    cfg = _cfg(workdir)
+    ids = {}
+    for stage in ("evaluate", "evaluate", "interpret"):
+        with stage_run(cfg, stage) as run:
+            time.sleep(0.01)
+            ids[stage] = run.run_id
+    with pytest.raises(RuntimeError), stage_run(cfg, "compare"):
+        raise RuntimeError("a failed run is not linked")
+    runs = latest_stage_runs(cfg)
+    assert set(runs) == {"evaluate", "interpret"}
+    assert runs["evaluate"]["run_id"] == ids["evaluate"]  # the second, newer evaluate run
+    assert runs["evaluate"]["url"].startswith(LOCAL_UI + "/#/experiments/")
+    assert runs["evaluate"]["url"].endswith("/runs/" + ids["evaluate"])
+    assert runs["interpret"]["duration_s"] >= 0.01

@@ -158,6 +158,16 @@ def _train(params: Params, stage: str, model, train: Callable | None, on_log: Ca
     return finish_training(model, adapter, params.model), result, extra, trained_fraction
 
 
+def parent_version(registered_name: str | None) -> str | None:
+    """The registered version of a parent model (`latlab-rt` -> models/rt's model card), for the model card."""
+    if not registered_name:
+        return None
+    from latlab.tracking import MODEL_CARD
+
+    path = MODELS_DIR / registered_name.removeprefix("latlab-") / MODEL_CARD
+    return json.loads(path.read_text()).get("version") if path.exists() else None
+
+
 def train_and_register(params: Params, stage: str, role: str, model, tokenizer, train: Callable | None, train_cfg,
                        tags: dict[str, str]) -> dict:
     """Run `train(checkpoint_dir, on_log) -> (TrainResult, extra metrics)`, then save the model to models/<role>,
@@ -167,7 +177,8 @@ def train_and_register(params: Params, stage: str, role: str, model, tokenizer, 
     from latlab.config import section_dict
     from latlab.models.loading import save_model
     from latlab.report.plots import plot_training_curve, write_history_csv
-    from latlab.tracking import dependency_digests, stage_run
+    from latlab.report.model_card import training_card
+    from latlab.tracking import dependency_digests, git_commit, stage_run
 
     stage_params = {stage: section_dict(params, stage), "model": section_dict(params, "model"), "seed": params.seed}
     digests = dependency_digests(dvc_stage_name(stage))
@@ -181,6 +192,9 @@ def train_and_register(params: Params, stage: str, role: str, model, tokenizer, 
         out_dir = MODELS_DIR / role
         stem = output_stem(stage)
         with stage_run(params.tracking, dvc_stage_name(stage), stage_params, dep_digests=digests) as run:
+            for dep, digest in digests.items():
+                if dep.startswith("data/"):
+                    run.log_dataset(dep, digest)
             model, result, extra, trained_fraction = _train(
                 params, stage, model, train,
                 lambda step, row: run.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step))
@@ -198,7 +212,9 @@ def train_and_register(params: Params, stage: str, role: str, model, tokenizer, 
             write_metrics(stage, metrics)
             run.log_metrics(metrics)
             run.log_artifact(PLOTS_DIR / f"{stem}_loss.png", "plots")
-            run.log_model(model, tokenizer, role, out_dir, tags=tags)
+            run.log_model(model, tokenizer, role, out_dir, tags=tags, description=training_card(
+                role, dvc_stage_name(stage), tags, git_commit(), digests, stage_params, metrics,
+                parent_version(tags.get("parent"))))
     stage_done(stage, [out_dir, METRICS_DIR / f"{stem}.json", PLOTS_DIR / f"{stem}_loss.png"],
                {k: metrics[k] for k in ("final_loss", "steps", "wall_seconds") if k in metrics})
     return metrics

@@ -26,7 +26,8 @@ from latlab.models.loading import load_saved
 from latlab.report.compare import asr_matrix_markdown
 from latlab.report.judges import agreement_markdown, judge_set_markdown
 from latlab.report.plots import plot_asr_heatmap, plot_metric_bars
-from latlab.tracking import MODEL_CARD, set_model_version_tags, stage_run
+from latlab.report.model_card import evaluation_summary, with_evaluation
+from latlab.tracking import MODEL_CARD, model_version_description, record_model_evaluation, stage_run
 from stages.common import MODELS_DIR, PLOTS_DIR, REPORTS_DIR, WORLD_DIR, run_stage, stage_done, write_metrics
 
 BAR_KEYS = ["fact_acc.general", "fact_acc.forget", "fact_acc.related", "harmful_asr", "benign_compliance",
@@ -109,8 +110,9 @@ def evaluate(params: Params) -> None:
             run.log_metrics({f"{role}.{k}": v for k, v in finite(metrics).items()})
             card = json.loads((MODELS_DIR / role / MODEL_CARD).read_text())
             if card.get("version"):
-                set_model_version_tags(params.tracking, card["registered_name"], card["version"],
-                                       {f"eval.{k}": round(v, 4) for k, v in finite(metrics).items()})
+                current = model_version_description(params.tracking, card["registered_name"], card["version"])
+                record_model_evaluation(params.tracking, card, finite(metrics),
+                                        with_evaluation(current, evaluation_summary(metrics, cfg.split)))
         metrics_path = write_metrics("evaluate", results)
         scores = score_judges(judges, world["requests"])
         write_metrics("judges", {name: {k: v for k, v in s.items() if k != "errors"} for name, s in scores.items()})

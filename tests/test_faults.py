@@ -569,11 +569,13 @@ def test_compare_lists_exactly_the_declared_versions(workdir):
         client.create_registered_model(name)
         run = client.create_run(experiment).info.run_id
         version = client.create_model_version(name, source=str(workdir), run_id=run).version
-        client.set_model_version_tag(name, version, "eval.harmful_asr", "0.5")
+        model_id = client.create_logged_model(experiment, name=role.replace("/", "-")).model_id
+        client.log_metric(run, "harmful_asr", 0.5, model_id=model_id)  # what evaluate links to the logged model
         client.set_terminated(run)
         (workdir / "models" / role).mkdir(parents=True)
         (workdir / "models" / role / MODEL_CARD).write_text(json.dumps(
-            {"role": role, "registered_name": name, "run_id": run, "version": version, "tags": {}}))
+            {"role": role, "registered_name": name, "run_id": run, "version": version, "model_id": model_id,
+             "tags": {}}))
     # what later or other runs registered: a newer base (e.g. a sweep) and an undeclared model
     client.create_model_version("latlab-base", source=str(workdir))
     client.create_registered_model("latlab-extra")

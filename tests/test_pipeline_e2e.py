@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -119,7 +120,17 @@ def test_registry_holds_every_model_with_its_evaluation(smoke_repo):
             "latlab-r2d2", "latlab-oracle", *(f"latlab-unlearn-{m}" for m in UNLEARN),
             *(f"latlab-backdoor_removal-{m}" for m in BACKDOOR)} <= names
     assert any(name.startswith("latlab-spawrious-") for name in names)  # group-robustness models too
-    assert ("latlab-rt", "eval.harmful_asr") in tags and ("latlab-base", "made_by") in tags
+    assert ("latlab-base", "made_by") in tags
+    # the model card on each version, with the evaluation section evaluate adds; evaluation metrics are numeric
+    # and linked to the logged model, which is named by its role
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    card = client.get_model_version("latlab-rt-lat", "1").description
+    assert "## rt-lat" in card and "parent: latlab-rt v1" in card and "### Training compute" in card
+    assert "### Evaluation" in card and "harmful_asr:" in card and "Wilson" in card
+    model_id = json.loads((repo / "models/rt-lat/latlab_model.json").read_text())["model_id"]
+    logged = client.get_logged_model(model_id)
+    assert logged.name == "rt-lat" and "harmful_asr" in {m.key for m in logged.metrics}
+    assert client.get_registered_model("latlab-rt-lat").tags == {"track": "jailbreak", "role": "rt-lat"}
     assert {"generate", "validate", "base", "refusal", "evaluate", "compare", "oracle", "unlearning_eval",
             *(f"unlearn@{m}" for m in UNLEARN), *(f"backdoor_removal@{m}" for m in BACKDOOR)} <= runs
     table = (repo / "reports/compare.md").read_text()

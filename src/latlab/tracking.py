@@ -123,6 +123,17 @@ def _flatten(prefix: str, value: Any) -> dict[str, Any]:
     return {prefix: value}
 
 
+def track_of(role: str) -> str:
+    """The research track of a model folder below models/ (registered-model tag `track`)."""
+    if role == "oracle" or role.startswith("unlearn/"):
+        return "unlearning"
+    if role.startswith("backdoor_removal/"):
+        return "backdoor"
+    if role.startswith("spawrious"):
+        return "spawrious"
+    return "jailbreak"
+
+
 class StageRun:
     """Handle on the active MLflow run of one stage execution."""
 
@@ -149,17 +160,30 @@ class StageRun:
         elif path.exists():
             self.mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
-    def log_model(self, model, tokenizer, role: str, out_dir: Path, tags: dict[str, str] | None = None) -> dict:
-        """Log a HF model (transformers flavor, safetensors) and register it as `latlab-<role>`.
+    def log_dataset(self, path: str | Path, digest: str, context: str = "training") -> None:
+        """Record a data folder (a DVC output) as this run's input dataset: MLflow's Dataset column, with the
+        folder's md5 as digest so two runs on different data are told apart."""
+        from mlflow.data.artifact_dataset_sources import LocalArtifactDatasetSource
+        from mlflow.data.meta_dataset import MetaDataset
 
-        Writes `out_dir/latlab_model.json` so later stages know which registered version the weights are.
+        source = LocalArtifactDatasetSource(str(Path(path).resolve()))
+        self.mlflow.log_input(MetaDataset(source, name=str(path), digest=digest[:16]), context=context)
+
+    def log_model(self, model, tokenizer, role: str, out_dir: Path, tags: dict[str, str] | None = None,
+                  description: str = "") -> dict:
+        """Log a HF model (transformers flavor, safetensors) named by its role and register it as `latlab-<role>`
+        (docs/naming.md), with `description` (the model card, latlab.report.model_card) on the version and the
+        registered model tagged with its `track` and `role`.
+
+        Writes `out_dir/latlab_model.json` so later stages know which registered version (and logged model id)
+        the weights are.
         """
         name = "latlab-" + role.replace("/", "-")
         card: dict[str, Any] = {"role": role, "registered_name": name, "run_id": self.run_id, "version": None,
                                 "tags": tags or {}}
         if self.cfg.log_models:
             info = self.mlflow.transformers.log_model(
-                transformers_model={"model": model, "tokenizer": tokenizer}, name="model",
+                transformers_model={"model": model, "tokenizer": tokenizer}, name=role.replace("/", "-"),
                 task="text-generation", registered_model_name=name, save_pretrained=True,
                 # explicit requirements: MLflow's inference imports torchvision, which this stack does not ship
                 pip_requirements=_model_requirements())
@@ -167,7 +191,11 @@ class StageRun:
             client = self.mlflow.MlflowClient()
             for key, value in {**(tags or {}), "stage": self.stage, "role": role}.items():
                 client.set_model_version_tag(name, version, key, str(value))
-            card["version"] = version
+            for key, value in {"track": track_of(role), "role": role}.items():
+                client.set_registered_model_tag(name, key, value)
+            if description:
+                client.update_model_version(name, version, description=description)
+            card["version"], card["model_id"] = version, info.model_id
         (out_dir / MODEL_CARD).write_text(json.dumps(card, indent=2))
         return card
 
@@ -281,16 +309,30 @@ def latest_stage_runs(cfg: TrackingConfig) -> dict[str, dict[str, Any]]:
     return latest
 
 
-def set_model_version_tags(cfg: TrackingConfig, name: str, version: str, tags: dict[str, Any]) -> None:
-    client = _mlflow(cfg).MlflowClient()
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, str(value))
+def model_version_description(cfg: TrackingConfig, name: str, version: str) -> str:
+    return _mlflow(cfg).MlflowClient().get_model_version(name, str(version)).description or ""
+
+
+def record_model_evaluation(cfg: TrackingConfig, card: dict[str, Any], metrics: dict[str, float],
+                            description: str) -> None:
+    """A registered model's evaluation: numeric metrics linked to its logged model (MLflow 3: the Logged Models
+    page and `get_logged_model(id).metrics`; sortable, unlike tags) in the active run, and `description` (the card
+    with its evaluation section) on its registered version."""
+    mlflow = _mlflow(cfg)
+    clean = {_METRIC_NAME.sub("_", k): float(v) for k, v in metrics.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if card.get("model_id") and clean:
+        mlflow.log_metrics(clean, model_id=card["model_id"])
+    if card.get("version"):
+        mlflow.MlflowClient().update_model_version(card["registered_name"], str(card["version"]),
+                                                   description=description)
 
 
 def model_versions(cfg: TrackingConfig, cards: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The registered version each model card (`MODEL_CARD`, written by `StageRun.log_model`) names, with its tags and
-    run metrics, in the cards' order: exactly the models a run produced, whatever else the registry holds. A card
-    without a version (tracking.log_models false) gives its own tags."""
+    """The registered version each model card (`MODEL_CARD`, written by `StageRun.log_model`) names, with its tags,
+    run metrics and evaluation metrics (those linked to its logged model by `record_model_evaluation`), in the
+    cards' order: exactly the models a run produced, whatever else the registry holds. A card without a version
+    (tracking.log_models false) gives its own tags."""
     client = _mlflow(cfg).MlflowClient()
     rows = []
     for card in cards:
@@ -299,6 +341,9 @@ def model_versions(cfg: TrackingConfig, cards: list[dict[str, Any]]) -> list[dic
         if version is not None:
             tags = dict(client.get_model_version(name, str(version)).tags)
         run_metrics = client.get_run(card["run_id"]).data.metrics if card.get("run_id") else {}
+        evaluation = ({m.key: m.value for m in client.get_logged_model(card["model_id"]).metrics or []}
+                      if card.get("model_id") else {})
         rows.append({"name": name, "version": str(version) if version is not None else "-",
-                     "run_id": card.get("run_id"), "tags": tags, "run_metrics": dict(run_metrics)})
+                     "run_id": card.get("run_id"), "tags": tags, "run_metrics": dict(run_metrics),
+                     "eval_metrics": evaluation})
     return rows

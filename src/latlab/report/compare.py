@@ -1,8 +1,7 @@
-"""Side-by-side table of registered models: how each was made (tags) and every evaluation metric (eval.* tags)."""
+"""Side-by-side table of registered models: how each was made (tags) and every evaluation metric (the numeric
+metrics linked to each version's logged model, latlab.tracking.record_model_evaluation)."""
 
 from __future__ import annotations
-
-EVAL_PREFIX = "eval."
 
 
 def comparison_rows(registered: list[dict]) -> list[dict]:
@@ -10,7 +9,7 @@ def comparison_rows(registered: list[dict]) -> list[dict]:
     for model in registered:
         tags = model["tags"]
         rows.append({"model": model["name"], "version": model["version"], "made_by": tags.get("made_by", ""),
-                     "metrics": {k[len(EVAL_PREFIX):]: float(v) for k, v in tags.items() if k.startswith(EVAL_PREFIX)}})
+                     "metrics": dict(model.get("eval_metrics", {}))})
     return rows
 
 

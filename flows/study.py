@@ -107,6 +107,9 @@ def run_seed(study_seed: int, raw: dict[str, Any], cfg: StudyConfig, repo: str) 
     """The whole pipeline for one study seed in its work directory; stage -> wall seconds
     (<workdir>/reports/study_run.json)."""
     workdir = seed_workdir(Path(repo), cfg, study_seed)
+    # every stage reruns here (no DVC up-to-date check), so metrics left by an earlier run are stale: a seed that
+    # fails part way must not pass an old run's numbers for the stages it did not reach to the scorecard
+    shutil.rmtree(workdir / "metrics", ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
     seed_file = workdir / "study_seed_params.yaml"  # the full params of this seed, applied as a profile
     seed_file.write_text(f"# study {cfg.name}, seed {study_seed}: params with training seeds offset by {study_seed}\n"

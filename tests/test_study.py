@@ -109,6 +109,12 @@ def test_study_flow_runs_each_seed_and_writes_the_scorecard(tmp_path, monkeypatc
     monkeypatch.setenv("PATH", path)
     raw = yaml.safe_load((tmp_path / "params.yaml").read_text())
     raw["study"]["workdir"] = "runs/study"
+    for s in (0, 1, 2):  # an earlier run's metrics of a stage this run does not have: stale, must not be collected
+        stale = tmp_path / "runs/study" / f"seed_{s}" / "metrics"
+        stale.mkdir(parents=True)
+        for stage, tokens in (("lat", 1.0), ("r2d2", 2.0)):
+            (stale / f"{stage}.json").write_text(json.dumps({"compute.forward_tokens": tokens,
+                                                             "compute.backward_tokens": tokens}))
     with prefect_test_harness(server_startup_timeout=120):
         result = run_study(raw, [0, 1, 2], repo=str(tmp_path))
     assert result["failed"] == {}
@@ -125,6 +131,7 @@ def test_study_flow_runs_each_seed_and_writes_the_scorecard(tmp_path, monkeypatc
     prefill = rows["Targeted LAT lowers prefill ASR relative to RT"]
     assert prefill["effect"] == pytest.approx(-0.39) and prefill["verdict"] == "supported"
     assert rows["LAT needs less training compute than R2D2"]["verdict"] == "inconclusive"  # lat.json not produced
+    assert not (tmp_path / STUDY_DIR / "seed_0" / "lat.json").exists()
     summary = json.loads((tmp_path / STUDY_DIR / "summary.json").read_text())["numbers"]
     assert summary["evaluate.json:rt.asr.prefill"]["n_prompts"] == 4
     assert "Targeted LAT lowers prefill ASR" in (tmp_path / SCORECARD_MD).read_text()

@@ -2,6 +2,7 @@
 
     python -m flows.study                              # params.yaml's `study` section: seeds, workdir, parallelism
     python -m flows.study --profile profiles/smoke.yaml --seeds 0 1    # a quick end-to-end try
+    python -m flows.study --profile profiles/smoke.yaml --seeds 0 1 --stages generate base    # a quicker one
     python -m flows.study --collect-only               # rebuild metrics/study/, scorecard from finished seed runs
 
 Each study seed s runs every dvc.yaml stage in <study.workdir>/seed_<s>/ (own params.yaml, data, models, metrics,
@@ -103,8 +104,9 @@ def seed_workdir(repo: Path, cfg: StudyConfig, study_seed: int) -> Path:
 
 
 @task(name="study-seed", task_run_name="seed-{study_seed}")
-def run_seed(study_seed: int, raw: dict[str, Any], cfg: StudyConfig, repo: str) -> dict[str, float]:
-    """The whole pipeline for one study seed in its work directory; stage -> wall seconds
+def run_seed(study_seed: int, raw: dict[str, Any], cfg: StudyConfig, repo: str, order: list[str],
+             commands: dict[str, str]) -> dict[str, float]:
+    """`order`'s stages (their dvc.yaml `commands`) for one study seed in its work directory; stage -> wall seconds
     (<workdir>/reports/study_run.json)."""
     workdir = seed_workdir(Path(repo), cfg, study_seed)
     # every stage reruns here (no DVC up-to-date check), so metrics left by an earlier run are stale: a seed that
@@ -123,7 +125,7 @@ def run_seed(study_seed: int, raw: dict[str, Any], cfg: StudyConfig, repo: str) 
     def emit(line: str) -> None:
         logger.info(f"[seed {study_seed}] {line}")
 
-    return run_stages(stage_order(Path(repo)), stage_commands(Path(repo)),
+    return run_stages(order, commands,
                       lambda stage, cmd: run_stage(stage, cmd, str(workdir.resolve()), env, emit),
                       workdir / "reports" / "study_run.json",
                       {"study": cfg.name, "seed": study_seed, "torch_threads": threads})
@@ -164,13 +166,16 @@ def write_conclusions(repo: Path, cfg: StudyConfig, per_seed: dict[int, dict[str
 
 
 @flow(name="latlab-study", log_prints=True)
-def study(raw: dict[str, Any], seeds: list[int], repo: str = str(ROOT)) -> dict[str, Any]:
-    """Every seed's pipeline (as many at once as the flow's task runner allows: `run_study`), then the collected metrics, summary and scorecard.
-    Returns {"failed": {seed: error}, "seconds": total}."""
+def study(raw: dict[str, Any], seeds: list[int], repo: str = str(ROOT), stages: list[str] | None = None
+          ) -> dict[str, Any]:
+    """Every seed's pipeline (all stages, or `stages`; as many seeds at once as the flow's task runner allows:
+    `run_study`), then the collected metrics, summary and scorecard. Returns {"failed": {seed: error}, "seconds"}."""
     cfg = StudyConfig.model_validate(raw[STUDY_SECTION])
     began = time.perf_counter()
     failed: dict[int, str] = {}
-    futures = {s: run_seed.submit(s, raw, cfg, repo) for s in seeds}
+    # DVC reads the DAG once, here: seeds in threads opening the same DVC repo at once could meet its lock
+    order, commands = stage_order(Path(repo), stages), stage_commands(Path(repo))
+    futures = {s: run_seed.submit(s, raw, cfg, repo, order, commands) for s in seeds}
     for study_seed, future in futures.items():
         try:
             future.result()
@@ -183,16 +188,18 @@ def study(raw: dict[str, Any], seeds: list[int], repo: str = str(ROOT)) -> dict[
     return {"failed": failed, "seconds": round(time.perf_counter() - began, 1)}
 
 
-def run_study(raw: dict[str, Any], seeds: list[int], repo: str = str(ROOT)) -> dict[str, Any]:
+def run_study(raw: dict[str, Any], seeds: list[int], repo: str = str(ROOT), stages: list[str] | None = None
+              ) -> dict[str, Any]:
     """`study` with `study.parallel` seeds at once (a thread per seed; the work runs in each stage's process)."""
     parallel = StudyConfig.model_validate(raw[STUDY_SECTION]).parallel
-    return study.with_options(task_runner=ThreadPoolTaskRunner(max_workers=parallel))(raw, seeds, repo)
+    return study.with_options(task_runner=ThreadPoolTaskRunner(max_workers=parallel))(raw, seeds, repo, stages)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.study", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", type=Path, help="a params profile applied to params.yaml for every seed")
     parser.add_argument("--seeds", type=int, nargs="+", help="study seeds to run instead of study.seeds")
+    parser.add_argument("--stages", nargs="+", help="only these dvc.yaml stages (DAG order kept; a quick try)")
     parser.add_argument("--collect-only", action="store_true",
                         help="no training: rebuild metrics/study/ and the scorecard from the seeds' work directories")
     args = parser.parse_args(argv)
@@ -207,12 +214,12 @@ def main(argv: list[str] | None = None) -> None:
         rows = write_conclusions(ROOT, cfg, collect(ROOT, cfg, seeds))
         print(f"{SCORECARD_JSON}: {len(rows)} claims; {SCORECARD_MD}")
         return
-    problems = preflight(ROOT, None, args.profile)  # before Prefect starts its API server
+    problems = preflight(ROOT, args.stages, args.profile)  # before Prefect starts its API server
     for line in problems:
         print(f"error: {line}", file=sys.stderr)
     if problems:
         raise SystemExit(2)
-    result = run_study(raw, seeds)
+    result = run_study(raw, seeds, stages=args.stages)
     if result["failed"]:
         print(f"error: seeds {sorted(result['failed'])} failed", file=sys.stderr)
         raise SystemExit(1)

@@ -34,8 +34,8 @@ def seed_metrics(holds: int, jitter: float) -> dict:
         "unlearning_eval.json": {"results": unlearned, "verdict": {"whp": "suppressed"}},
         "interpret.json": {"steering_base": {"baseline": {"anti_steerable_fraction": 0.3 if g > 0 else 0.0}},
                            "acdc_planted": {"acdc_auc": 0.9 + 0.08 * g + j / 10}},
-        "spawrious_evaluate.json": {"m2m_easy.groupdro": {"worst_group_accuracy": 0.5 + j},
-                                    "m2m_hard.groupdro": {"worst_group_accuracy": 0.5 - 0.4 * g + j}},
+        "spawrious_evaluate.json": {"m2m_easy.groupdro": {"average_accuracy": 0.5 + j},
+                                    "m2m_hard.groupdro": {"average_accuracy": 0.5 - 0.4 * g + j}},
     }
 
 
@@ -87,8 +87,7 @@ def test_a_missing_metric_is_named_and_leaves_the_row_inconclusive():
     seeds[1]["evaluate.json"]["rt-lat"]["asr.latent"] = float("nan")
     seeds[2]["evaluate.json"]["rt-lat"]["asr.latent"] = None
     rows = by_claim(build_scorecard(seeds, **BOOTSTRAP))
-    hard = rows["Hard Spawrious splits defeat group-robust methods: GroupDRO worst-group accuracy drops from easy "
-                "to hard"]
+    hard = rows["Hard Spawrious splits defeat group-robust methods: GroupDRO accuracy drops from easy to hard"]
     assert hard["verdict"] == INCONCLUSIVE and hard["n_seeds"] == 0 and hard["effect"] is None
     assert "m2m_hard.groupdro" in hard["missing"]["0"] and "fewer than 2" in hard["reason"]
     dpo = rows["Trigger-free DPO removal with LAT lowers backdoor ASR more than without"]

@@ -92,6 +92,15 @@ def compute_ratio_minus_one(m: SeedMetrics) -> float:
     return training_flops("lat")(m) / training_flops("r2d2")(m) - 1.0
 
 
+def id_ood_rank_correlation(m: SeedMetrics) -> float:
+    """Mean over the OOD prompt variants (system / user persona prompts) of the Spearman correlation between the
+    base model's per-example steerability in and out of distribution (interpret.json steering_base)."""
+    variants = m.get("interpret.json", {}).get("steering_base", {}).get("id_ood_spearman") or {}
+    if not variants:
+        raise MissingMetric("interpret.json: steering_base.id_ood_spearman")
+    return fmean(metric(m, "interpret.json", "steering_base", "id_ood_spearman", v) for v in variants)
+
+
 def lat_vs_rt(attack: str) -> Claim:
     return Claim(f"Targeted LAT lowers {attack} ASR relative to RT", "Sheshadri et al. 2024",
                  f"ASR({attack}) rt-lat - rt (evaluate)",
@@ -145,6 +154,9 @@ CLAIMS: list[Claim] = [
     Claim("Steering vectors are unreliable: some inputs are anti-steerable", "Tan et al. 2024",
           "anti_steerable_fraction of the base persona vector (interpret)",
           lambda m: metric(m, "interpret.json", "steering_base", "baseline", "anti_steerable_fraction"), "greater"),
+    Claim("Steering is brittle out of distribution: per-example steerability ranks change under OOD prompts",
+          "Tan et al. 2024", "mean Spearman(ID slopes, OOD slopes) over persona prompt variants - 0.9 (interpret)",
+          lambda m: id_ood_rank_correlation(m) - 0.9, "less"),
     Claim("ACDC recovers a known circuit (edge AUC above 0.9)", "Conmy et al. 2023",
           "acdc_auc on the planted circuit - 0.9 (interpret)",
           lambda m: metric(m, "interpret.json", "acdc_planted", "acdc_auc") - 0.9, "greater"),

@@ -14,7 +14,8 @@ the same data, and the spread between seeds is training (and attack) variance, n
 MLflow run is tagged latlab.study = study.name and latlab.seed = s (latlab.tracking.STUDY_ENV).
 
 Afterwards each seed's metrics/*.json (small JSON only) are copied to metrics/study/seed_<s>/, and from them:
-metrics/study/summary.json (every headline number: mean, bootstrap CI over seeds, N; latlab.report.seed_summary),
+metrics/study/summary.json (every headline number: mean, bootstrap CI over seeds, N; latlab.report.seed_summary)
+and its evaluate table reports/study_evaluate.md,
 metrics/scorecard.json and reports/scorecard.md (one row per claim, paired bootstrap over seeds, verdict;
 latlab.report.scorecard). A failed seed is reported and left out (the scorecard says how many seeds each row has).
 
@@ -45,7 +46,7 @@ from flows.profile_run import prepare_workdir, run_stage, run_stages, stage_env
 from latlab.config import ConfigError, StudyConfig, parse_params
 from latlab.profiles import merged_profile
 from latlab.report.scorecard import RESAMPLING, build_scorecard, scorecard_markdown
-from latlab.report.seed_summary import load_metrics_tree, summarize_seeds
+from latlab.report.seed_summary import evaluate_markdown, load_metrics_tree, summarize_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
 # params keys (paths) whose seed generates data rather than training: fixed across the study's seeds by default
@@ -54,6 +55,7 @@ STUDY_SECTION = "study"  # the study's own settings (its bootstrap_seed included
 STUDY_DIR = Path("metrics/study")
 SCORECARD_JSON = Path("metrics/scorecard.json")
 SCORECARD_MD = Path("reports/scorecard.md")
+EVALUATE_MD = Path("reports/study_evaluate.md")
 
 
 def is_seed_key(key: str) -> bool:
@@ -150,7 +152,8 @@ def collect(repo: Path, cfg: StudyConfig, seeds: list[int]) -> dict[int, dict[st
 
 
 def write_conclusions(repo: Path, cfg: StudyConfig, per_seed: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
-    """metrics/study/summary.json, metrics/scorecard.json and reports/scorecard.md from the collected seeds."""
+    """metrics/study/summary.json, reports/study_evaluate.md, metrics/scorecard.json and reports/scorecard.md from
+    the collected seeds."""
     bootstrap = {"samples": cfg.bootstrap_samples, "confidence": cfg.confidence, "seed": cfg.bootstrap_seed}
     header = {"study": cfg.name, "seeds": sorted(per_seed), "confidence": cfg.confidence,
               "bootstrap_samples": cfg.bootstrap_samples, "data_seed_varied": cfg.vary_data_seed}
@@ -160,6 +163,8 @@ def write_conclusions(repo: Path, cfg: StudyConfig, per_seed: dict[int, dict[str
     rows = build_scorecard(per_seed, **bootstrap)
     (repo / SCORECARD_JSON).write_text(json.dumps({**header, "resampling": RESAMPLING, "claims": rows}, indent=2))
     (repo / SCORECARD_MD).parent.mkdir(parents=True, exist_ok=True)
+    (repo / EVALUATE_MD).write_text(f"Study `{cfg.name}`, seeds {sorted(per_seed)}: evaluate.json\n\n"
+                                    + evaluate_markdown(summary, cfg.confidence))
     (repo / SCORECARD_MD).write_text(f"Study `{cfg.name}`, seeds {sorted(per_seed)}.\n\n"
                                      + scorecard_markdown(rows, cfg.confidence))
     return rows

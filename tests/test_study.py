@@ -17,7 +17,7 @@ import yaml
 
 from flows.study import DATA_SEEDS, seed_keys, seed_params
 from latlab.config import parse_params
-from latlab.report.seed_summary import sample_size_key, summarize_seeds
+from latlab.report.seed_summary import evaluate_markdown, sample_size_key, summarize_seeds
 from latlab.tracking import study_tags
 from tests.settings import PARAMS_YAML, raw_params
 
@@ -74,6 +74,8 @@ def test_summary_gives_mean_interval_and_n_per_rate():
     assert low < 0.3 < high and high - low < 0.2
     assert "ci_pooled" not in summary["evaluate.json:rt.perplexity"]  # not a rate
     assert not [k for k in summary if k.startswith("lat.json")]  # training bookkeeping is not a headline number
+    table = evaluate_markdown(summary, 0.95)
+    assert "| rt | – | – | – | 0.30 [0.20, 0.40] (40×3) |" in table and "perplexity" not in table
     assert sample_size_key("rt-lat.asr.latent.eps_2") == "rt-lat.n.latent"
     assert sample_size_key("rt.benign_compliance") == "rt.n.benign" and sample_size_key("rt.perplexity") is None
 
@@ -97,7 +99,7 @@ def test_study_flow_runs_each_seed_and_writes_the_scorecard(tmp_path, monkeypatc
     per-seed work directories, seed offsets reaching the stage, collection, summary and scorecard."""
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.study import SCORECARD_JSON, SCORECARD_MD, STUDY_DIR, run_study
+    from flows.study import EVALUATE_MD, SCORECARD_JSON, SCORECARD_MD, STUDY_DIR, run_study
 
     path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
     shutil.copy(PARAMS_YAML, tmp_path / "params.yaml")
@@ -135,6 +137,7 @@ def test_study_flow_runs_each_seed_and_writes_the_scorecard(tmp_path, monkeypatc
     summary = json.loads((tmp_path / STUDY_DIR / "summary.json").read_text())["numbers"]
     assert summary["evaluate.json:rt.asr.prefill"]["n_prompts"] == 4
     assert "Targeted LAT lowers prefill ASR" in (tmp_path / SCORECARD_MD).read_text()
+    assert "| rt-lat | – | – | – | 0.11 [0.10, 0.12] (3 seeds) |" in (tmp_path / EVALUATE_MD).read_text()
 
 
 @pytest.mark.slow

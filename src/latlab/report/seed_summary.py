@@ -10,6 +10,7 @@ the spread between seeds: read it as sampling error of the prompt set, not as a 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from statistics import fmean
 from typing import Any
@@ -78,6 +79,7 @@ def summarize_seeds(per_seed_metrics: dict[int, dict[str, Any]], *, samples: int
         name, _, inner = key.partition(":")
         n_key = sample_size_key(inner) if name == "evaluate.json" else None
         sizes = [flat[s].get(f"{name}:{n_key}") for s in values] if n_key else []
+        sizes = [None if size is None else int(size) for size in sizes]  # counts (flattened as floats)
         if sizes and all(size is not None for size in sizes) and 0 <= entry["mean"] <= 1:
             entry["n_prompts"] = sizes[0] if len(set(sizes)) == 1 else {str(s): n for s, n in zip(values, sizes)}
             pooled_n = int(sum(sizes))
@@ -85,3 +87,30 @@ def summarize_seeds(per_seed_metrics: dict[int, dict[str, Any]], *, samples: int
             entry["ci_pooled"] = list(wilson_interval(pooled_rate, pooled_n, confidence))
         summary[key] = entry
     return summary
+
+
+def rate_cell(entry: dict[str, Any] | None) -> str:
+    """`mean [low, high] (N)` of a rate over seeds: the interval is the bootstrap over seeds, N = prompts per seed x
+    seeds (`–` when the rate was not measured)."""
+    if entry is None:
+        return "–"
+    n = entry.get("n_prompts")
+    prompts = f"{n}×{entry['n_seeds']}" if isinstance(n, (int, float)) else f"{entry['n_seeds']} seeds"
+    low, high = entry["ci_seeds"]
+    return f"{entry['mean']:.2f} [{low:.2f}, {high:.2f}] ({prompts})"
+
+
+def evaluate_markdown(summary: dict[str, dict[str, Any]], confidence: float) -> str:
+    """reports/study_evaluate.md: model x (behaviour rates, attack ASRs) of evaluate.json over seeds, each cell
+    `rate_cell`."""
+    prefix = "evaluate.json:"
+    keys = [k.removeprefix(prefix) for k in summary if k.startswith(prefix)]
+    models = list(dict.fromkeys(k.split(".", 1)[0] for k in keys))
+    columns = ["harmful_asr", "benign_compliance", "backdoor_asr"] + sorted(
+        {k.split(".", 1)[1] for k in keys if re.fullmatch(r"[^.]+\.asr\.[a-z_]+", k)})
+    lines = [f"Mean over seeds [{confidence:.0%} bootstrap interval over seeds] (N = prompts per seed × seeds)", "",
+             "| model | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 1)]
+    for model in models:
+        lines.append(f"| {model} | " + " | ".join(rate_cell(summary.get(f"{prefix}{model}.{c}")) for c in columns)
+                     + " |")
+    return "\n".join(lines) + "\n"

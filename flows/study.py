@@ -15,15 +15,16 @@ MLflow run is tagged latlab.study = study.name and latlab.seed = s (latlab.track
 
 Afterwards each seed's metrics/*.json (small JSON only) are copied to metrics/study/seed_<s>/, and from them:
 metrics/study/summary.json (every headline number: mean, bootstrap CI over seeds, N; latlab.report.seed_summary)
-and its evaluate table reports/study_evaluate.md,
-metrics/scorecard.json and reports/scorecard.md (one row per claim, paired bootstrap over seeds, verdict;
-latlab.report.scorecard). A failed seed is reported and left out (the scorecard says how many seeds each row has).
+with its evaluate table reports/study_evaluate.md, and metrics/scorecard.json with reports/scorecard.md (one row
+per claim, paired bootstrap over seeds, verdict; latlab.report.scorecard). A failed seed is reported and left out
+(the scorecard says how many seeds each row has).
 
 Parallelism: `study.parallel` seeds run at once, each stage process with `study.torch_threads` torch threads
 (OMP_NUM_THREADS / MKL_NUM_THREADS; nothing else in latlab sets a thread count, latlab.parallel only launches
 data-parallel processes when model.processes > 1). On the 2-core machine the default is 2 seeds x 1 thread: the toy
 model (d_model 128) gains little from a second intra-op thread, so two single-thread seeds finish sooner than two
-sequential two-thread ones (not yet timed against each other: an assumption to check with reports/study_run.json).
+sequential two-thread ones (not yet timed against each other: an assumption to check with each seed's
+reports/study_run.json). With 3 seeds the third runs alone on one thread, leaving a core idle for its whole run.
 """
 
 from __future__ import annotations

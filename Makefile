@@ -38,7 +38,7 @@ demo: setup check
 	echo "MLflow UI: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db  (then open http://127.0.0.1:5000)"
 
 # The seed study (issue 14, flows/study.py): the whole pipeline once per seed of params.yaml's `study` section in
-# runs/study/seed_<s>/ (2 seeds at once, 1 torch thread each), then metrics/study/ (per-seed metrics, summary.json:
+# runs/study/seed_<s>/ (all seeds at once, 1 torch thread each), then metrics/study/ (per-seed metrics, summary.json:
 # mean, 95% CI, N), metrics/scorecard.json and reports/scorecard.md. Wall time not yet measured.
 # `$(PY) -m flows.study --collect-only` rebuilds the summary and scorecard from finished seed runs.
 study: setup check

@@ -21,10 +21,12 @@ per claim, paired bootstrap over seeds, verdict; latlab.report.scorecard). A fai
 
 Parallelism: `study.parallel` seeds run at once, each stage process with `study.torch_threads` torch threads
 (OMP_NUM_THREADS / MKL_NUM_THREADS; nothing else in latlab sets a thread count, latlab.parallel only launches
-data-parallel processes when model.processes > 1). On the 2-core machine the default is 2 seeds x 1 thread: the toy
-model (d_model 128) gains little from a second intra-op thread, so two single-thread seeds finish sooner than two
-sequential two-thread ones (not yet timed against each other: an assumption to check with each seed's
-reports/study_run.json). With 3 seeds the third runs alone on one thread, leaving a core idle for its whole run.
+data-parallel processes when model.processes > 1). On the 2-core machine the default is all 3 seeds at once with
+1 thread each: the toy model (d_model 128) gains little from a second intra-op thread, and much of a stage is
+single-threaded anyway (imports, MLflow, generation loops), so single-thread processes use the cores best; with 2 at
+once the third seed would run alone afterwards on one thread with a core idle, and 3 on 2 cores share them instead
+(about 1.5 single-seed times instead of 2). Not yet timed against the alternatives: each seed's
+reports/study_run.json holds its stage times.
 """
 
 from __future__ import annotations

@@ -153,8 +153,7 @@ def test_study_on_the_smoke_profile_end_to_end(tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "PYTHONPATH": f"{repo / 'src'}:{repo}", "PREFECT_HOME": str(tmp_path / "prefect-home")}
     env.pop("MLFLOW_TRACKING_URI", None)
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
-        subprocess.run(cmd, cwd=repo, check=True, env=env)
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True, env=env)  # .dvc/ came with the copy
     done = subprocess.run([sys.executable, "-m", "flows.study", "--profile", "profiles/smoke.yaml", "--seeds", "0",
                            "1"], cwd=repo, env=env, capture_output=True, text=True, timeout=3600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]

@@ -50,6 +50,8 @@ def metric(metrics: SeedMetrics, file: str, *keys: str) -> float:
 
 @dataclass(frozen=True)
 class Claim:
+    """One headline claim: supported when the interval of `effect` over seeds lies on the `direction` side of
+    `threshold` (`latlab.report.stats.verdict`)."""
     claim: str
     source: str  # a paper (author year) or "latlab"
     metric: str  # what the per-seed effect is, in words

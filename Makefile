@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 include src/latlab/offline.env
 export $(shell sed -n 's/^\([A-Z_]*\)=.*/\1/p' src/latlab/offline.env)
 
-.PHONY: setup browser check demo test test-fast flow mlflow-ui clean benchmarks fetch-smollm2 smollm2 deps
+.PHONY: setup browser check demo study test test-fast flow mlflow-ui clean benchmarks fetch-smollm2 smollm2 deps
 
 setup: $(STAMP)
 
@@ -36,6 +36,13 @@ demo: setup check
 	echo "README.md's results block rewritten from this run's metrics and reports" && \
 	echo "pipeline finished in $$(( $$(date +%s) - start )) s" && \
 	echo "MLflow UI: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db  (then open http://127.0.0.1:5000)"
+
+# The seed study (issue 14, flows/study.py): the whole pipeline once per seed of params.yaml's `study` section in
+# runs/study/seed_<s>/ (all seeds at once, 1 torch thread each), then metrics/study/ (per-seed metrics, summary.json:
+# mean, 95% CI, N), metrics/scorecard.json and reports/scorecard.md. Wall time not yet measured.
+# `$(PY) -m flows.study --collect-only` rebuilds the summary and scorecard from finished seed runs.
+study: setup check
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m flows.study
 
 # Regenerate dvc.yaml's code deps (each stage's import closure) after changing imports, and docs/pipeline.md from it
 deps: setup

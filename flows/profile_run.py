@@ -65,32 +65,43 @@ def stage_env(repo: str) -> dict[str, str]:
         [repo, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)})
 
 
-@task(name="profile-stage", task_run_name="{stage}")
-def run_stage_command(stage: str, cmd: str, workdir: str, repo: str) -> float:
-    env = stage_env(repo)
-    code, seconds = stream_command(cmd, workdir, env, get_run_logger().info)
+def run_stage(stage: str, cmd: str, workdir: str, env: dict[str, str], emit) -> float:
+    """One stage's dvc.yaml command in `workdir`; wall seconds, RuntimeError naming the stage when it fails."""
+    code, seconds = stream_command(cmd, workdir, env, emit)
     if code != 0:
         raise RuntimeError(f"stage {stage} failed with exit code {code} after {seconds:.0f} s (`{cmd}` in {workdir})")
     return seconds
+
+
+@task(name="profile-stage", task_run_name="{stage}")
+def run_stage_command(stage: str, cmd: str, workdir: str, repo: str) -> float:
+    return run_stage(stage, cmd, workdir, stage_env(repo), get_run_logger().info)
+
+
+def run_stages(stages: list[str], commands: dict[str, str], run_one, report: Path, header: dict) -> dict[str, float]:
+    """`run_one(stage, cmd) -> seconds` for each stage in order. `report` (JSON: torch threads = OMP_NUM_THREADS
+    unless `header` says, `header`, stage -> seconds, total) is rewritten after every stage, so a crash keeps the
+    times measured so far."""
+    timings: dict[str, float] = {}
+    began = time.perf_counter()
+    report.parent.mkdir(parents=True, exist_ok=True)
+    for stage in stages:
+        timings[stage] = round(run_one(stage, commands[stage]), 1)
+        report.write_text(json.dumps({"torch_threads": os.environ.get("OMP_NUM_THREADS", "default"), **header,
+                                      "stages": timings, "total_seconds": round(time.perf_counter() - began, 1)},
+                                     indent=2))
+        print(f"{stage}: {timings[stage]} s")
+    return timings
 
 
 @flow(name="latlab-profile-run", log_prints=True)
 def profile_run(profile: str, stages: list[str], workdir: str, repo: str = str(ROOT)) -> dict[str, float]:
     """Run `stages` of dvc.yaml with `profile` applied, in `workdir`; returns stage -> wall seconds."""
     prepare_workdir(Path(profile), Path(workdir), Path(repo))
-    commands = stage_commands(Path(repo))
-    timings: dict[str, float] = {}
-    began = time.perf_counter()
-    report = Path(workdir) / "reports" / "profile_run.json"
-    report.parent.mkdir(parents=True, exist_ok=True)
-    for stage in stage_order(Path(repo), stages):
-        timings[stage] = round(run_stage_command(stage, commands[stage], str(Path(workdir).resolve()), repo), 1)
-        # written after every stage so a crash keeps the times measured so far
-        report.write_text(json.dumps({"profile": profile, "stages": timings,
-                                      "total_seconds": round(time.perf_counter() - began, 1),
-                                      "torch_threads": os.environ.get("OMP_NUM_THREADS", "default")}, indent=2))
-        print(f"{stage}: {timings[stage]} s")
-    return timings
+    where = str(Path(workdir).resolve())
+    return run_stages(stage_order(Path(repo), stages), stage_commands(Path(repo)),
+                      lambda stage, cmd: run_stage_command(stage, cmd, where, repo),
+                      Path(workdir) / "reports" / "profile_run.json", {"profile": profile})
 
 
 def main(argv: list[str] | None = None) -> None:

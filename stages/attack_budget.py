@@ -13,6 +13,7 @@ from latlab.config import Params, section_dict
 from latlab.data.records import load_world, split_of
 from latlab.evals.attack_budget import CURVES, budget_curves
 from latlab.evals.judge import make_judge
+from latlab.models.compute import flop_proxy
 from latlab.models.loading import load_saved
 from latlab.report.budget import budget_markdown, pareto_front, plot_budget_curves, plot_pareto
 from latlab.tracking import stage_run
@@ -25,13 +26,11 @@ TRAINING_STAGE = {"base": "base", "rt": "refusal", "rt-lat": "lat", "rt-lat-unta
 COMPUTE_LABEL = "FLOP proxy of the model's own training stage (2·fwd + 4·bwd tokens; none recorded: smallest)"
 
 
-def flop_proxy(role: str) -> float | None:
+def role_flop_proxy(role: str) -> float | None:
     path = METRICS_DIR / f"{TRAINING_STAGE.get(role, role)}.json"
     if not path.exists():
         return None
-    metrics = json.loads(path.read_text())
-    forward, backward = metrics.get("compute.forward_tokens"), metrics.get("compute.backward_tokens")
-    return None if forward is None or backward is None else 2 * forward + 4 * backward
+    return flop_proxy(json.loads(path.read_text()))
 
 
 def pareto(params: Params, results: dict[str, dict[str, dict]]) -> tuple[dict, dict]:
@@ -45,7 +44,7 @@ def pareto(params: Params, results: dict[str, dict[str, dict]]) -> tuple[dict, d
     for curve in CURVES:
         panels[f"{curve} (AUC)"] = {m: (results[m][curve]["auc"], evaluation[m]["benign_compliance"])
                                     for m in defended}
-    return panels, {m: flop_proxy(m) for m in defended}
+    return panels, {m: role_flop_proxy(m) for m in defended}
 
 
 def pareto_markdown(panels: dict, compute: dict) -> str:

@@ -16,7 +16,8 @@ def train_base_recipe(params: Params, world: dict, stage: str, role: str, tags: 
     """The base model's recipe (params `base`) on `world`: the toy Llama from scratch, or a real model fine-tuned."""
     if params.model.source == "toy":
         tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
-        model = build_toy_model(params.model.toy, tokenizer, params.seed)
+        # initialised from the training seed, not the world's (`seed`): a seed study varies the init with the data fixed
+        model = build_toy_model(params.model.toy, tokenizer, params.base.seed)
     else:
         model, tokenizer = load_pretrained(params.model.source, params.model)
     model.to(resolve_device(params.model.device))

@@ -78,7 +78,8 @@ def test_suite_runs_every_attack(tiny_world, tiny_tokenizer, tiny_model):
     assert [p["eps"] for p in results["latent"]["asr_curve"]] == [0.5, 1.0]
     row = asr_row(results)
     assert set(row) == ({f"asr.{n}" for n in ATTACKS} | {f"incoherent.{n}" for n in ATTACKS}
-                        | {"asr.latent.eps_0.5", "asr.latent.eps_1"})
+                        | {f"n.{n}" for n in ATTACKS} | {"asr.latent.eps_0.5", "asr.latent.eps_1"})
+    assert row["n.gcg_individual"] == 2 and row["n.direct"] == 4
     for name, entry in results.items():  # the three outcomes partition the attacked requests
         assert entry["asr"] + entry["refusal_rate"] + entry["incoherent_rate"] == pytest.approx(1.0), name
 

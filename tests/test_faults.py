@@ -122,7 +122,7 @@ def test_make_demo_and_the_flows_run_the_check_first():
     makefile = (REPO / "Makefile").read_text()
     assert re.search(r"^demo:.*\bcheck\b", makefile, re.M), "make demo must depend on make check"
     assert re.search(r"^check:.*\n\t\$\(PY\) -m latlab\.check", makefile, re.M)
-    for flow in ("pipeline.py", "profile_run.py", "cluster.py"):
+    for flow in ("pipeline.py", "profile_run.py", "cluster.py", "study.py"):
         assert "preflight(" in (REPO / "flows" / flow).read_text() or "params_problems(" in \
             (REPO / "flows" / flow).read_text(), flow
 

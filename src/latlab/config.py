@@ -557,6 +557,25 @@ class SpawriousConfig(Section):
     hparams: MethodHparams
 
 
+class StudyConfig(Section):
+    """The seed study (`make study`, flows/study.py): the whole default pipeline once per training seed."""
+    name: str = Field(pattern=r"^[\w.-]+$")  # MLflow tag latlab.study on every run of the study
+    seeds: list[int] = Field(min_length=3)  # a conclusion from fewer seeds is one run, not a result (issue 14)
+    vary_data_seed: bool  # false: the world / Spawrious data stay fixed, so the spread is training variance only
+    workdir: str  # one folder per seed below it: <workdir>/seed_<s> (params, data, models, metrics, mlflow.db)
+    parallel: int = Field(ge=1)  # seeds run at once
+    torch_threads: int = Field(ge=1)  # per seed process (OMP_NUM_THREADS); parallel x threads <= cores
+    bootstrap_samples: int = Field(ge=100)
+    confidence: float = Field(gt=0.5, lt=1)
+    bootstrap_seed: int
+
+    @model_validator(mode="after")
+    def _distinct_seeds(self) -> StudyConfig:
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"study.seeds {self.seeds}: a seed listed twice is one run counted twice")
+        return self
+
+
 class Params(Section):
     """The whole of params.yaml: every value a stage reads, none defaulted here (tests/test_params_complete.py)."""
     seed: int
@@ -580,6 +599,7 @@ class Params(Section):
     attack_budget: AttackBudgetConfig
     interpret: InterpConfig
     spawrious: SpawriousConfig
+    study: StudyConfig
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

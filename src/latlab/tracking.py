@@ -28,6 +28,9 @@ PID_TAG = "latlab.pid"
 # `dvc exp run` names each experiment in this environment variable; tagging it lets MLflow filter one DVC experiment
 DVC_EXPERIMENT_ENV = "DVC_EXP_NAME"
 DVC_EXPERIMENT_TAG = "dvc_experiment"
+# Set by the seed study (flows/study.py) for every stage it runs; each becomes a tag of the stage's MLflow run
+# (latlab.study, latlab.seed), so the runs of one study, and of one seed in it, are found by a tag search.
+STUDY_ENV = {"LATLAB_STUDY": "latlab.study", "LATLAB_STUDY_SEED": "latlab.seed"}
 _METRIC_NAME = re.compile(r"[^\w.\- :/]")  # characters MLflow refuses in metric names
 
 
@@ -250,6 +253,12 @@ def close_stale_runs(mlflow, experiment_id: str, stage: str) -> list[str]:
     return stale
 
 
+def study_tags(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The study tags (`STUDY_ENV`) of a run started with those variables set; {} outside a study."""
+    environ = os.environ if environ is None else environ
+    return {tag: environ[var] for var, tag in STUDY_ENV.items() if environ.get(var)}
+
+
 @contextmanager
 def stage_run(cfg: TrackingConfig, stage: str, params: dict[str, Any] | None = None,
               extra_tags: dict[str, str] | None = None, dep_digests: dict[str, str] | None = None
@@ -267,7 +276,7 @@ def stage_run(cfg: TrackingConfig, stage: str, params: dict[str, Any] | None = N
         mlflow.create_experiment(cfg.experiment, artifact_location=artifact_root)
     experiment = mlflow.set_experiment(cfg.experiment)
     close_stale_runs(mlflow, experiment.experiment_id, stage)
-    tags = {**run_tags(stage), **(extra_tags or {})}
+    tags = {**run_tags(stage), **study_tags(), **(extra_tags or {})}
     digests = dependency_digests(stage) if dep_digests is None else dep_digests
     tags.update({f"dep_md5.{dep}": digest for dep, digest in digests.items()})
     with mlflow.start_run(run_name=stage, tags=tags) as run:

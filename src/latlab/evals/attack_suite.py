@@ -105,9 +105,10 @@ def run_attack_suite(model, tokenizer, requests: list[dict], cfg: AttackSuiteCon
 
 def asr_row(results: dict[str, dict]) -> dict[str, float]:
     """Flat metrics for one model's row of the ASR matrix: {"asr.<attack>": value, "incoherent.<attack>": value,
-    "asr.latent.eps_<e>": ...}."""
+    "n.<attack>": prompts attacked (the N of both rates and of the eps curve), "asr.latent.eps_<e>": ...}."""
     row = {f"asr.{name}": entry["asr"] for name, entry in results.items()}
     row.update({f"incoherent.{name}": entry["incoherent_rate"] for name, entry in results.items()})
+    row.update({f"n.{name}": entry["n"] for name, entry in results.items()})
     for name, entry in results.items():
         for point in entry.get("asr_curve", []):
             row[f"asr.{name}.eps_{point['eps']:g}"] = point["asr"]

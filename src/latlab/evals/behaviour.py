@@ -56,7 +56,8 @@ def request_behaviour(model, tokenizer, requests: list[dict], split: str, judge,
                "benign_compliance": float(np.mean([lab == COMPLIED for lab in benign])),
                "benign_refusal": float(np.mean([lab == REFUSED for lab in benign])),
                "harmful_incoherent": float(np.mean([lab == INCOHERENT for lab in harmful])),
-               "benign_incoherent": float(np.mean([lab == INCOHERENT for lab in benign]))}
+               "benign_incoherent": float(np.mean([lab == INCOHERENT for lab in benign])),
+               "n.harmful": len(harmful), "n.benign": len(benign)}  # the N of the harmful_* and benign_* rates
     return metrics, [{"id": r["id"], "output": o, "label": lab} for r, o, lab in zip(rows, outputs, labels)]
 
 
@@ -65,7 +66,7 @@ def backdoor_behaviour(model, tokenizer, backdoor: list[dict], split: str, max_n
     rows = split_of(backdoor, split)
     outputs = generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens, batch_size)
     hits = [shows_backdoor(o) for o in outputs]
-    return {"backdoor_asr": float(np.mean(hits))}, [{"id": r["id"], "output": o, "backdoor": h}
+    return {"backdoor_asr": float(np.mean(hits)), "n.backdoor": len(hits)}, [{"id": r["id"], "output": o, "backdoor": h}
                                                      for r, o, h in zip(rows, outputs, hits)]
 
 

@@ -14,6 +14,13 @@ from dataclasses import dataclass
 TOKEN_KEYS = ("forward_tokens", "backward_tokens")
 
 
+def flop_proxy(metrics: dict) -> float | None:
+    """2·forward + 4·backward tokens from a training stage's metrics (`compute.forward_tokens`,
+    `compute.backward_tokens`); None when the stage recorded no token counts."""
+    forward, backward = metrics.get("compute.forward_tokens"), metrics.get("compute.backward_tokens")
+    return None if forward is None or backward is None else 2 * forward + 4 * backward
+
+
 @dataclass
 class Compute:
     forward_passes: int = 0

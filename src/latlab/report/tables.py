@@ -10,9 +10,10 @@ from latlab.evals.unlearning import KNOWLEDGE_KEYS, TABLE_KEYS
 
 def backdoor_markdown(metrics_by_method: dict[str, dict], split: str) -> str:
     """One row per backdoor-removal method: each behaviour measured before and after (`before.<key>` and
-    `after.<key>` in its metrics) as before -> after, wall time and compute."""
+    `after.<key>` in its metrics) as before -> after, wall time and compute. Sample sizes (`before.n.<what>`) are not
+    behaviours: left out of the columns."""
     first = next(iter(metrics_by_method.values()), {})
-    reported = [k.removeprefix("before.") for k in first if k.startswith("before.")]
+    reported = [k.removeprefix("before.") for k in first if k.startswith("before.") and not k.startswith("before.n.")]
     rows = ["| method | " + " | ".join(reported) + " | wall s | forward tokens |",
             "|" + " --- |" * (len(reported) + 3)]
     for method, m in metrics_by_method.items():

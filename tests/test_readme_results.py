@@ -23,6 +23,7 @@ def test_block_follows_a_changed_metric(tmp_path):
     for sub in ("metrics", "reports"):
         shutil.copytree(ROOT / sub, tmp_path / sub, ignore=shutil.ignore_patterns("predictions"))
     shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    assert main(["--root", str(tmp_path)]) == 0
     assert main(["--root", str(tmp_path), "--check"]) == 0
     evaluate = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
     model = next(iter(evaluate))

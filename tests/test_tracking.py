@@ -82,3 +82,17 @@ def test_latest_stage_runs_link_the_newest_finished_run_per_stage(workdir):
     assert runs["evaluate"]["url"].startswith(LOCAL_UI + "/#/experiments/")
     assert runs["evaluate"]["url"].endswith("/runs/" + ids["evaluate"])
     assert runs["interpret"]["duration_s"] >= 0.01
+
+
+def test_a_training_run_records_its_data_folder_as_an_input_dataset(workdir):
+    from latlab.tracking import stage_run
+
+    cfg = _cfg(workdir)
+    (workdir / "data" / "world").mkdir(parents=True)
+    (workdir / "data" / "world" / "facts.jsonl").write_text("{}\n")
+    with stage_run(cfg, "base") as run:
+        run.log_dataset("data/world", "0123456789abcdef0123")
+    client = MlflowClient(tracking_uri=cfg.uri)
+    (inputs,) = [client.get_run(run.run_id).inputs.dataset_inputs]
+    assert [(d.dataset.name, d.dataset.digest) for d in inputs] == [("data/world", "0123456789abcdef")]
+    assert [t.value for d in inputs for t in d.tags if t.key == "mlflow.data.context"] == ["training"]

@@ -166,10 +166,14 @@ class StageRun:
     def log_dataset(self, path: str | Path, digest: str, context: str = "training") -> None:
         """Record a data folder (a DVC output) as this run's input dataset: MLflow's Dataset column, with the
         folder's md5 as digest so two runs on different data are told apart."""
-        from mlflow.data.artifact_dataset_sources import LocalArtifactDatasetSource
+        import warnings
+
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
 
-        source = LocalArtifactDatasetSource(str(Path(path).resolve()))
+        with warnings.catch_warnings():  # a file:// URI matches MLflow's two local sources, which are the same class
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            source = resolve_dataset_source(Path(path).resolve().as_uri())
         self.mlflow.log_input(MetaDataset(source, name=str(path), digest=digest[:16]), context=context)
 
     def log_model(self, model, tokenizer, role: str, out_dir: Path, tags: dict[str, str] | None = None,

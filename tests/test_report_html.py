@@ -101,3 +101,46 @@ def test_browser_check_catches_a_broken_image_and_a_console_error(tmp_path):
     result, _ = _browser_check(bad, tmp_path)
     assert result["broken"] == ["broken"]
     assert "boom" in result["errors"]
+
+
+def test_model_version_page_shows_its_card_in_the_mlflow_ui(tmp_path):
+    """The registry card (latlab.report.model_card) as a user sees it: a local MLflow server, the version page in
+    Chromium."""
+    import socket
+    import sys
+    import time
+    import urllib.request
+
+    from mlflow import MlflowClient
+
+    from latlab.report.model_card import training_card
+
+    if CHROMIUM is None:
+        _browser_check("", tmp_path)  # fails or skips with the reason
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=db)
+    client.create_registered_model("latlab-rt-lat")
+    version = client.create_model_version("latlab-rt-lat", source=str(tmp_path)).version
+    card = training_card("rt-lat", "lat", {"made_by": "targeted LAT on top of RT", "parent": "latlab-rt"}, "abc123",
+                         {"data/world": "d" * 32}, {"lat": {"epsilon": 1.5}}, {"wall_seconds": 38.0}, "1")
+    client.update_model_version("latlab-rt-lat", version, description=card)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", db, "--host",
+                               "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                              "--virtual-time-budget=20000", f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+                              f"http://127.0.0.1:{port}/#/models/latlab-rt-lat/versions/{version}"],
+                             capture_output=True, text=True, timeout=180).stdout
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert "targeted LAT on top of RT" in dom and "parent: latlab-rt v1" in dom

@@ -43,6 +43,8 @@ def _fmt(value) -> str:
         value = int(value)
     if isinstance(value, int):
         return f"{value:,}"
+    if isinstance(value, float) and 0 < abs(value) < 0.01:
+        return f"{value:.2e}"  # steering slopes and the like: 3 decimals would print 0.000
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
@@ -69,12 +71,23 @@ def compute_table(metrics: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def interpret_table(interpret: dict[str, float]) -> str:
-    """The headline interpretability numbers of metrics/interpret.json: circuit-recovery AUCs and the steering
-    reliability summary (per-example keys stay in the file)."""
-    wanted = ("auc", "anti_steerable_fraction", "mean_steerability", "r2")
-    keys = [k for k in interpret if any(w in k for w in wanted) and isinstance(interpret[k], (int, float))]
-    lines = ["| metric | value |", "| --- | --- |"] + [f"| {k} | {_fmt(float(interpret[k]))} |" for k in keys]
+def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        flat.update(_flat(value, name) if isinstance(value, dict) else {name: value})
+    return flat
+
+
+def interpret_table(interpret: dict) -> str:
+    """The headline interpretability numbers of metrics/interpret.json (nested sections flattened to dotted keys):
+    circuit recovery (AUC, TPR/FPR at τ) and steering reliability (steerability, anti-steerable fraction, spurious
+    R², ID-vs-OOD rank correlation); the persistence rows are their own table."""
+    wanted = ("auc", "circuit_tpr", "circuit_fpr", "anti_steerable_fraction", "steerability_mean", "r2_", "spearman")
+    flat = _flat(interpret)
+    keys = [k for k, v in flat.items() if any(w in k for w in wanted) and not k.startswith("persistence.")
+            and isinstance(v, (int, float))]
+    lines = ["| metric | value |", "| --- | --- |"] + [f"| {k} | {_fmt(float(flat[k]))} |" for k in keys]
     return "\n".join(lines)
 
 

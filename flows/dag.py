@@ -6,7 +6,9 @@ from __future__ import annotations
 import difflib
 import os
 import shutil
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # dvc.yaml's first stage (stages/check.py): every other stage descends from it, so every run includes it
@@ -83,6 +85,21 @@ def stage_commands(cwd: Path) -> dict[str, str]:
     with Repo(str(cwd)) as repo:
         return {stage.name: stage.cmd for stage in repo.index.stages
                 if isinstance(stage, PipelineStage) and os.path.relpath(stage.path, cwd) == "dvc.yaml"}
+
+
+@contextmanager
+def resolved_with(params: Path, repo: Path = Path(".")) -> Iterator[Path]:
+    """A throwaway DVC repo holding `repo`'s dvc.yaml beside the given params.yaml: `stage_order` and
+    `stage_commands` on it expand foreach/matrix items and `${...}` against the params a run really uses. A profile
+    or a study seed's params may change a method table or the Spawrious split list; resolving against the repo's
+    own params.yaml would run the repo's items with the profile's data."""
+    from dvc.repo import Repo
+
+    with tempfile.TemporaryDirectory(prefix="latlab-dag-") as tmp:
+        shutil.copy(repo / "dvc.yaml", Path(tmp) / "dvc.yaml")
+        shutil.copy(params, Path(tmp) / "params.yaml")
+        Repo.init(tmp, no_scm=True).close()
+        yield Path(tmp)
 
 
 def preflight(repo: Path, stages: list[str] | None, profile: Path | None = None) -> list[str]:

@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 from prefect import flow, get_run_logger, task
 
-from flows.dag import preflight, stage_commands, stage_order
+from flows.dag import preflight, resolved_with, stage_commands, stage_order
 from latlab.env import interpreter_env
 from latlab.profiles import apply_profile
 
@@ -97,9 +97,11 @@ def run_stages(stages: list[str], commands: dict[str, str], run_one, report: Pat
 @flow(name="latlab-profile-run", log_prints=True)
 def profile_run(profile: str, stages: list[str], workdir: str, repo: str = str(ROOT)) -> dict[str, float]:
     """Run `stages` of dvc.yaml with `profile` applied, in `workdir`; returns stage -> wall seconds."""
-    prepare_workdir(Path(profile), Path(workdir), Path(repo))
+    params = prepare_workdir(Path(profile), Path(workdir), Path(repo))
     where = str(Path(workdir).resolve())
-    return run_stages(stage_order(Path(repo), stages), stage_commands(Path(repo)),
+    with resolved_with(params, Path(repo)) as dag:  # the profile's method tables and splits, not the repo's
+        order, commands = stage_order(dag, stages), stage_commands(dag)
+    return run_stages(order, commands,
                       lambda stage, cmd: run_stage_command(stage, cmd, where, repo),
                       Path(workdir) / "reports" / "profile_run.json", {"profile": profile})
 

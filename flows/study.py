@@ -36,6 +36,7 @@ import copy
 import json
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.dag import preflight, stage_commands, stage_order
+from flows.dag import preflight, resolved_with, stage_commands, stage_order
 from flows.profile_run import prepare_workdir, run_stage, run_stages, stage_env
 from latlab.config import ConfigError, StudyConfig, parse_params
 from latlab.profiles import merged_profile
@@ -181,8 +182,14 @@ def study(raw: dict[str, Any], seeds: list[int], repo: str = str(ROOT), stages: 
     cfg = StudyConfig.model_validate(raw[STUDY_SECTION])
     began = time.perf_counter()
     failed: dict[int, str] = {}
-    # DVC reads the DAG once, here: seeds in threads opening the same DVC repo at once could meet its lock
-    order, commands = stage_order(Path(repo), stages), stage_commands(Path(repo))
+    # DVC reads the DAG once, here: seeds in threads opening the same DVC repo at once could meet its lock. It is
+    # resolved against the study's params (a profile may change method tables and split lists); seeds differ only
+    # in seed values, which no foreach/matrix item depends on.
+    with tempfile.TemporaryDirectory(prefix="latlab-study-") as tmp:
+        params = Path(tmp) / "params.yaml"
+        params.write_text(yaml.safe_dump(raw, sort_keys=False))
+        with resolved_with(params, Path(repo)) as dag:
+            order, commands = stage_order(dag, stages), stage_commands(dag)
     futures = {s: run_seed.submit(s, raw, cfg, repo, order, commands) for s in seeds}
     for study_seed, future in futures.items():
         try:

@@ -67,3 +67,23 @@ def test_flow_runs_stages_in_dag_order(tmp_path, monkeypatch):
         assert latlab_pipeline(stages=["c"], repo=str(tmp_path)) == ["c"]  # up to date: DVC skips it
     assert (tmp_path / "order.log").read_text().split() == ["a", "b", "c"]
     assert (tmp_path / "dvc.lock").exists()
+
+
+def test_stage_items_follow_the_params_of_the_run_not_the_repo(tmp_path):
+    """A profile or a study seed that changes a matrix list (here the Spawrious splits) or a method table runs its
+    own items: resolving dvc.yaml against the repo's params.yaml ran `spawrious_train@erm-m2m_easy` on a smoke study
+    whose data holds only o2o_easy."""
+    from flows.dag import resolved_with, stage_commands, stage_order
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["spawrious"]["splits"] = ["o2o_easy"]
+    raw["unlearn"] = {"ga": raw["unlearn"]["ga"]}
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    with resolved_with(params, REPO) as dag:
+        order, commands = stage_order(dag), stage_commands(dag)
+    trained = sorted(s for s in order if s.startswith("spawrious_train@"))
+    assert trained == [f"spawrious_train@{m}-o2o_easy" for m in sorted(raw["spawrious"]["methods"])]
+    assert [s for s in order if s.startswith("unlearn@")] == ["unlearn@ga"]
+    assert commands["unlearn@ga"] == "python -m stages.unlearn --method ga"
+    assert set(order) == set(commands)

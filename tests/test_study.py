@@ -97,9 +97,7 @@ json.dump({"after.backdoor_asr": 0.5}, open("metrics/backdoor_removal/sft.json",
 def test_study_flow_runs_each_seed_and_writes_the_scorecard(tmp_path, monkeypatch):
     """A toy DVC repo (one stage writing metrics from its seed's params and environment) through the real flow:
     per-seed work directories, seed offsets reaching the stage, collection, summary and scorecard."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    from flows.study import EVALUATE_MD, SCORECARD_JSON, SCORECARD_MD, STUDY_DIR, run_study
+    from flows.study import EVALUATE_MD, SCORECARD_JSON, SCORECARD_MD, STUDY_DIR
 
     path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
     shutil.copy(PARAMS_YAML, tmp_path / "params.yaml")
@@ -117,8 +115,19 @@ def test_study_flow_runs_each_seed_and_writes_the_scorecard(tmp_path, monkeypatc
         for stage, tokens in (("lat", 1.0), ("r2d2", 2.0)):
             (stale / f"{stage}.json").write_text(json.dumps({"compute.forward_tokens": tokens,
                                                              "compute.backward_tokens": tokens}))
-    with prefect_test_harness(server_startup_timeout=120):
-        result = run_study(raw, [0, 1, 2], repo=str(tmp_path))
+    # In a process of its own: Prefect's log and event workers are process-global, and after the deployment tests
+    # (a server that is gone by then) the harness's teardown drained them for ~12 minutes in one pytest process.
+    (tmp_path / "raw.json").write_text(json.dumps(raw))
+    script = (f"import json; from prefect.testing.utilities import prefect_test_harness; "
+              f"from flows.study import run_study; raw = json.load(open({str(tmp_path / 'raw.json')!r}))\n"
+              f"with prefect_test_harness(server_startup_timeout=120):\n"
+              f"    print(json.dumps(run_study(raw, [0, 1, 2], repo={str(tmp_path)!r})))")
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"),
+           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["failed"] == {}
     for s in (0, 1, 2):
         written = json.loads((tmp_path / STUDY_DIR / f"seed_{s}" / "evaluate.json").read_text())

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from markdown_it import MarkdownIt
 
-from latlab.report.readme import TRAINING_STAGES, compute_table
+from latlab.report.readme import compute_table, training_metrics
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 1200px; padding: 1em 2em; color: #222; }
@@ -108,13 +108,7 @@ def _stage_times(stage_runs: dict[str, dict]) -> str:
 
 
 def _compute(root: Path, stage_runs: dict[str, dict]) -> str:
-    metrics = root / "metrics"
-    training = {s: json.loads((metrics / f"{s}.json").read_text()) for s in TRAINING_STAGES
-                if (metrics / f"{s}.json").exists()}
-    for table in ("unlearn", "backdoor_removal"):
-        for path in sorted((metrics / table).glob("*.json")):
-            training[f"{table} {path.stem}"] = json.loads(path.read_text())
-    return _MARKDOWN.render(compute_table(training)) + _stage_times(stage_runs)
+    return _MARKDOWN.render(compute_table(training_metrics(root / "metrics"))) + _stage_times(stage_runs)
 
 
 def _links(section: Section, stage_runs: dict[str, dict]) -> str:

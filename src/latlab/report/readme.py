@@ -95,14 +95,21 @@ def _load_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def results_block(root: Path) -> str:
-    """The generated block (markers included) from `root`'s metrics/ and reports/."""
-    metrics, reports = root / "metrics", root / "reports"
-    evaluate = _load_json(metrics / "evaluate.json")
+def training_metrics(metrics: Path) -> dict[str, dict]:
+    """Every training stage's metrics (jailbreak track, then the unlearn and backdoor_removal method tables), keyed
+    as the compute table names them."""
     training = {s: _load_json(metrics / f"{s}.json") for s in TRAINING_STAGES if (metrics / f"{s}.json").exists()}
     for table in ("unlearn", "backdoor_removal"):
         for path in sorted((metrics / table).glob("*.json")):
             training[f"{table} {path.stem}"] = _load_json(path)
+    return training
+
+
+def results_block(root: Path) -> str:
+    """The generated block (markers included) from `root`'s metrics/ and reports/."""
+    metrics, reports = root / "metrics", root / "reports"
+    evaluate = _load_json(metrics / "evaluate.json")
+    training = training_metrics(metrics)
     spawrious = next((p for p in (reports / "spawrious_results.md", metrics / "spawrious_results.md") if p.exists()),
                      reports / "spawrious_results.md")
     sections = [

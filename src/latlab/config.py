@@ -325,7 +325,10 @@ class LatDefenceConfig(TrainConfig):
 class UnlearnConfig(LatDefenceConfig):
     """Shared by every unlearning method (the adversary goes toward the forget-domain answers)."""
     domain: str  # the domain to unlearn (the stages read it; the trainers get its examples)
-    forget_weight: float = Field(ge=0)
+    forget_weight: float = Field(ge=0)  # the method's own forget loss (under δ with LAT)
+    # the LAT paper's defender "away" term, log(1-p) of the forget answers (under δ with LAT; WHP: only where the
+    # generic label differs); the official GA-LAT is this term alone (forget_weight 0), see training/unlearning.py
+    away_weight: float = Field(ge=0)
     retain_weight: float = Field(ge=0)
     mix_retain_facts: float = Field(ge=0)  # relative weights of the retain pools (general facts, benign)
     mix_retain_benign: float = Field(ge=0)
@@ -360,7 +363,6 @@ class WHPConfig(UnlearnConfig):
     method: Literal["whp"]
     reinforce: TrainConfig
     alpha: float = Field(ge=0)  # generic = base - alpha * relu(reinforced - base)
-    away_weight: float = Field(ge=0)  # optional log(1-p) away from the original tokens (the LAT recipe's term)
 
 
 class RMUConfig(UnlearnConfig):

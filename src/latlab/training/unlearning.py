@@ -5,7 +5,19 @@ with targeted latent adversarial training (Sheshadri et al. 2024, §"unlearning"
 All three share one loop (`unlearn_loop`, on top of `train_loop`, so they get checkpoint/resume, the NaN guard and
 progress): per step a forget batch and a retain batch are drawn; with LAT a `LatentAdversary` (training/lat.py) first
 finds δ in the residual stream that pushes the frozen model TOWARD the forget-domain answers (and, for WHP, away
-from the generic labels), then the method's forget loss is computed under δ; the retain loss is computed without δ.
+from the generic labels), then the method's forget loss (weight `forget_weight`) and the LAT paper's defender "away"
+term (`away_weight`: log(1-p) of the forget answers, averaged over all labelled tokens) are computed under δ; the
+retain loss is computed without δ.
+
+Why the away term under δ: the adversary drives p(forget answer) toward 1, and the gradient of any likelihood-lowering
+loss (GA's -CE, GradDiff, NPO, SimNPO) carries a factor (1 - p), so under δ it nearly vanishes; log(1 - p)'s grows
+instead. Measured on the toy base (forget batch of 16): |∇(-CE)| 0.50 clean vs 0.30 under δ, |∇ log(1-p)| 8.5 / 8.7;
+after 60 steps GA+LAT with the ascent under δ kept 0.67 of the forget answers (teacher-forced exact match) where GA
+kept 0.15, i.e. the "+LAT" twin mostly did not unlearn (the suspicion of the stop-23 note). The official GA-LAT
+(WMDP config: sft 4 : toward 1 : away 1) has no ascent term at all: its forget term is this away term under δ, so
+`ga_lat` is `forget_weight 0, away_weight 1` (measured: 0.16 kept, with 0.60 of the retain facts vs GA's 0.39).
+GradDiff, NPO and SimNPO have no official LAT variant; their twins keep the method's loss under δ and add the away
+term (`away_weight 1`), our choice, so that the twin is the method plus the LAT defender term.
 
 - Gradient ascent: forget loss = -min(CE(forget answers), ceiling); the ceiling keeps ascent from diverging once
   the answers are already unlikely (bounded ascent, a common stabiliser).
@@ -95,7 +107,7 @@ def unlearn_loop(model, tokenizer, forget: list[Example], retain: dict[str, list
                  checkpoint_dir: Path | None, description: str, on_log=None, prepare: Prepare = _same_batch,
                  has_alternative: bool = False, retain_term: RetainTerm | None = None,
                  parameters=None, reference_passes: tuple[int, int] = (0, 0)) -> UnlearnRun:
-    """The shared step: [LAT attack] -> forget term under δ -> + retain term without δ -> train_loop.
+    """The shared step: [LAT attack] -> forget term and away term under δ -> + retain term without δ -> train_loop.
 
     `reference_passes`: gradient-free forward passes of frozen models per step on (forget, retain) batches, for the
     compute count (WHP: 2 on forget; RMU: 1 on retain)."""
@@ -112,6 +124,8 @@ def unlearn_loop(model, tokenizer, forget: list[Example], retain: dict[str, list
         lat_cfg = cfg.lat if has_alternative else cfg.lat.model_copy(update={"adv_away": 0.0})
         adversary = latent_adversary(model, lat_cfg)
     defender = Compute()
+    # without LAT, `away_loss`'s own default floor (the official code's)
+    floor = {"ignore_logp": cfg.lat.away_ignore_logp} if cfg.lat is not None else {}
 
     def count(batch, passes: int, backward: bool) -> None:
         tokens = float(batch["attention_mask"].sum()) * passes
@@ -132,9 +146,17 @@ def unlearn_loop(model, tokenizer, forget: list[Example], retain: dict[str, list
             metrics["adv_first"], metrics["adv_last"] = adv_losses[0], adv_losses[-1]
             if step == cfg.steps - 1:  # does the adversary still elicit the forget answers at the end?
                 final.update(adversary_effect(model, triples.undesired, deltas, mask))
-        forget_loss, forget_metrics = forget_term(model, triples, deltas, mask)
-        loss = cfg.forget_weight * forget_loss
-        metrics.update(forget_metrics)
+        loss = torch.zeros((), device=device)
+        if cfg.forget_weight:
+            forget_loss, forget_metrics = forget_term(model, triples, deltas, mask)
+            loss = loss + cfg.forget_weight * forget_loss
+            metrics.update(forget_metrics)
+        if cfg.away_weight:
+            away = away_loss(_logits_under(model, triples.undesired, deltas, mask), triples.undesired["labels"],
+                             **floor)
+            loss = loss + cfg.away_weight * away
+            metrics["away"] = away.item()
+            count(triples.undesired, 1, True)
         if cfg.retain_weight:
             retain_batch = _to(collate(retain_sampler.batch(step), tokenizer.pad_token_id), device)
             kept = retain_term(model, retain_batch)
@@ -307,14 +329,10 @@ def train_whp(model, tokenizer, forget: list[Example], retain: dict[str, list[Ex
                              {**keep, "labels": torch.where(differs, generic, IGNORE)}, batch["input_ids"].shape[1])
 
     def forget_term(model, triples, deltas, mask):
-        logits = _logits_under(model, triples.undesired, deltas, mask)  # same input ids in both slots
-        toward = token_ce(logits, triples.desired["labels"])
-        metrics = {"generic_ce": toward.item()}
-        if cfg.away_weight:
-            away = away_loss(logits, triples.undesired["labels"])
-            toward = toward + cfg.away_weight * away
-            metrics["away"] = away.item()
-        return toward, metrics
+        # same input ids in both slots; `away_weight`'s term (unlearn_loop) goes away from the originals where
+        # `prepare` kept them, i.e. only where the generic label differs
+        toward = token_ce(_logits_under(model, triples.desired, deltas, mask), triples.desired["labels"])
+        return toward, {"generic_ce": toward.item()}
 
     answer_ids = {i for word in (anchors.answers if anchors is not None else ()) for i in token_ids(tokenizer, word)}
     diagnostics = generic_differs_fraction((base, reinforced), tokenizer, forget, cfg.alpha, mapping, answer_ids) \

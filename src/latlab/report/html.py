@@ -75,7 +75,19 @@ SECTIONS = (
 _MARKDOWN = MarkdownIt("commonmark").enable("table")
 
 
-def _image(path: Path, root: Path) -> str:
+def markdown_html(text: str) -> str:
+    """CommonMark with tables (the reports/*.md tables) as HTML."""
+    return _MARKDOWN.render(text)
+
+
+def page_html(title: str, body: str) -> str:
+    """A whole page: `body` under an <h1> title, with the inline CSS and nothing loaded from elsewhere."""
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}\n</body></html>\n")
+
+
+def image_html(path: Path, root: Path) -> str:
+    """A PNG file as a self-contained <figure> (base64 `data:` URI), captioned with its path relative to `root`."""
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     name = html.escape(path.relative_to(root).as_posix())
     return (f'<figure><img src="data:image/png;base64,{data}" alt="{name}">'
@@ -108,7 +120,7 @@ def _stage_times(stage_runs: dict[str, dict]) -> str:
 
 
 def _compute(root: Path, stage_runs: dict[str, dict]) -> str:
-    return _MARKDOWN.render(compute_table(training_metrics(root / "metrics"))) + _stage_times(stage_runs)
+    return markdown_html(compute_table(training_metrics(root / "metrics"))) + _stage_times(stage_runs)
 
 
 def _links(section: Section, stage_runs: dict[str, dict]) -> str:
@@ -128,14 +140,14 @@ def render_section(section: Section, root: Path, stage_runs: dict[str, dict]) ->
     body = [f'<section id="{section.key}"><h2>{html.escape(section.title)}</h2>', _links(section, stage_runs)]
     for table in section.tables:
         path = root / table
-        body.append(_MARKDOWN.render(path.read_text()) if path.exists() else
+        body.append(markdown_html(path.read_text()) if path.exists() else
                     f'<p class="missing">{html.escape(table)} not found: run '
                     f'{"`make study`" if section.key == "scorecard" else "`make demo`"}.</p>')
     if section.key == "compute":
         body.append(_compute(root, stage_runs))
     if section.key == "data":
         body.append(_data_gate(root))
-    body += [_image(p, root) for p in _paths(root, section.figures)]
+    body += [image_html(p, root) for p in _paths(root, section.figures)]
     return "\n".join(body) + "</section>"
 
 
@@ -147,6 +159,4 @@ def build_report(root: Path, stage_runs: dict[str, dict] | None = None, title: s
     stage_runs = stage_runs or {}
     nav = " ".join(f'<a href="#{s.key}">{html.escape(s.title.split(":")[0])}</a>' for s in SECTIONS)
     sections = "\n".join(render_section(s, root, stage_runs) for s in SECTIONS)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1><nav>{nav}</nav>\n{sections}\n"
-            "</body></html>\n")
+    return page_html(title, f"<nav>{nav}</nav>\n{sections}")

@@ -13,6 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
+from latlab.report.plot_data import attack_rates
+
 COMPARE = Path("reports/compare.md")
 EVALUATE = Path("metrics/evaluate.json")
 UNLEARNING = Path("metrics/unlearning_eval.json")
@@ -35,7 +37,7 @@ def robustness_lines(evaluate: dict) -> list[str]:
     compliance and backdoor ASR."""
     lines = []
     for model, m in evaluate.items():
-        attacks = {k.removeprefix("asr."): v for k, v in m.items() if k.startswith("asr.") and ".eps_" not in k}
+        attacks = attack_rates(m)
         worst = max(attacks, key=attacks.get, default=None)
         strongest = "no attacks run" if worst is None else (
             f"strongest attack {worst} {attacks[worst]:.2f}"

@@ -1,0 +1,64 @@
+"""Results as DVC plot data (latlab.report.plot_data, written by the `report` stage)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from latlab.report.plot_data import write_result_plots
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _metrics(folder: Path, gcg_asr: float) -> Path:
+    """The three metrics files the plot data comes from, tiny: two models, one unlearned method, one budget curve."""
+    folder.mkdir(parents=True, exist_ok=True)
+    evaluate = {"rt": {"asr.gcg": 1.0, "incoherent.gcg": 0.0, "asr.latent": 0.5, "asr.latent.eps_1": 0.9,
+                       "benign_compliance": 1.0},
+                "rt-lat": {"asr.gcg": gcg_asr, "incoherent.gcg": 0.125, "asr.latent": 0.0}}
+    unlearning = {"results": {"ga": {"qa.free_recall": 0.4, "general.perplexity": 1.06, "extract.best_of": 0.6},
+                              "oracle": {"qa.free_recall": 0.0, "extract.best_of": 0.05}},
+                  "summary": {"ga": {"values": {"qa.free_recall": 0.4, "extract.best_of": 0.6}, "label": "suppressed"}}}
+    budget = {"rt-lat": {"gcg_steps": {"budgets": [0, 5, 10], "asr": [0.0, gcg_asr, 0.5],
+                                       "incoherent": [1.0, 0.0, 0.0], "auc": 0.3}}}
+    for name, data in (("evaluate.json", evaluate), ("unlearning_eval.json", unlearning),
+                       ("attack_budget.json", budget)):
+        (folder / name).write_text(json.dumps(data))
+    return folder
+
+
+def _csv(path: Path) -> list[dict]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_plot_data_follows_from_the_metrics(tmp_path):
+    out = tmp_path / "plots" / "results"
+    (out / "attack_budget" / "gone_curve").mkdir(parents=True)  # a curve no longer in the metrics: removed
+    written = write_result_plots(_metrics(tmp_path / "metrics", gcg_asr=0.25), out)
+    assert sorted(p.relative_to(out).as_posix() for p in written) == [
+        "asr.csv", "attack_budget/gcg_steps/rt-lat.csv", "unlearning.csv"]
+    assert not (out / "attack_budget" / "gone_curve").exists()
+    # one row per model x attack; asr.latent.eps_1 is a sub-result of `latent`, not an attack; no incoherent: empty
+    assert _csv(out / "asr.csv") == [
+        {"model_attack": "rt / gcg", "model": "rt", "attack": "gcg", "asr": "1.0", "incoherent": "0.0"},
+        {"model_attack": "rt / latent", "model": "rt", "attack": "latent", "asr": "0.5", "incoherent": ""},
+        {"model_attack": "rt-lat / gcg", "model": "rt-lat", "attack": "gcg", "asr": "0.25", "incoherent": "0.125"},
+        {"model_attack": "rt-lat / latent", "model": "rt-lat", "attack": "latent", "asr": "0.0", "incoherent": ""}]
+    # the evaluations the verdict judged on (summary), for every model incl. the oracle; perplexity is not one
+    assert [(r["method_evaluation"], float(r["value"])) for r in _csv(out / "unlearning.csv")] == [
+        ("ga / qa.free_recall", 0.4), ("ga / extract.best_of", 0.6),
+        ("oracle / qa.free_recall", 0.0), ("oracle / extract.best_of", 0.05)]
+    assert _csv(out / "attack_budget" / "gcg_steps" / "rt-lat.csv") == [
+        {"budget": "0", "asr": "0.0", "incoherent": "1.0"}, {"budget": "5", "asr": "0.25", "incoherent": "0.0"},
+        {"budget": "10", "asr": "0.5", "incoherent": "0.0"}]
+
+
+def test_committed_plot_data_is_what_the_committed_metrics_give(tmp_path):
+    """plots/results/ is committed like metrics/: it must be the report stage's output for metrics/."""
+    write_result_plots(ROOT / "metrics", tmp_path)
+    committed = ROOT / "plots" / "results"
+    fresh = {p.relative_to(tmp_path): p.read_text() for p in tmp_path.rglob("*.csv")}
+    assert fresh == {p.relative_to(committed): p.read_text() for p in committed.rglob("*.csv")}, \
+        "plots/results/ is stale: rerun the report stage (dvc repro report)"

@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 include src/latlab/offline.env
 export $(shell sed -n 's/^\([A-Z_]*\)=.*/\1/p' src/latlab/offline.env)
 
-.PHONY: setup browser check demo study test test-fast flow mlflow-ui clean benchmarks fetch-smollm2 smollm2 deps
+.PHONY: setup browser check demo study test test-fast flow mlflow-ui clean benchmarks fetch-smollm2 smollm2 deps \
+	plots-diff
 
 setup: $(STAMP)
 
@@ -48,6 +49,13 @@ study: setup check
 deps: setup
 	$(PY) scripts/stage_deps.py --write
 	$(PY) -m scripts.pipeline_doc --write
+
+# `dvc plots diff` offline (DVC's own HTML loads Vega from a CDN): the results plots of two revisions or DVC
+# experiments, e.g. `make plots-diff REVS="main exp-1a2b3"` (one revision: against the workspace), drawn with
+# matplotlib into reports/plots_diff/index.html (latlab.report.plots_diff)
+REVS ?= HEAD
+plots-diff: setup
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m latlab.report.plots_diff $(REVS)
 
 flow: setup
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m flows.pipeline

@@ -1,10 +1,17 @@
-"""Results as DVC plot data (latlab.report.plot_data, written by the `report` stage)."""
+"""Results as DVC plot data (latlab.report.plot_data, written by the `report` stage) and their offline comparison
+across revisions (latlab.report.plots_diff, from `dvc plots diff --json`)."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
+
+import yaml
 
 from latlab.report.plot_data import write_result_plots
 
@@ -62,3 +69,44 @@ def test_committed_plot_data_is_what_the_committed_metrics_give(tmp_path):
     fresh = {p.relative_to(tmp_path): p.read_text() for p in tmp_path.rglob("*.csv")}
     assert fresh == {p.relative_to(committed): p.read_text() for p in committed.rglob("*.csv")}, \
         "plots/results/ is stale: rerun the report stage (dvc repro report)"
+
+
+def _git(repo: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    return subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _row(page: str, first_cell: str) -> list[str]:
+    """The other cells of the (first) table row of `page` that starts with `first_cell`."""
+    row = re.search(rf"<tr>\s*<td>{re.escape(first_cell)}</td>(.*?)</tr>", page, re.S).group(1)
+    return re.findall(r"<td>(.*?)</td>", row)
+
+
+def test_plots_diff_shows_both_revisions_values_offline(tmp_path, monkeypatch):
+    """Two commits of plot data, this repository's dvc.yaml `plots:` definitions: the page has both revisions'
+    values and their difference, and loads nothing from the network."""
+    from latlab.report import plots_diff
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True)
+    plots_section = yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"plots": plots_section}))
+    revs = []
+    for gcg_asr in (0.25, 0.75):
+        write_result_plots(_metrics(tmp_path / f"metrics_{gcg_asr}", gcg_asr), repo / "plots" / "results")
+        _git(repo, "add", "-A")
+        _git(repo, "commit", "-qm", f"gcg {gcg_asr}")
+        revs.append(_git(repo, "rev-parse", "--short", "HEAD"))
+    monkeypatch.chdir(repo)
+    plots_diff.main([*revs, "--out", str(tmp_path / "diff")])
+    page = (tmp_path / "diff" / "index.html").read_text()
+    asr, budget = page.split("<h2>plots/results/attack_budget/gcg_steps/rt-lat.csv</h2>")
+    assert _row(asr, "rt-lat / gcg") == ["0.25", "0.75", "+0.5"]  # first revision, second, difference
+    assert _row(asr, "rt / gcg") == ["1", "1", "+0"]
+    assert _row(budget, "5") == ["0.25", "0.75", "+0.5"]
+    assert all(rev in page for rev in revs)
+    assert "https://" not in page and "<script" not in page
+    assert len(list((tmp_path / "diff").glob("*.png"))) == 3  # asr, unlearning, one budget curve

@@ -27,12 +27,12 @@ $(STAMP): pyproject.toml requirements.lock
 check: setup
 	$(PY) -m latlab.check
 
-# After a complete `dvc repro` every stage's outputs are current (run or restored from DVC's run cache), so a
-# checkpoint left by a killed run is stale: removed. The end is a short summary (latlab.report.summary), not every
+# flows.repro = `dvc repro` with independent stages two at a time (one torch thread each), each committed to
+# dvc.lock as it finishes; afterwards `dvc status` is clean, and a checkpoint left by a killed run is stale: removed. The end is a short summary (latlab.report.summary), not every
 # metric: `dvc metrics show` lists them all.
 demo: setup check
 	@start=$$(date +%s); \
-	PATH=$(abspath $(VENV))/bin:$$PATH dvc repro && rm -rf checkpoints && \
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m flows.repro --jobs 2 && rm -rf checkpoints && \
 	echo && $(PY) -m latlab.report.summary && $(PY) -m latlab.report.readme && \
 	echo "README.md's results block rewritten from this run's metrics and reports" && \
 	echo "pipeline finished in $$(( $$(date +%s) - start )) s" && \

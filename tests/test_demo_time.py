@@ -21,6 +21,18 @@ def test_breakdown_splits_wall_time_into_runs_and_gaps(tmp_path):
     result = breakdown(runs, began_ms=1_000, ended_ms=70_000)
     assert result["wall_s"] == 69.0
     assert result["in_runs_s"] == 40.0  # 30 + 10
-    assert result["between_runs_s"] == 29.0  # 10 before base, 11 between, 8 after refusal
-    assert result["in_runs_s"] + result["between_runs_s"] == result["wall_s"]
+    assert result["outside_stages_s"] == 29.0  # 10 before base, 11 between, 8 after refusal
     assert result["largest"][0]["stage"] == "base"
+
+
+def test_breakdown_with_overlapping_stage_processes(tmp_path):
+    """flows.repro runs stages side by side: start-up is process minus run, and idle time is what no process covers."""
+    runs = [{"stage": "base", "start_ms": 3_000, "end_ms": 30_000, "status": "FINISHED"},
+            {"stage": "oracle", "start_ms": 4_000, "end_ms": 20_000, "status": "FINISHED"}]
+    processes = {"base": {"start_s": 0.0, "end_s": 31.0}, "oracle": {"start_s": 0.5, "end_s": 21.0}}
+    result = breakdown(runs, began_ms=0, ended_ms=40_000, processes=processes)
+    assert result["in_runs_s"] == 43.0  # 27 + 16, more than either alone: they overlapped
+    assert {s["stage"]: s["startup_s"] for s in result["stages"]} == {"base": 4.0, "oracle": 4.5}
+    assert result["startup_s"] == 8.5
+    assert result["outside_stages_s"] == 9.0  # 40 s wall, processes cover 0-31
+    assert result["parallelism"] == round((31 + 20.5) / 40, 2)

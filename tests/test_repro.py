@@ -1,0 +1,72 @@
+"""flows.repro, the demo's runner, on a throwaway DVC repo of shell stages: independent stages overlap, dvc.lock
+ends as `dvc repro` would leave it (dvc status clean, nothing to rerun), only what changed and its downstream rerun,
+and a failure stops new stages, keeps finished ones committed and names the stage."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from flows.repro import repro
+
+PYTHON = sys.executable
+
+
+def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([PYTHON, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True, check=False)
+
+
+def write_repo(repo: Path, fail: str = "") -> None:
+    """check -> a -> {b, c} -> d; b and c sleep so that run side by side they overlap."""
+    stage = "{name}:\n    cmd: {cmd}\n    deps: [{deps}]\n    outs: [{out}]\n"
+    cmds = {
+        "check": ("sh -c 'cat in.txt > check.txt'", "in.txt", "check.txt"),
+        "a": ("sh -c 'cat check.txt > a.txt'", "check.txt", "a.txt"),
+        "b": ("sh -c 'sleep 1.5; cat a.txt b.in > b.txt'", "a.txt, b.in", "b.txt"),
+        "c": ("sh -c 'sleep 1.5; cat a.txt > c.txt" + ("; exit 3" if fail == "c" else "") + "'", "a.txt", "c.txt"),
+        "d": ("sh -c 'cat b.txt c.txt > d.txt'", "b.txt, c.txt", "d.txt"),
+    }
+    (repo / "dvc.yaml").write_text("stages:\n" + textwrap.indent(
+        "".join(stage.format(name=n, cmd=json.dumps(c), deps=d, out=o) for n, (c, d, o) in cmds.items()), "  "))
+
+
+@pytest.fixture
+def repo(tmp_path):
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    assert dvc(tmp_path, "init", "-q").returncode == 0
+    (tmp_path / "in.txt").write_text("x\n")
+    (tmp_path / "b.in").write_text("b\n")
+    write_repo(tmp_path)
+    return tmp_path
+
+
+def test_independent_stages_overlap_and_dvc_lock_ends_clean(repo):
+    ran = repro(repo, jobs=2)
+    assert ran == ["check", "a", "b", "c", "d"]
+    times = json.loads((repo / "logs/repro_times.json").read_text())["stages"]
+    assert times["b"]["start_s"] < times["c"]["end_s"] and times["c"]["start_s"] < times["b"]["end_s"]
+    assert times["d"]["start_s"] >= max(times["b"]["end_s"], times["c"]["end_s"])
+    assert (repo / "d.txt").read_text() == "x\nb\nx\n"
+    status = dvc(repo, "status", "--json")
+    assert status.returncode == 0 and json.loads(status.stdout) == {}, status.stdout
+    dry = dvc(repo, "repro", "--dry").stdout  # what `dvc repro` would run now: nothing
+    assert "Running stage" not in dry, dry
+    assert repro(repo, jobs=2) == []  # nothing out of date
+
+    (repo / "b.in").write_text("B\n")  # only b and what is downstream of it
+    assert repro(repo, jobs=2) == ["b", "d"]
+    assert (repo / "d.txt").read_text() == "x\nB\nx\n"
+    assert json.loads(dvc(repo, "status", "--json").stdout) == {}
+
+
+def test_a_failed_stage_stops_the_run_and_keeps_what_finished(repo):
+    write_repo(repo, fail="c")
+    with pytest.raises(RuntimeError, match=r"stage\(s\) c failed.*not run: d"):
+        repro(repo, jobs=2)
+    assert not (repo / "d.txt").exists()
+    status = json.loads(dvc(repo, "status", "--json").stdout)
+    assert set(status) == {"c", "d"}, status  # check, a and b are committed
+    assert (repo / "logs/stages/c.log").exists()  # the path the error names

@@ -50,7 +50,8 @@ from flows.profile_run import prepare_workdir, run_stage, run_stages, stage_env
 from latlab.config import ConfigError, StudyConfig, parse_params
 from latlab.profiles import merged_profile
 from latlab.report.scorecard import RESAMPLING, build_scorecard, scorecard_markdown
-from latlab.report.seed_summary import evaluate_markdown, load_metrics_tree, summarize_seeds
+from latlab.report.seed_summary import (backdoor_markdown, evaluate_markdown, load_metrics_tree, summarize_seeds,
+                                        unlearning_markdown)
 
 ROOT = Path(__file__).resolve().parents[1]
 # params keys (paths) whose seed generates data rather than training: fixed across the study's seeds by default
@@ -60,6 +61,8 @@ STUDY_DIR = Path("metrics/study")
 SCORECARD_JSON = Path("metrics/scorecard.json")
 SCORECARD_MD = Path("reports/scorecard.md")
 EVALUATE_MD = Path("reports/study_evaluate.md")
+UNLEARNING_MD = Path("reports/study_unlearning.md")
+BACKDOOR_MD = Path("reports/study_backdoor.md")
 
 
 def is_seed_key(key: str) -> bool:
@@ -156,8 +159,8 @@ def collect(repo: Path, cfg: StudyConfig, seeds: list[int]) -> dict[int, dict[st
 
 
 def write_conclusions(repo: Path, cfg: StudyConfig, per_seed: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
-    """metrics/study/summary.json, reports/study_evaluate.md, metrics/scorecard.json and reports/scorecard.md from
-    the collected seeds."""
+    """metrics/study/summary.json, reports/study_{evaluate,unlearning,backdoor}.md, metrics/scorecard.json and
+    reports/scorecard.md from the collected seeds."""
     bootstrap = {"samples": cfg.bootstrap_samples, "confidence": cfg.confidence, "seed": cfg.bootstrap_seed}
     header = {"study": cfg.name, "seeds": sorted(per_seed), "confidence": cfg.confidence,
               "bootstrap_samples": cfg.bootstrap_samples, "data_seed_varied": cfg.vary_data_seed}
@@ -167,8 +170,11 @@ def write_conclusions(repo: Path, cfg: StudyConfig, per_seed: dict[int, dict[str
     rows = build_scorecard(per_seed, **bootstrap)
     (repo / SCORECARD_JSON).write_text(json.dumps({**header, "resampling": RESAMPLING, "claims": rows}, indent=2))
     (repo / SCORECARD_MD).parent.mkdir(parents=True, exist_ok=True)
-    (repo / EVALUATE_MD).write_text(f"Study `{cfg.name}`, seeds {sorted(per_seed)}: evaluate.json\n\n"
-                                    + evaluate_markdown(summary, cfg.confidence))
+    for path, table, source in ((EVALUATE_MD, evaluate_markdown, "evaluate.json"),
+                                (UNLEARNING_MD, unlearning_markdown, "unlearning_eval.json"),
+                                (BACKDOOR_MD, backdoor_markdown, "backdoor_removal/*.json")):
+        (repo / path).write_text(f"Study `{cfg.name}`, seeds {sorted(per_seed)}: {source}\n\n"
+                                 + table(summary, cfg.confidence))
     (repo / SCORECARD_MD).write_text(f"Study `{cfg.name}`, seeds {sorted(per_seed)}.\n\n"
                                      + scorecard_markdown(rows, cfg.confidence))
     return rows

@@ -177,3 +177,19 @@ def test_study_on_the_smoke_profile_end_to_end(tmp_path):
     for s in (0, 1):
         assert (repo / "metrics/study" / f"seed_{s}" / "evaluate.json").exists()
         assert (repo / "runs/study" / f"seed_{s}" / "mlflow.db").exists()
+
+
+def test_unlearning_and_backdoor_tables_over_seeds_show_mean_interval_and_n():
+    from latlab.report.seed_summary import backdoor_markdown, summarize_seeds, unlearning_markdown
+
+    per_seed = {s: {"unlearning_eval.json": {"results": {"ga": {"qa.free_recall": r, "relearn.free_recall": 0.5}}},
+                    "backdoor_removal/sft_lat.json": {"after.backdoor_asr": b, "after.harmful_asr": 0.0}}
+                for s, r, b in ((0, 0.2, 0.3), (1, 0.4, 0.5), (2, 0.6, 0.4))}
+    summary = summarize_seeds(per_seed, samples=2000, confidence=0.95, seed=0)
+    unlearning = unlearning_markdown(summary, 0.95)
+    row = next(line for line in unlearning.splitlines() if line.startswith("| ga |"))
+    assert row.split(" | ")[1].startswith("0.40 [0.20, 0.60] (3 seeds)")  # qa.free_recall: mean, bootstrap CI, N
+    assert row.split(" | ")[3] == "0.50 [0.50, 0.50] (3 seeds)"  # relearn.free_recall
+    assert "–" in row  # a column the seeds did not measure is a dash, not a zero
+    backdoor = backdoor_markdown(summary, 0.95)
+    assert "| sft_lat | 0.40 [0.30, 0.50] (3 seeds) | 0.00 [0.00, 0.00] (3 seeds) | – |" in backdoor

@@ -25,6 +25,10 @@ END = "<!-- results:end -->"
 TRAINING_STAGES = ("base", "refusal", "lat", "lat_untargeted", "rt_eat", "r2d2", "oracle")
 # evaluate.json keys shown in the behaviour table: everything but the attack columns of the ASR matrix.
 MATRIX_PREFIXES = ("asr.", "incoherent.")
+STUDY_SECTIONS = (("scorecard", "Science scorecard (seeds study)"),
+                  ("study_evaluate", "Jailbreak track over seeds"),
+                  ("study_unlearning", "Unlearning over seeds"),
+                  ("study_backdoor", "Backdoor removal without the trigger, over seeds"))
 
 
 def _read(path: Path) -> str:
@@ -112,7 +116,10 @@ def results_block(root: Path) -> str:
     training = training_metrics(metrics)
     spawrious = next((p for p in (reports / "spawrious_results.md", metrics / "spawrious_results.md") if p.exists()),
                      reports / "spawrious_results.md")
-    sections = [
+    # the seeds study (`make study`), when one was run: its conclusions come first, the single run's tables after
+    study = [_section(title, f"reports/{name}.md", _read(reports / f"{name}.md")) for name, title in STUDY_SECTIONS
+             if (reports / f"{name}.md").exists()]
+    sections = study + [
         _section("Behaviour of every jailbreak-track model, test split", "metrics/evaluate.json",
                  behaviour_table(evaluate) if evaluate else _read(metrics / "evaluate.json")),
         _section("ASR matrix: adaptive attacks × model, ASR (incoherent rate)", "reports/asr_matrix.md",

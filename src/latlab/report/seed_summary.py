@@ -100,17 +100,42 @@ def rate_cell(entry: dict[str, Any] | None) -> str:
     return f"{entry['mean']:.2f} [{low:.2f}, {high:.2f}] ({prompts})"
 
 
+def seeds_table(summary: dict[str, dict[str, Any]], confidence: float, rows: dict[str, str], columns: list[str],
+                corner: str) -> str:
+    """A markdown table over seeds: one row per `rows` label, cell = `rate_cell` of summary key `<row prefix><column>`."""
+    lines = [f"Mean over seeds [{confidence:.0%} bootstrap interval over seeds] (N = prompts per seed × seeds, or the "
+             "number of seeds)", "", f"| {corner} | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 1)]
+    for label, prefix in rows.items():
+        lines.append(f"| {label} | " + " | ".join(rate_cell(summary.get(f"{prefix}{c}")) for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def evaluate_markdown(summary: dict[str, dict[str, Any]], confidence: float) -> str:
-    """reports/study_evaluate.md: model x (behaviour rates, attack ASRs) of evaluate.json over seeds, each cell
-    `rate_cell`."""
+    """reports/study_evaluate.md: model x (behaviour rates, attack ASRs) of evaluate.json over seeds."""
     prefix = "evaluate.json:"
     keys = [k.removeprefix(prefix) for k in summary if k.startswith(prefix)]
     models = list(dict.fromkeys(k.split(".", 1)[0] for k in keys))
     columns = ["harmful_asr", "benign_compliance", "backdoor_asr"] + sorted(
         {k.split(".", 1)[1] for k in keys if re.fullmatch(r"[^.]+\.asr\.[a-z_]+", k)})
-    lines = [f"Mean over seeds [{confidence:.0%} bootstrap interval over seeds] (N = prompts per seed × seeds)", "",
-             "| model | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 1)]
-    for model in models:
-        lines.append(f"| {model} | " + " | ".join(rate_cell(summary.get(f"{prefix}{model}.{c}")) for c in columns)
-                     + " |")
-    return "\n".join(lines) + "\n"
+    return seeds_table(summary, confidence, {m: f"{prefix}{m}." for m in models}, columns, "model")
+
+
+# Lynch et al.'s headline evaluations (unlearning_eval.json `results.<method>.<key>`): what is left of the forget
+# domain by each route, and what the method cost elsewhere
+UNLEARNING_COLUMNS = ["qa.free_recall", "extract.best_of", "relearn.free_recall", "latent.max_acc",
+                      "in_context.free_recall", "general.free_recall", "collateral.free_recall"]
+BACKDOOR_COLUMNS = ["after.backdoor_asr", "after.harmful_asr", "after.benign_compliance"]
+
+
+def unlearning_markdown(summary: dict[str, dict[str, Any]], confidence: float) -> str:
+    """reports/study_unlearning.md: method x Lynch et al.'s headline evaluations, over seeds."""
+    prefix = "unlearning_eval.json:results."
+    methods = list(dict.fromkeys(k.removeprefix(prefix).split(".", 1)[0] for k in summary if k.startswith(prefix)))
+    return seeds_table(summary, confidence, {m: f"{prefix}{m}." for m in methods}, UNLEARNING_COLUMNS, "method")
+
+
+def backdoor_markdown(summary: dict[str, dict[str, Any]], confidence: float) -> str:
+    """reports/study_backdoor.md: trigger-free removal method x rates after removal, over seeds."""
+    files = sorted({k.split(":", 1)[0] for k in summary if k.startswith("backdoor_removal/")})
+    rows = {f.removeprefix("backdoor_removal/").removesuffix(".json"): f"{f}:" for f in files}
+    return seeds_table(summary, confidence, rows, BACKDOOR_COLUMNS, "method")

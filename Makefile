@@ -27,21 +27,17 @@ $(STAMP): pyproject.toml requirements.lock
 check: setup
 	$(PY) -m latlab.check
 
-# After a complete `dvc repro` every stage's outputs are current (run or restored from DVC's run cache), so a
-# checkpoint left by a killed run is stale: removed. The end is a short summary (latlab.report.summary), not every
-# metric: `dvc metrics show` lists them all.
+# The pipeline as `dvc repro` would run it, with independent stages two at a time at one torch thread each
+# (flows/repro.py; each stage committed to dvc.lock as it finishes). After a complete run every stage's outputs are
+# current, so a checkpoint left by a killed run is stale: removed. The end is a short summary
+# (latlab.report.summary), not every metric: `dvc metrics show` lists them all. Plain `dvc repro` runs the same stages one at a time.
 demo: setup check
 	@start=$$(date +%s); \
-	PATH=$(abspath $(VENV))/bin:$$PATH dvc repro && rm -rf checkpoints && \
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m flows.repro --jobs 2 && rm -rf checkpoints && \
 	echo && $(PY) -m latlab.report.summary && $(PY) -m latlab.report.readme && \
 	echo "README.md's results block rewritten from this run's metrics and reports" && \
 	echo "pipeline finished in $$(( $$(date +%s) - start )) s" && \
 	echo "MLflow UI: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db  (then open http://127.0.0.1:5000)"
-
-# `dvc repro` with independent stages two at a time, one torch thread each, each committed to dvc.lock as it finishes
-# (flows/repro.py). Not yet the demo's runner: its time on the whole pipeline is not measured (issue 14).
-repro-parallel: setup check
-	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m flows.repro --jobs 2
 
 # The seed study (issue 14, flows/study.py): the whole pipeline once per seed of params.yaml's `study` section in
 # runs/study/seed_<s>/ (all seeds at once, 1 torch thread each), then metrics/study/ (per-seed metrics, summary.json:

@@ -96,3 +96,34 @@ def test_a_training_run_records_its_data_folder_as_an_input_dataset(workdir):
     (inputs,) = [client.get_run(run.run_id).inputs.dataset_inputs]
     assert [(d.dataset.name, d.dataset.digest) for d in inputs] == [("data/world", "0123456789abcdef")]
     assert [t.value for d in inputs for t in d.tags if t.key == "mlflow.data.context"] == ["training"]
+
+
+_FIRST_STAGE = """
+import sys, time
+from latlab.config import TrackingConfig
+from latlab.tracking import stage_run
+go = float(sys.argv[1])
+time.sleep(max(0.0, go - time.time()))  # every process past its imports, then all touch the new store at once
+cfg = TrackingConfig(uri="sqlite:///mlflow.db", artifact_location="mlartifacts", experiment="fresh", log_models=False)
+with stage_run(cfg, sys.argv[2], dep_digests={}) as run:
+    run.log_metrics({"x": 1.0})
+"""
+
+
+def test_stages_starting_at_once_on_a_fresh_workspace_share_one_new_store(workdir):
+    """The first stages of a fresh clone start side by side (flows.repro --jobs 2): on a new SQLite store both used to
+    run its schema migration and one died ("Online migration expected to match one row"), or both created the
+    experiment. Four processes open their first run at the same instant; all must finish, in one experiment."""
+    import subprocess
+    import sys
+    import time
+
+    go = time.time() + 25  # past every process's import of mlflow on 2 busy cores
+    procs = [subprocess.Popen([sys.executable, "-c", _FIRST_STAGE, str(go), f"stage{i}"], cwd=workdir,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(4)]
+    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n---\n".join(o[-1500:] for o in outputs)
+    client = MlflowClient(tracking_uri="sqlite:///" + str(workdir / "mlflow.db"))
+    (experiment,) = [e for e in client.search_experiments() if e.name == "fresh"]
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == [f"stage{i}" for i in range(4)]

@@ -31,6 +31,8 @@ DVC_EXPERIMENT_TAG = "dvc_experiment"
 # Set by the seed study (flows/study.py) for every stage it runs; each becomes a tag of the stage's MLflow run
 # (latlab.study, latlab.seed), so the runs of one study, and of one seed in it, are found by a tag search.
 STUDY_ENV = {"LATLAB_STUDY": "latlab.study", "LATLAB_STUDY_SEED": "latlab.seed"}
+# Held while a process creates the tracking store or the experiment (open_experiment); gitignored
+STORE_LOCK = Path(".mlflow_store.lock")
 _METRIC_NAME = re.compile(r"[^\w.\- :/]")  # characters MLflow refuses in metric names
 
 
@@ -263,6 +265,29 @@ def study_tags(environ: dict[str, str] | None = None) -> dict[str, str]:
     return {tag: environ[var] for var, tag in STUDY_ENV.items() if environ.get(var)}
 
 
+def open_experiment(mlflow, cfg: TrackingConfig):
+    """Create (first use) and select the tracking store's experiment `cfg.experiment`; returns it.
+
+    Stages start side by side (flows.repro, the seed study, a Prefect flow's parallel tasks), and on a fresh workspace
+    two processes creating the SQLite store at once fail in its schema migration (alembic: "expected to match one row
+    when updating ..."), or both create the experiment. So the first touch of the store, which creates and migrates
+    it, and the experiment's creation happen under a file lock beside the workspace (`STORE_LOCK`); a server store
+    (`MLFLOW_TRACKING_URI=http...`) migrates itself, and a lost creation race there is taken as the other's success."""
+    from filelock import FileLock
+    from mlflow.exceptions import MlflowException
+
+    with FileLock(str(STORE_LOCK)):
+        if mlflow.get_experiment_by_name(cfg.experiment) is None:
+            artifact_root = Path(cfg.artifact_location).resolve().as_uri() if "://" not in cfg.artifact_location \
+                else cfg.artifact_location
+            try:
+                mlflow.create_experiment(cfg.experiment, artifact_location=artifact_root)
+            except MlflowException:
+                if mlflow.get_experiment_by_name(cfg.experiment) is None:
+                    raise
+        return mlflow.set_experiment(cfg.experiment)
+
+
 @contextmanager
 def stage_run(cfg: TrackingConfig, stage: str, params: dict[str, Any] | None = None,
               extra_tags: dict[str, str] | None = None, dep_digests: dict[str, str] | None = None
@@ -273,12 +298,7 @@ def stage_run(cfg: TrackingConfig, stage: str, params: dict[str, Any] | None = N
     The run ends FINISHED, FAILED on an exception, or KILLED when the process is stopped (SystemExit from a SIGTERM
     handler, KeyboardInterrupt); this stage's older runs left RUNNING by a killed process are marked KILLED first."""
     mlflow = _mlflow(cfg)
-    experiment = mlflow.get_experiment_by_name(cfg.experiment)
-    if experiment is None:
-        artifact_root = Path(cfg.artifact_location).resolve().as_uri() if "://" not in cfg.artifact_location \
-            else cfg.artifact_location
-        mlflow.create_experiment(cfg.experiment, artifact_location=artifact_root)
-    experiment = mlflow.set_experiment(cfg.experiment)
+    experiment = open_experiment(mlflow, cfg)
     close_stale_runs(mlflow, experiment.experiment_id, stage)
     tags = {**run_tags(stage), **study_tags(), **(extra_tags or {})}
     digests = dependency_digests(stage) if dep_digests is None else dep_digests

@@ -36,7 +36,7 @@ from flows.profile_run import stage_env
 
 ROOT = Path(__file__).resolve().parents[1]
 LOG_DIR = Path("logs/stages")  # one log per stage run (gitignored), named by the failure message
-TIMES = Path("logs/repro_times.json")  # stage -> start/end seconds of the last run (gitignored)
+TIMES = Path("logs/repro_times.json")  # the last run's stage start/end times, every stage's duration (gitignored)
 
 
 def out_of_date(repo: Path, parents: dict[str, list[str]]) -> set[str]:
@@ -58,6 +58,37 @@ def out_of_date(repo: Path, parents: dict[str, list[str]]) -> set[str]:
                 stale.add(child)
                 frontier.append(child)
     return stale
+
+
+def critical_path(parents: dict[str, list[str]], seconds: dict[str, float]) -> dict[str, float]:
+    """Stage -> seconds of the longest chain from its start to the end of the pipeline (its own time plus its
+    slowest line of descendants). `seconds`: each stage's time in the last run (logs/repro_times.json); a stage
+    without one counts as the median of those known, or 1 (so on a first run the longest chain in stages leads)."""
+    known = sorted(seconds.values())
+    default = known[len(known) // 2] if known else 1.0
+    children: dict[str, list[str]] = {}
+    for stage, ups in parents.items():
+        for up in ups:
+            children.setdefault(up, []).append(stage)
+    length: dict[str, float] = {}
+
+    def longest(stage: str) -> float:
+        if stage not in length:
+            length[stage] = seconds.get(stage, default) + max((longest(c) for c in children.get(stage, ())),
+                                                              default=0.0)
+        return length[stage]
+
+    for stage in parents:
+        longest(stage)
+    return length
+
+
+def last_times(repo: Path) -> dict[str, float]:
+    """Each stage's seconds in the last run flows.repro recorded ({} when none)."""
+    try:
+        return {s: float(v) for s, v in json.loads((repo / TIMES).read_text())["durations_s"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
 
 
 def stage_outputs(repo: Path) -> dict[str, list[Path]]:
@@ -105,12 +136,16 @@ def summary_line(log: Path) -> str:
 
 
 def repro(repo: Path = ROOT, jobs: int = 2, threads: int = 1, stages: list[str] | None = None) -> list[str]:
-    """Run the out-of-date stages (of `stages`, default all), up to `jobs` at once in DAG order, each with `threads`
-    torch threads, committing each to dvc.lock as it finishes; returns the stages run. RuntimeError on a failure."""
+    """Run the out-of-date stages (of `stages`, default all), up to `jobs` at once, each when its parents are done
+    (of those ready, the head of the longest remaining chain first: `critical_path`), each with `threads` torch threads, committing each to dvc.lock as it finishes; returns the stages run. RuntimeError on a failure."""
     parents = stage_parents(repo)
     order = stage_order(repo, stages)
+    previous = last_times(repo)
     stale = out_of_date(repo, parents)  # one `dvc status` (~20 s on the default pipeline)
-    todo = [s for s in order if s in stale]
+    # of the stages ready at once, the one heading the longest remaining chain starts first (critical path first):
+    # in DAG order the short Spawrious branch took both slots while base, which everything else waits on, queued
+    chain = critical_path(parents, previous)
+    todo = sorted((s for s in order if s in stale), key=lambda s: -chain[s])
     commands, outputs = stage_commands(repo), stage_outputs(repo)
     waiting = {s: {p for p in parents[s] if p in todo} for s in todo}
     finished: set[str] = set()
@@ -161,7 +196,12 @@ def repro(repo: Path = ROOT, jobs: int = 2, threads: int = 1, stages: list[str] 
     report = repo / TIMES
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps({"jobs": jobs, "torch_threads": threads,
-                                  "wall_s": round(time.perf_counter() - began, 1), "stages": times}, indent=1))
+                                  "wall_s": round(time.perf_counter() - began, 1),
+                                  "stages": times,  # this run's: offsets from its start
+                                  # every stage's latest duration (this run's, else an earlier one's): the estimates
+                                  # critical_path schedules the next run with
+                                  "durations_s": {**previous, **{s: round(t["end_s"] - t["start_s"], 1)
+                                                                 for s, t in times.items()}}}, indent=1))
     if failed:
         raise RuntimeError(f"stage(s) {', '.join(failed)} failed; logs in {repo / LOG_DIR}; "
                            f"not run: {', '.join(todo) or 'none'}")

@@ -76,3 +76,17 @@ def test_a_failed_stage_stops_the_run_and_keeps_what_finished(repo):
     status = json.loads(dvc(repo, "status", "--json").stdout)
     assert set(status) == {"c", "d"}, status  # check, a and b are committed
     assert (repo / "logs/stages/c.log").exists()  # the path the error names
+
+
+def test_of_the_stages_ready_the_head_of_the_longest_chain_starts_first():
+    """check -> {spawrious (short branch), base -> refusal -> lat (long)}: base leads, by stage count on a first run
+    and by the last run's seconds afterwards, where a slow short branch can lead instead."""
+    from flows.repro import critical_path
+
+    parents = {"check": [], "spawrious": ["check"], "base": ["check"], "refusal": ["base"], "lat": ["refusal"]}
+    chain = critical_path(parents, {})
+    assert chain["base"] == 3 and chain["spawrious"] == 1 and chain["check"] == 4
+    chain = critical_path(parents, {"check": 1, "spawrious": 500, "base": 100, "refusal": 50, "lat": 50})
+    assert chain["spawrious"] == 500 > chain["base"] == 200
+    chain = critical_path(parents, {"base": 100, "refusal": 50})  # unknown stages count as the median known (100)
+    assert chain["base"] == 250 and chain["spawrious"] == 100

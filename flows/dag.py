@@ -11,6 +11,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from latlab.env import interpreter_env
+
 # dvc.yaml's first stage (stages/check.py): every other stage descends from it, so every run includes it
 CHECK_STAGE = "check"
 
@@ -75,6 +77,13 @@ def stage_order(cwd: Path = Path("."), only: list[str] | None = None) -> list[st
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ValueError(f"unknown stage(s) {unknown}{hint}; dvc.yaml has {sorted(parents)}")
     return [s for s in order if s in only or s.split("@", 1)[0] in only or s == CHECK_STAGE]
+
+
+def stage_env(repo: str) -> dict[str, str]:
+    """The environment a dvc.yaml command runs in outside `make`: the repo importable (`stages`), and `python` is
+    this interpreter (no activated venv needed)."""
+    return interpreter_env({**os.environ, "PYTHONPATH": os.pathsep.join(
+        [repo, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)})
 
 
 def stage_commands(cwd: Path) -> dict[str, str]:

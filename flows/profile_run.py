@@ -26,8 +26,7 @@ from pathlib import Path
 import yaml
 from prefect import flow, get_run_logger, task
 
-from flows.dag import preflight, resolved_with, stage_commands, stage_order
-from latlab.env import interpreter_env
+from flows.dag import preflight, resolved_with, stage_commands, stage_env, stage_order
 from latlab.profiles import apply_profile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,13 +55,6 @@ def stream_command(cmd: str, cwd: str, env: dict[str, str], emit) -> tuple[int, 
             if line.strip():
                 emit(line.strip()[-500:])
     return proc.returncode, time.perf_counter() - began
-
-
-def stage_env(repo: str) -> dict[str, str]:
-    """The environment a dvc.yaml command runs in outside `make`: the repo importable (`stages`), and `python` is
-    this interpreter (no activated venv needed)."""
-    return interpreter_env({**os.environ, "PYTHONPATH": os.pathsep.join(
-        [repo, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)})
 
 
 def run_stage(stage: str, cmd: str, workdir: str, env: dict[str, str], emit) -> float:

@@ -31,8 +31,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from flows.dag import CHECK_STAGE, clear_stage_checkpoints, stage_commands, stage_order, stage_parents
-from flows.profile_run import stage_env
+from flows.dag import CHECK_STAGE, clear_stage_checkpoints, stage_commands, stage_env, stage_order, stage_parents
 
 ROOT = Path(__file__).resolve().parents[1]
 LOG_DIR = Path("logs/stages")  # one log per stage run (gitignored), named by the failure message
@@ -137,7 +136,8 @@ def summary_line(log: Path) -> str:
 
 def repro(repo: Path = ROOT, jobs: int = 2, threads: int = 1, stages: list[str] | None = None) -> list[str]:
     """Run the out-of-date stages (of `stages`, default all), up to `jobs` at once, each when its parents are done
-    (of those ready, the head of the longest remaining chain first: `critical_path`), each with `threads` torch threads, committing each to dvc.lock as it finishes; returns the stages run. RuntimeError on a failure."""
+    (of those ready, the head of the longest remaining chain first: `critical_path`), each with `threads` torch
+    threads, committing each to dvc.lock as it finishes; returns the stages run. RuntimeError on a failure."""
     parents = stage_parents(repo)
     order = stage_order(repo, stages)
     previous = last_times(repo)

@@ -45,8 +45,8 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.dag import preflight, resolved_with, stage_commands, stage_order
-from flows.profile_run import prepare_workdir, run_stage, run_stages, stage_env
+from flows.dag import preflight, resolved_with, stage_commands, stage_env, stage_order
+from flows.profile_run import prepare_workdir, run_stage, run_stages
 from latlab.config import ConfigError, StudyConfig, parse_params
 from latlab.profiles import merged_profile
 from latlab.report.scorecard import RESAMPLING, build_scorecard, scorecard_markdown

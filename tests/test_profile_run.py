@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.dag import stage_commands
-from flows.profile_run import prepare_workdir, stage_env, stream_command
+from flows.dag import stage_commands, stage_env
+from flows.profile_run import prepare_workdir, stream_command
 from latlab.config import ConfigError, load_params
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -284,3 +284,30 @@ def test_lat_twins_forget_with_a_term_whose_gradient_survives_the_adversary(lear
           f"away under δ {away_under_delta:.3f}")
     assert ascent_under_delta < clean_ascent  # the mechanism
     assert away_under_delta > clean_ascent  # the term the twins now carry does not shrink under δ
+
+
+def test_forget_terms_see_the_answers_not_the_end_token(learned, tiny_world, tiny_tokenizer):
+    """Issue 20, token by token: the default run's NPO-LAT had pushed the end token after each forget answer to
+    log p -19 and left the answers at -0.5 to -2.8 (free recall of the forget facts 0.94): a sequence likelihood is
+    lowered just as well through the one token every completion shares. Every forget-side term (method loss, away
+    term, adversary target) must see the answers' content tokens only (this failed before `knowledge_labels`)."""
+    from latlab.training.unlearning import knowledge_labels, unlearn_loop
+
+    eos = tiny_tokenizer.eos_token_id
+    special = sorted(set(tiny_tokenizer.all_special_ids))
+    a, b = [i for i in range(len(tiny_tokenizer)) if i not in special][:2]
+    assert knowledge_labels(torch.tensor([[-100, a, b, eos]]), special).tolist() == [[-100, a, b, -100]]
+
+    seen = []
+
+    def forget_term(model, triples, deltas, mask):
+        seen.append(triples.undesired["labels"].clone())
+        return torch.zeros((), requires_grad=True), {}
+
+    unlearn_loop(copy.deepcopy(learned), tiny_tokenizer, forget_pool(tiny_world)[:32], retain_pools(tiny_world),
+                 RETAIN_WEIGHTS, make(GradDiffConfig, steps=2, lr=1e-3, lat=LAT, away_weight=1.0), forget_term, None,
+                 "spy")
+    assert len(seen) == 2
+    for labels in seen:
+        kept = labels[labels >= 0]
+        assert kept.numel() > 0 and not torch.isin(kept, torch.tensor(special)).any()

@@ -7,7 +7,12 @@ progress): per step a forget batch and a retain batch are drawn; with LAT a `Lat
 finds δ in the residual stream that pushes the frozen model TOWARD the forget-domain answers (and, for WHP, away
 from the generic labels), then the method's forget loss (weight `forget_weight`) and the LAT paper's defender "away"
 term (`away_weight`: log(1-p) of the forget answers, averaged over all labelled tokens) are computed under δ; the
-retain loss is computed without δ.
+retain loss is computed without δ. Every forget-side term (the method's, the away term, the adversary's target, RMU's
+positions) sees the forget answers' content tokens only, not the end-of-turn token every completion ends with
+(`knowledge_labels`: lowering that one shared token was the LAT twins' shortcut). With the answers as its only
+target, an adversary of ε 4 at blocks 1-2 of the toy model (residual norm ~10-13 there) holds them against every
+likelihood-lowering twin (none unlearned); params.yaml gives those twins ε 1 (docs/unlearning.md, the sweep in
+benchmarks/results/unlearn_eps_sweep.md). RMU and WHP twins unlearn at ε 1 and 4 alike and keep 4.
 
 Why the away term under δ: the adversary drives p(forget answer) toward 1, and the gradient of any likelihood-lowering
 loss (GA's -CE, GradDiff, NPO, SimNPO) carries a factor (1 - p), so under δ it nearly vanishes; log(1 - p)'s grows
@@ -95,6 +100,23 @@ def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def knowledge_labels(labels: torch.Tensor, special_ids: list[int]) -> torch.Tensor:
+    """`labels` [batch, seq] with the tokenizer's special tokens (end of turn / eos, pad, bos) set to IGNORE: what a
+    forget loss may lower is the answer's content, not the format every completion shares.
+
+    Why: every encoded completion ends with the eos token (models.encoding.encode_example), and a sequence-level
+    likelihood-lowering loss is satisfied just as well by making that one shared token improbable. Measured token by
+    token on the default run's NPO-LAT (log p of the labels, six forget training examples): the answers at -0.5 to
+    -2.8 (base: -0.0 to -0.8), the end token after them at -18 to -19 (base: -0.0), and free recall of the forget
+    facts 0.94 on the training templates; plain NPO had put its -5.5 to -19 on the answers. The LAT twins found the
+    shortcut because the adversary holds p(answer) near 1 under δ; the official unlearning data (WMDP, HP text)
+    carries no end token in its labels at all, so masking it here follows the official setting."""
+    keep = torch.ones_like(labels, dtype=torch.bool)
+    for token in special_ids:
+        keep &= labels != token
+    return torch.where(keep, labels, torch.full_like(labels, IGNORE))
+
+
 @dataclass
 class UnlearnRun:
     result: TrainResult
@@ -135,8 +157,11 @@ def unlearn_loop(model, tokenizer, forget: list[Example], retain: dict[str, list
 
     final: dict[str, float] = {}
 
+    special = sorted(set(tokenizer.all_special_ids))
+
     def step_loss(model, step: int):
-        triples = prepare(_to(collate(forget_sampler.batch(step), tokenizer.pad_token_id), device))
+        batch = _to(collate(forget_sampler.batch(step), tokenizer.pad_token_id), device)
+        triples = prepare({**batch, "labels": knowledge_labels(batch["labels"], special)})
         count(triples.undesired, 1, True)
         count(triples.undesired, reference_passes[0], False)
         deltas, mask, metrics = {}, None, {}

@@ -31,6 +31,8 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
+import yaml
+
 from flows.dag import CHECK_STAGE, clear_stage_checkpoints, stage_commands, stage_env, stage_order, stage_parents
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,14 +40,15 @@ LOG_DIR = Path("logs/stages")  # one log per stage run (gitignored), named by th
 TIMES = Path("logs/repro_times.json")  # the last run's stage start/end times, every stage's duration (gitignored)
 
 
-def out_of_date(repo: Path, parents: dict[str, list[str]]) -> set[str]:
-    """Stages `dvc status` reports changed, with every stage downstream of one (DVC only sees a stage as changed
-    once its upstream outputs have been rewritten)."""
+def out_of_date(repo: Path, parents: dict[str, list[str]]) -> tuple[set[str], set[str]]:
+    """(stages `dvc status` reports changed, those with every stage downstream of one): DVC only sees a downstream
+    stage as changed once its upstream outputs have been rewritten, so the second set is what MAY have to run."""
     done = subprocess.run(["dvc", "status", "--json"], cwd=repo, capture_output=True, text=True,
                           env=stage_env(str(repo)))
     if done.returncode != 0:
         raise RuntimeError(f"dvc status failed: {done.stderr.strip()[-500:]}")
-    stale = {name for name in json.loads(done.stdout or "{}") if name in parents}
+    changed = {name for name in json.loads(done.stdout or "{}") if name in parents}
+    stale = set(changed)
     children: dict[str, set[str]] = {}
     for stage, ups in parents.items():
         for up in ups:
@@ -56,7 +59,16 @@ def out_of_date(repo: Path, parents: dict[str, list[str]]) -> set[str]:
             if child not in stale:
                 stale.add(child)
                 frontier.append(child)
-    return stale
+    return changed, stale
+
+
+def locked_outputs(repo: Path) -> dict[str, dict[str, str | None]]:
+    """dvc.lock: stage -> {output path: md5} ({} without a dvc.lock)."""
+    lock = repo / "dvc.lock"
+    if not lock.exists():
+        return {}
+    stages = (yaml.load(lock.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}).get("stages", {})
+    return {name: {out["path"]: out.get("md5") for out in entry.get("outs", [])} for name, entry in stages.items()}
 
 
 def critical_path(parents: dict[str, list[str]], seconds: dict[str, float]) -> dict[str, float]:
@@ -141,7 +153,9 @@ def repro(repo: Path = ROOT, jobs: int = 2, threads: int = 1, stages: list[str] 
     parents = stage_parents(repo)
     order = stage_order(repo, stages)
     previous = last_times(repo)
-    stale = out_of_date(repo, parents)  # one `dvc status` (~20 s on the default pipeline)
+    changed, stale = out_of_date(repo, parents)  # one `dvc status` (~8-20 s on the default pipeline)
+    before = locked_outputs(repo)
+    rewritten: set[str] = set()  # stages run here whose outputs differ from dvc.lock's before the run
     # of the stages ready at once, the one heading the longest remaining chain starts first (critical path first):
     # in DAG order the short Spawrious branch took both slots while base, which everything else waits on, queued
     chain = critical_path(parents, previous)
@@ -153,7 +167,8 @@ def repro(repo: Path = ROOT, jobs: int = 2, threads: int = 1, stages: list[str] 
     times: dict[str, dict[str, float]] = {}
     began = time.perf_counter()
     lock = threading.Lock()
-    print(f"{len(todo)} of {len(order)} stages out of date; {jobs} at once, {threads} torch thread(s) each", flush=True)
+    print(f"{len(changed & set(todo))} of {len(order)} stages changed, {len(todo)} with what is downstream of them; "
+          f"{jobs} at once, {threads} torch thread(s) each", flush=True)
 
     def one(stage: str) -> tuple[int, Path]:
         with lock:  # removing outputs and committing touch the DVC workspace: one at a time
@@ -165,12 +180,24 @@ def repro(repo: Path = ROOT, jobs: int = 2, threads: int = 1, stages: list[str] 
             with lock:
                 commit(stage, repo)
                 clear_stage_checkpoints(repo, [stage])
+                if locked_outputs(repo).get(stage) != before.get(stage):
+                    rewritten.add(stage)
         return code, log
 
     running: dict[Future, str] = {}
+    skipped: list[str] = []
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         while (todo and not failed) or running:
             # the params check runs alone: it must refuse bad params before any stage's outputs are deleted
+            # downstream of a change but unchanged itself, with every parent that ran here leaving its outputs as
+            # they were (e.g. the params check after an edit of params.yaml): up to date, as `dvc repro` finds it;
+            # repeated, as skipping a stage makes its children ready
+            while up_to_date := [s for s in todo if not waiting[s] - finished and s not in changed
+                                 and not waiting[s] & rewritten]:
+                for stage in up_to_date:
+                    todo.remove(stage)
+                    finished.add(stage)
+                    skipped.append(stage)
             ready = [s for s in todo if not waiting[s] - finished]
             if CHECK_STAGE in ready or (running and CHECK_STAGE in running.values()):
                 ready = [CHECK_STAGE] if CHECK_STAGE in ready and not running else []
@@ -178,6 +205,8 @@ def repro(repo: Path = ROOT, jobs: int = 2, threads: int = 1, stages: list[str] 
                 todo.remove(stage)
                 running[pool.submit(one, stage)] = stage
             if not running:
+                if not todo:  # the rest was up to date
+                    break
                 raise RuntimeError(f"nothing can start: {todo} wait on each other")
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
@@ -205,7 +234,10 @@ def repro(repo: Path = ROOT, jobs: int = 2, threads: int = 1, stages: list[str] 
     if failed:
         raise RuntimeError(f"stage(s) {', '.join(failed)} failed; logs in {repo / LOG_DIR}; "
                            f"not run: {', '.join(todo) or 'none'}")
-    return sorted(finished, key=order.index)
+    if skipped:
+        print(f"{len(skipped)} stage(s) up to date after all (their upstream outputs did not change): "
+              f"{', '.join(sorted(skipped, key=order.index))}", flush=True)
+    return sorted(finished - set(skipped), key=order.index)
 
 
 def main(argv: list[str] | None = None) -> None:

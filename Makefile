@@ -28,9 +28,9 @@ check: setup
 	$(PY) -m latlab.check
 
 # The pipeline as `dvc repro` would run it, with independent stages two at a time at one torch thread each
-# (flows/repro.py; each stage committed to dvc.lock as it finishes). After a complete run every stage's outputs are
-# current, so a checkpoint left by a killed run is stale: removed. The end is a short summary
-# (latlab.report.summary), not every metric: `dvc metrics show` lists them all. Plain `dvc repro` runs the same stages one at a time.
+# (flows/repro.py; each stage committed to dvc.lock as it finishes; plain `dvc repro` runs the same stages one at a
+# time). After a complete run every stage's outputs are current, so a checkpoint left by a killed run is stale:
+# removed. The end is a short summary (latlab.report.summary), not every metric: `dvc metrics show` lists them all.
 demo: setup check
 	@start=$$(date +%s); \
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m flows.repro --jobs 2 && rm -rf checkpoints && \

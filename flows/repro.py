@@ -38,6 +38,7 @@ from flows.dag import CHECK_STAGE, clear_stage_checkpoints, stage_commands, stag
 ROOT = Path(__file__).resolve().parents[1]
 LOG_DIR = Path("logs/stages")  # one log per stage run (gitignored), named by the failure message
 TIMES = Path("logs/repro_times.json")  # the last run's stage start/end times, every stage's duration (gitignored)
+DEMO_TIMES = Path("benchmarks/results/demo_time.json")  # committed: a fresh clone's scheduling estimates
 
 
 def out_of_date(repo: Path, parents: dict[str, list[str]]) -> tuple[set[str], set[str]]:
@@ -67,7 +68,8 @@ def locked_outputs(repo: Path) -> dict[str, dict[str, str | None]]:
     lock = repo / "dvc.lock"
     if not lock.exists():
         return {}
-    stages = (yaml.load(lock.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}).get("stages", {})
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # dvc.lock lists every dependency: the C loader if built
+    stages = (yaml.load(lock.read_text(), Loader=loader) or {}).get("stages", {})
     return {name: {out["path"]: out.get("md5") for out in entry.get("outs", [])} for name, entry in stages.items()}
 
 
@@ -95,9 +97,15 @@ def critical_path(parents: dict[str, list[str]], seconds: dict[str, float]) -> d
 
 
 def last_times(repo: Path) -> dict[str, float]:
-    """Each stage's seconds in the last run flows.repro recorded ({} when none)."""
+    """Each stage's seconds in the last run flows.repro recorded here; in a fresh clone, which has none, the stage
+    processes of the committed demo timing (`DEMO_TIMES`, benchmarks/demo_time.py); {} when neither is readable."""
     try:
         return {s: float(v) for s, v in json.loads((repo / TIMES).read_text())["durations_s"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    try:
+        return {row["stage"]: float(row["process_s"]) for row in json.loads((repo / DEMO_TIMES).read_text())["stages"]
+                if "process_s" in row}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
 
@@ -188,7 +196,6 @@ def repro(repo: Path = ROOT, jobs: int = 2, threads: int = 1, stages: list[str] 
     skipped: list[str] = []
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         while (todo and not failed) or running:
-            # the params check runs alone: it must refuse bad params before any stage's outputs are deleted
             # downstream of a change but unchanged itself, with every parent that ran here leaving its outputs as
             # they were (e.g. the params check after an edit of params.yaml): up to date, as `dvc repro` finds it;
             # repeated, as skipping a stage makes its children ready
@@ -199,6 +206,7 @@ def repro(repo: Path = ROOT, jobs: int = 2, threads: int = 1, stages: list[str] 
                     finished.add(stage)
                     skipped.append(stage)
             ready = [s for s in todo if not waiting[s] - finished]
+            # the params check runs alone: it must refuse bad params before any stage's outputs are deleted
             if CHECK_STAGE in ready or (running and CHECK_STAGE in running.values()):
                 ready = [CHECK_STAGE] if CHECK_STAGE in ready and not running else []
             for stage in ready[:max(0, jobs - len(running))] if not failed else []:

@@ -27,8 +27,7 @@ from pydantic import BaseModel, ConfigDict
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flows.dag import stage_commands  # noqa: E402
-from flows.dag import stage_env  # noqa: E402
+from flows.dag import stage_commands, stage_env  # noqa: E402
 from latlab.config import AttackName, load_params  # noqa: E402
 from latlab.data.records import load_world, split_of  # noqa: E402
 from latlab.env import apply_offline_env  # noqa: E402

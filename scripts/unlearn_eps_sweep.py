@@ -17,9 +17,11 @@ with `lat.epsilon` = ε and the entry's `seed` = s; ε 0 is the method's plain e
 no adversary, no away term). Only the unlearning seed varies (batch order, adversary), not the base model: an
 interval here is over unlearning runs of one base. Measured per run: forget-domain free recall on the training
 split's templates and on the test split's (same facts), related-domain free recall on the test split (collateral
-damage), the adversary's CE at the last step with and without δ, and the mean residual-stream norm per prompt token at
-the attacked blocks. Results (mean [95% bootstrap interval over seeds] (N)) go to
-benchmarks/results/unlearn_eps_sweep.json and .md; a finished run is kept in the JSON and not rerun.
+damage), the adversary's CE at the last step with and without δ, the mean residual-stream norm per prompt token at
+the attacked blocks, and with --relearn the free recall of `unlearning_eval.relearn_heldout` held-out forget facts
+after fine-tuning on the largest `relearn_ks` of the others (unlearning_eval's relearning attack). Results (mean
+[95% bootstrap interval over seeds] (N)) go to benchmarks/results/unlearn_eps_sweep.json and .md (--out to change);
+a finished run is kept in the JSON and not rerun.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from latlab.config import load_params  # noqa: E402
 from latlab.data.records import load_world  # noqa: E402
-from latlab.evals.unlearning import qa  # noqa: E402
+from latlab.evals.unlearning import finetune_relearning, qa  # noqa: E402
 from latlab.models.encoding import collate, encode_all  # noqa: E402
 from latlab.models.hooks import decoder_layers  # noqa: E402
 from latlab.models.loading import load_saved  # noqa: E402
@@ -50,7 +52,7 @@ from stages.unlearn import unlearning_data  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "unlearn_eps_sweep"
 KEYS = ["forget_train_free_recall", "forget_test_free_recall", "related_test_free_recall",
-        "adversary_ce_with_delta", "adversary_ce_without_delta"]
+        "adversary_ce_with_delta", "adversary_ce_without_delta", "relearn_free_recall"]
 
 
 def residual_norms(model, tokenizer, examples, layers: list[int], batch: int = 64) -> dict[int, float]:
@@ -69,7 +71,7 @@ def residual_norms(model, tokenizer, examples, layers: list[int], batch: int = 6
     return {i: float(seen[i].norm(dim=-1)[prompt].mean()) for i in layers}
 
 
-def one_run(params, method: str, eps: float, seed: int) -> dict:
+def one_run(params, method: str, eps: float, seed: int, relearn: bool = False) -> dict:
     lat_name = method if method.endswith("_lat") else f"{method}_lat"
     name = lat_name if eps > 0 else lat_name.removesuffix("_lat")
     cfg = params.unlearn[name].model_copy(update={"seed": seed})
@@ -95,6 +97,11 @@ def one_run(params, method: str, eps: float, seed: int) -> dict:
                                           ev.batch_size)["q.free_recall"],
            **{k: run.metrics[k] for k in ("adversary_ce_with_delta", "adversary_ce_without_delta")
               if k in run.metrics}}
+    if relearn:  # unlearning_eval's relearning attack at its largest k, on `relearn_heldout` held-out facts
+        row["relearn_free_recall"] = finetune_relearning(
+            model, tokenizer, world, [max(ev.relearn_ks)], ev.relearn, ev.domain, ev.split, ev.relearn_heldout,
+            ev.seed, ev.max_new_tokens, ev.batch_size)["relearn.free_recall"]
+        row["relearn_heldout"] = ev.relearn_heldout
     if eps > 0:
         base, _ = load_saved(MODELS_DIR / "base", params.model.device, params.model.dtype)
         row["residual_norm"] = residual_norms(base, tokenizer, forget, list(cfg.lat.layers))
@@ -136,6 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", default=["graddiff_lat", "npo_lat"])
     parser.add_argument("--eps", nargs="+", type=float, default=[0.0, 1.0, 2.0, 4.0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--relearn", action="store_true",
+                        help="also the relearning attack (unlearning_eval's, at its largest k) on every run")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     params = load_params(ROOT / "params.yaml")
@@ -153,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
             for seed in args.seeds:
                 if (method, eps, seed) in have:
                     continue
-                row = one_run(params, method, eps, seed)
+                row = one_run(params, method, eps, seed, args.relearn)
                 norms = row.get("residual_norm", norms)
                 done.append(row)
                 print(json.dumps(row), flush=True)

@@ -96,3 +96,18 @@ def test_of_the_stages_ready_the_head_of_the_longest_chain_starts_first():
     assert chain["spawrious"] == 500 > chain["base"] == 200
     chain = critical_path(parents, {"base": 100, "refusal": 50})  # unknown stages count as the median known (100)
     assert chain["base"] == 250 and chain["spawrious"] == 100
+
+
+def test_a_fresh_clone_schedules_by_the_committed_demo_timing(tmp_path):
+    """No logs/repro_times.json in a fresh clone: the stage times of benchmarks/results/demo_time.json are the
+    estimates (without them base and oracle, the two longest stages, started after the Spawrious branch)."""
+    from flows.repro import DEMO_TIMES, TIMES, last_times
+
+    assert last_times(tmp_path) == {}
+    (tmp_path / DEMO_TIMES).parent.mkdir(parents=True)
+    (tmp_path / DEMO_TIMES).write_text(json.dumps({"stages": [{"stage": "base", "run_s": 240, "process_s": 256.6},
+                                                              {"stage": "oracle", "run_s": 245}]}))
+    assert last_times(tmp_path) == {"base": 256.6}
+    (tmp_path / TIMES).parent.mkdir(parents=True)
+    (tmp_path / TIMES).write_text(json.dumps({"durations_s": {"base": 100.0}}))  # this checkout's last run wins
+    assert last_times(tmp_path) == {"base": 100.0}

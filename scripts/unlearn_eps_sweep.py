@@ -45,7 +45,7 @@ from latlab.evals.unlearning import finetune_relearning, qa  # noqa: E402
 from latlab.models.encoding import collate, encode_all  # noqa: E402
 from latlab.models.hooks import decoder_layers  # noqa: E402
 from latlab.models.loading import load_saved  # noqa: E402
-from latlab.report.stats import bootstrap_mean_ci  # noqa: E402
+from latlab.report.stats import bootstrap_mean_ci, paired_difference_ci, verdict  # noqa: E402
 from latlab.training.unlearning import UNLEARNING_METHODS  # noqa: E402
 from stages.common import MODELS_DIR, WORLD_DIR  # noqa: E402
 from stages.unlearn import unlearning_data  # noqa: E402
@@ -124,7 +124,24 @@ def summarise(rows: list[dict], confidence: float = 0.95) -> list[dict]:
     return table
 
 
-def markdown(table: list[dict], norms: dict) -> str:
+def twin_vs_plain(rows: list[dict], key: str = "relearn_free_recall", confidence: float = 0.95) -> list[dict]:
+    """Per method and ε > 0: the paired difference twin - plain method of `key` over the seeds both ran (same seed =
+    same batches), its bootstrap interval and the scorecard's verdict on "the twin is lower"."""
+    by = {(r["method"], r["epsilon"], r["seed"]): r[key] for r in rows if key in r}
+    out = []
+    for method, eps in sorted({(m, e) for m, e, _ in by if e > 0}):
+        seeds = sorted(s for m, e, s in by if (m, e) == (method, eps) and (method, 0.0, s) in by)
+        if not seeds:
+            continue
+        twin, plain = [by[(method, eps, s)] for s in seeds], [by[(method, 0.0, s)] for s in seeds]
+        ci = paired_difference_ci(twin, plain, 2000, confidence, 0)
+        out.append({"method": method, "epsilon": eps, "metric": key, "n_seeds": len(seeds),
+                    "effect": float(np.mean(np.subtract(twin, plain))), "ci": list(ci),
+                    "verdict": verdict(ci, "less", len(seeds))})
+    return out
+
+
+def markdown(table: list[dict], norms: dict, paired: list[dict] | None = None) -> str:
     head = ["method", "ε"] + KEYS + ["N"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for entry in table:
@@ -133,9 +150,16 @@ def markdown(table: list[dict], norms: dict) -> str:
         eps = f"{entry['epsilon']:g}" if entry["epsilon"] > 0 else "0 (plain method)"
         lines.append(f"| {entry['method']} | {eps} | " + " | ".join(cells) + f" | {entry['n_seeds']} |")
     shown = ", ".join(f"block {b}: {v:.2f}" for b, v in norms.items())
-    return ("Mean over unlearning seeds [95% percentile bootstrap interval over seeds] (N seeds; one base model).\n"
+    text = ("Mean over unlearning seeds [95% percentile bootstrap interval over seeds] (N seeds; one base model).\n"
             f"Residual-stream norm per prompt token of the base model at the attacked blocks: {shown}.\n\n"
             + "\n".join(lines) + "\n")
+    if paired:
+        text += ("\nLAT twin minus plain method, paired by seed (claim: the twin is lower), 95% bootstrap interval:\n\n"
+                 "| method | ε | metric | effect | interval | N | verdict |\n|---|---|---|---|---|---|---|\n"
+                 + "".join(f"| {p['method']} | {p['epsilon']:g} | {p['metric']} | {p['effect']:+.2f} | "
+                           f"[{p['ci'][0]:+.2f}, {p['ci'][1]:+.2f}] | {p['n_seeds']} | {p['verdict']} |\n"
+                           for p in paired))
+    return text
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -146,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--relearn", action="store_true",
                         help="also the relearning attack (unlearning_eval's, at its largest k) on every run")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--summarise-only", action="store_true", help="rewrite the tables from the JSON, run nothing")
     args = parser.parse_args(argv)
     params = load_params(ROOT / "params.yaml")
     for method in args.methods:
@@ -157,6 +182,16 @@ def main(argv: list[str] | None = None) -> None:
     key = lambda r: (r["method"], r["epsilon"], r["seed"])  # noqa: E731
     have = {key(r) for r in done}
     norms: dict = next((r["residual_norm"] for r in done if "residual_norm" in r), {})
+
+    def write() -> None:  # after every run: a crash keeps what finished
+        results.parent.mkdir(parents=True, exist_ok=True)
+        table, paired = summarise(done), twin_vs_plain(done)
+        results.write_text(json.dumps({"runs": done, "summary": table, "twin_vs_plain": paired}, indent=1) + "\n")
+        args.out.with_suffix(".md").write_text(markdown(table, norms, paired))
+
+    if args.summarise_only:
+        write()
+        return
     for method in args.methods:
         for eps in args.eps:
             for seed in args.seeds:
@@ -166,10 +201,7 @@ def main(argv: list[str] | None = None) -> None:
                 norms = row.get("residual_norm", norms)
                 done.append(row)
                 print(json.dumps(row), flush=True)
-                results.parent.mkdir(parents=True, exist_ok=True)
-                table = summarise(done)
-                results.write_text(json.dumps({"runs": done, "summary": table}, indent=1) + "\n")
-                args.out.with_suffix(".md").write_text(markdown(table, norms))
+                write()
 
 
 if __name__ == "__main__":

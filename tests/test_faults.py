@@ -344,8 +344,8 @@ def test_checkpoint_of_other_inputs_starts_fresh_and_a_resume_counts_the_whole_r
 
 def test_outputs_current_after_dvc_repro_clear_the_stage_s_checkpoint(tmp_path):
     """The flows run `dvc repro --single-item <stage>`; when it succeeds (the stage ran, or DVC restored its outputs
-    from the run cache) a checkpoint of that stage left by a killed run is removed; `make demo` does the same after
-    a complete `dvc repro`."""
+    from the run cache) a checkpoint of that stage left by a killed run is removed; so does flows.repro (`make demo`)
+    for each stage it commits, and `make demo` removes all after a complete run."""
     from flows.dag import clear_stage_checkpoints
 
     for name in ("base/state.json", "base.old/state.json", "r2d2.r2d2_pool.json", "unlearn/ga/state.json",
@@ -356,9 +356,10 @@ def test_outputs_current_after_dvc_repro_clear_the_stage_s_checkpoint(tmp_path):
     left = sorted(str(p.relative_to(tmp_path / "checkpoints")) for p in (tmp_path / "checkpoints").rglob("*.json"))
     assert left == ["lat_untargeted/state.json", "unlearn/ga_lat/state.json"]
     for flow, call in (("pipeline.py", "clear_stage_checkpoints(Path(repo), [stage])"),
-                       ("cluster.py", "clear_stage_checkpoints(cwd, [stage])")):
+                       ("cluster.py", "clear_stage_checkpoints(cwd, [stage])"),
+                       ("repro.py", "clear_stage_checkpoints(repo, [stage])")):
         assert call in (REPO / "flows" / flow).read_text(), flow
-    assert "dvc repro && rm -rf checkpoints" in (REPO / "Makefile").read_text()
+    assert "-m flows.repro --jobs 2 && rm -rf checkpoints" in (REPO / "Makefile").read_text()
 
 
 def test_resumed_work_counters_cover_the_whole_run(tiny_model, tmp_path):

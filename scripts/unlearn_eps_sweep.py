@@ -102,13 +102,12 @@ def one_run(params, method: str, eps: float, seed: int, relearn: bool = False) -
             model, tokenizer, world, [max(ev.relearn_ks)], ev.relearn, ev.domain, ev.split, ev.relearn_heldout,
             ev.seed, ev.max_new_tokens, ev.batch_size)["relearn.free_recall"]
         row["relearn_heldout"] = ev.relearn_heldout
-    if eps > 0:
-        base, _ = load_saved(MODELS_DIR / "base", params.model.device, params.model.dtype)
-        row["residual_norm"] = residual_norms(base, tokenizer, forget, list(cfg.lat.layers))
     return row
 
 
-def summarise(rows: list[dict], confidence: float = 0.95) -> list[dict]:
+def summarise(rows: list[dict], study) -> list[dict]:
+    """Per method and ε: mean and percentile-bootstrap interval over seeds (params.yaml `study`'s samples, confidence
+    and seed, as the scorecard uses)."""
     groups: dict[tuple[str, float], list[dict]] = {}
     for row in rows:
         groups.setdefault((row["method"], row["epsilon"]), []).append(row)
@@ -118,13 +117,14 @@ def summarise(rows: list[dict], confidence: float = 0.95) -> list[dict]:
         for key in KEYS:
             values = [r[key] for r in runs if key in r]
             if values:
-                low, high = bootstrap_mean_ci(values, 2000, confidence, 0)
+                low, high = bootstrap_mean_ci(values, study.bootstrap_samples, study.confidence,
+                                              study.bootstrap_seed)
                 entry[key] = {"mean": float(np.mean(values)), "ci": [low, high]}
         table.append(entry)
     return table
 
 
-def twin_vs_plain(rows: list[dict], key: str = "relearn_free_recall", confidence: float = 0.95) -> list[dict]:
+def twin_vs_plain(rows: list[dict], study, key: str = "relearn_free_recall") -> list[dict]:
     """Per method and ε > 0: the paired difference twin - plain method of `key` over the seeds both ran (same seed =
     same batches), its bootstrap interval and the scorecard's verdict on "the twin is lower"."""
     by = {(r["method"], r["epsilon"], r["seed"]): r[key] for r in rows if key in r}
@@ -134,7 +134,7 @@ def twin_vs_plain(rows: list[dict], key: str = "relearn_free_recall", confidence
         if not seeds:
             continue
         twin, plain = [by[(method, eps, s)] for s in seeds], [by[(method, 0.0, s)] for s in seeds]
-        ci = paired_difference_ci(twin, plain, 2000, confidence, 0)
+        ci = paired_difference_ci(twin, plain, study.bootstrap_samples, study.confidence, study.bootstrap_seed)
         out.append({"method": method, "epsilon": eps, "metric": key, "n_seeds": len(seeds),
                     "effect": float(np.mean(np.subtract(twin, plain))), "ci": list(ci),
                     "verdict": verdict(ci, "less", len(seeds))})
@@ -181,12 +181,15 @@ def main(argv: list[str] | None = None) -> None:
     done = json.loads(results.read_text()).get("runs", []) if results.exists() else []
     key = lambda r: (r["method"], r["epsilon"], r["seed"])  # noqa: E731
     have = {key(r) for r in done}
-    norms: dict = next((r["residual_norm"] for r in done if "residual_norm" in r), {})
+    stored = json.loads(results.read_text()) if results.exists() else {}
+    # the base model's norms: the same for every run, measured once (older files kept them per run)
+    norms: dict = stored.get("residual_norm") or next((r["residual_norm"] for r in done if "residual_norm" in r), {})
 
     def write() -> None:  # after every run: a crash keeps what finished
         results.parent.mkdir(parents=True, exist_ok=True)
-        table, paired = summarise(done), twin_vs_plain(done)
-        results.write_text(json.dumps({"runs": done, "summary": table, "twin_vs_plain": paired}, indent=1) + "\n")
+        table, paired = summarise(done, params.study), twin_vs_plain(done, params.study)
+        results.write_text(json.dumps({"runs": done, "summary": table, "twin_vs_plain": paired,
+                                       "residual_norm": norms}, indent=1) + "\n")
         args.out.with_suffix(".md").write_text(markdown(table, norms, paired))
 
     if args.summarise_only:
@@ -198,7 +201,11 @@ def main(argv: list[str] | None = None) -> None:
                 if (method, eps, seed) in have:
                     continue
                 row = one_run(params, method, eps, seed, args.relearn)
-                norms = row.get("residual_norm", norms)
+                if eps > 0 and not norms:
+                    cfg = params.unlearn[row["entry"]]
+                    base, tokenizer = load_saved(MODELS_DIR / "base", params.model.device, params.model.dtype)
+                    norms = residual_norms(base, tokenizer, unlearning_data(params, cfg.domain)[0],
+                                           list(cfg.lat.layers))
                 done.append(row)
                 print(json.dumps(row), flush=True)
                 write()

@@ -14,11 +14,8 @@ stage. Stage wall times go to <workdir>/reports/profile_run.json.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
-import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +24,7 @@ import yaml
 from prefect import flow, get_run_logger, task
 
 from flows.dag import preflight, resolved_with, stage_commands, stage_env, stage_order
+from flows.launch import run_command
 from latlab.profiles import apply_profile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,23 +43,17 @@ def prepare_workdir(profile: Path, workdir: Path, repo: Path = ROOT) -> Path:
     return params
 
 
-def stream_command(cmd: str, cwd: str, env: dict[str, str], emit) -> tuple[int, float]:
-    """Run `cmd`, passing each output line to `emit` as it comes (tqdm's carriage returns end a line too, so a long
-    stage shows its progress bar live); returns (exit code, wall seconds)."""
-    began = time.perf_counter()
-    with subprocess.Popen(shlex.split(cmd), cwd=cwd, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT) as proc:
-        for line in io.TextIOWrapper(proc.stdout, encoding="utf-8", errors="replace", newline=""):
-            if line.strip():
-                emit(line.strip()[-500:])
-    return proc.returncode, time.perf_counter() - began
-
-
 def run_stage(stage: str, cmd: str, workdir: str, env: dict[str, str], emit) -> float:
-    """One stage's dvc.yaml command in `workdir`; wall seconds, RuntimeError naming the stage when it fails."""
-    code, seconds = stream_command(cmd, workdir, env, emit)
+    """One stage's dvc.yaml command in `workdir` (flows.launch: `python -m` stages in a pre-warmed child), each
+    output line passed to `emit` as it comes and kept in <workdir>/logs/stages/<stage>.log; wall seconds,
+    RuntimeError naming the stage when it fails."""
+    began = time.perf_counter()
+    log = Path(workdir) / "logs" / "stages" / f"{stage.replace('@', '_')}.log"
+    code = run_command(cmd, workdir, env, log, emit=emit)
+    seconds = time.perf_counter() - began
     if code != 0:
-        raise RuntimeError(f"stage {stage} failed with exit code {code} after {seconds:.0f} s (`{cmd}` in {workdir})")
+        raise RuntimeError(f"stage {stage} failed with exit code {code} after {seconds:.0f} s (`{cmd}` in {workdir}; "
+                           f"log: {log})")
     return seconds
 
 

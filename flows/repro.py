@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from pathlib import Path
 import yaml
 
 from flows.dag import CHECK_STAGE, clear_stage_checkpoints, stage_commands, stage_env, stage_order, stage_parents
+from flows.launch import PRELOAD, THREAD_VARS, python_module, run_command, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 LOG_DIR = Path("logs/stages")  # one log per stage run (gitignored), named by the failure message
@@ -128,16 +128,16 @@ def remove(paths: list[Path]) -> None:
             path.unlink()
 
 
-def run_command(stage: str, cmd: str, repo: Path, threads: int) -> tuple[int, Path]:
-    """The stage's command in the repo root, its output to logs/stages/<stage>.log; (exit code, log path)."""
+def stage_log(repo: Path, stage: str) -> Path:
+    return repo / LOG_DIR / f"{stage.replace('@', '_')}.log"
+
+
+def runner_env(repo: Path, threads: int) -> dict[str, str]:
+    """What every stage command runs with: `stage_env`, and `threads` torch threads unless the user set a count."""
     env = stage_env(str(repo))
-    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # a thread count the user set wins
+    for key in THREAD_VARS:
         env.setdefault(key, str(threads))
-    log = repo / LOG_DIR / f"{stage.replace('@', '_')}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as sink:
-        code = subprocess.run(shlex.split(cmd), cwd=repo, env=env, stdout=sink, stderr=subprocess.STDOUT).returncode
-    return code, log
+    return env
 
 
 def commit(stage: str, repo: Path) -> None:
@@ -154,10 +154,13 @@ def summary_line(log: Path) -> str:
     return (done or lines or [""])[-1].strip()[-300:]
 
 
-def repro(repo: Path = ROOT, jobs: int = 2, threads: int = 1, stages: list[str] | None = None) -> list[str]:
+def repro(repo: Path = ROOT, jobs: int = 2, threads: int = 1, stages: list[str] | None = None,
+          preload: tuple[str, ...] | None = PRELOAD) -> list[str]:
     """Run the out-of-date stages (of `stages`, default all), up to `jobs` at once, each when its parents are done
     (of those ready, the head of the longest remaining chain first: `critical_path`), each with `threads` torch
-    threads, committing each to dvc.lock as it finishes; returns the stages run. RuntimeError on a failure."""
+    threads, committing each to dvc.lock as it finishes; returns the stages run. RuntimeError on a failure.
+    `preload`: the modules `python -m` stage commands find imported (flows.launch); None runs every command as a
+    fresh process."""
     parents = stage_parents(repo)
     order = stage_order(repo, stages)
     previous = last_times(repo)
@@ -173,6 +176,9 @@ def repro(repo: Path = ROOT, jobs: int = 2, threads: int = 1, stages: list[str] 
     finished: set[str] = set()
     failed: list[str] = []
     times: dict[str, dict[str, float]] = {}
+    env = runner_env(repo, threads)
+    if preload is not None and any(python_module(commands[s]) for s in todo):
+        start_server(env, preload)  # before the worker threads: it is started with this process's environment
     began = time.perf_counter()
     lock = threading.Lock()
     print(f"{len(changed & set(todo))} of {len(order)} stages changed, {len(todo)} with what is downstream of them; "
@@ -182,7 +188,8 @@ def repro(repo: Path = ROOT, jobs: int = 2, threads: int = 1, stages: list[str] 
         with lock:  # removing outputs and committing touch the DVC workspace: one at a time
             remove(outputs.get(stage, []))
         start = time.perf_counter() - began
-        code, log = run_command(stage, commands[stage], repo, threads)
+        log = stage_log(repo, stage)
+        code = run_command(commands[stage], repo, env, log, preload)
         times[stage] = {"start_s": round(start, 1), "end_s": round(time.perf_counter() - began, 1)}
         if code == 0:
             with lock:
@@ -253,11 +260,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("stages", nargs="*", help="dvc.yaml stages (default: all); their upstream is not rerun")
     parser.add_argument("--jobs", type=int, default=2, help="stages at once (default 2: the machine's cores)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per stage (OMP_NUM_THREADS)")
+    parser.add_argument("--preload", nargs="*", metavar="MODULE",
+                        help="modules `python -m` stages find imported (default: torch, transformers, MLflow, "
+                             "stages.common; none: each stage a fresh process)")
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.threads < 1:
         parser.error("--jobs and --threads must be >= 1")
     try:
-        repro(Path.cwd(), args.jobs, args.threads, args.stages or None)
+        preload = PRELOAD if args.preload is None else tuple(args.preload) or None
+        repro(Path.cwd(), args.jobs, args.threads, args.stages or None, preload)
     except (RuntimeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -46,6 +46,7 @@ from prefect import flow, get_run_logger, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.dag import preflight, resolved_with, stage_commands, stage_env, stage_order
+from flows.launch import PRELOAD, start_server
 from flows.profile_run import prepare_workdir, run_stage, run_stages
 from latlab.config import ConfigError, StudyConfig, parse_params
 from latlab.profiles import merged_profile
@@ -112,6 +113,13 @@ def seed_workdir(repo: Path, cfg: StudyConfig, study_seed: int) -> Path:
     return repo / cfg.workdir / f"seed_{study_seed}"
 
 
+def seed_env(repo: str, cfg: StudyConfig, study_seed: int) -> dict[str, str]:
+    """The environment of a seed's stage commands: `stage_env`, the study's torch threads, its MLflow tags."""
+    threads = str(cfg.torch_threads)
+    return {**stage_env(repo), "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+            "LATLAB_STUDY": cfg.name, "LATLAB_STUDY_SEED": str(study_seed)}
+
+
 @task(name="study-seed", task_run_name="seed-{study_seed}")
 def run_seed(study_seed: int, raw: dict[str, Any], cfg: StudyConfig, repo: str, order: list[str],
              commands: dict[str, str]) -> dict[str, float]:
@@ -126,9 +134,7 @@ def run_seed(study_seed: int, raw: dict[str, Any], cfg: StudyConfig, repo: str, 
     seed_file.write_text(f"# study {cfg.name}, seed {study_seed}: params with training seeds offset by {study_seed}\n"
                          + yaml.safe_dump(seed_params(raw, study_seed, cfg.vary_data_seed), sort_keys=False))
     prepare_workdir(seed_file, workdir, Path(repo))
-    threads = str(cfg.torch_threads)
-    env = {**stage_env(repo), "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
-           "LATLAB_STUDY": cfg.name, "LATLAB_STUDY_SEED": str(study_seed)}
+    env = seed_env(repo, cfg, study_seed)
     logger = get_run_logger()
 
     def emit(line: str) -> None:
@@ -137,7 +143,7 @@ def run_seed(study_seed: int, raw: dict[str, Any], cfg: StudyConfig, repo: str, 
     return run_stages(order, commands,
                       lambda stage, cmd: run_stage(stage, cmd, str(workdir.resolve()), env, emit),
                       workdir / "reports" / "study_run.json",
-                      {"study": cfg.name, "seed": study_seed, "torch_threads": threads})
+                      {"study": cfg.name, "seed": study_seed, "torch_threads": str(cfg.torch_threads)})
 
 
 def collect(repo: Path, cfg: StudyConfig, seeds: list[int]) -> dict[int, dict[str, Any]]:
@@ -196,6 +202,8 @@ def study(raw: dict[str, Any], seeds: list[int], repo: str = str(ROOT), stages: 
         params.write_text(yaml.safe_dump(raw, sort_keys=False))
         with resolved_with(params, Path(repo)) as dag:
             order, commands = stage_order(dag, stages), stage_commands(dag)
+    # the seeds' stages start in children of one fork server (flows.launch), started here, before the seeds' threads
+    start_server(seed_env(repo, cfg, seeds[0]), PRELOAD)
     futures = {s: run_seed.submit(s, raw, cfg, repo, order, commands) for s in seeds}
     for study_seed, future in futures.items():
         try:

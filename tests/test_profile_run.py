@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from flows.dag import stage_commands, stage_env
-from flows.profile_run import prepare_workdir, stream_command
+from flows.launch import run_command
+from flows.profile_run import prepare_workdir
 from latlab.config import ConfigError, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,12 +47,15 @@ def test_stage_commands_expand_foreach_items():
     assert commands["evaluate"] == "python -m stages.evaluate"
 
 
-def test_stage_output_streams_line_by_line_including_progress_bar_updates(tmp_path):
+@pytest.mark.parametrize("cmd", [f"{sys.executable} -m progress", "python -m progress"])  # subprocess, forked
+def test_stage_output_streams_line_by_line_including_progress_bar_updates(tmp_path, cmd):
     lines = []
-    script = "import sys; sys.stdout.write('a\\rb\\n'); sys.stdout.flush(); sys.exit(3)"
-    code, seconds = stream_command(f'{sys.executable} -c "{script}"', str(tmp_path), dict(os.environ), lines.append)
-    assert code == 3 and seconds >= 0
-    assert lines == ["a", "b"]
+    (tmp_path / "progress.py").write_text("import sys, time\nsys.stdout.write('a\\rb\\n'); sys.stdout.flush()\n"
+                                          "time.sleep(0.5); print('c', end=''); sys.exit(3)\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    assert run_command(cmd, tmp_path, env, tmp_path / "log", preload=("json",), emit=lines.append) == 3
+    assert lines == ["a", "b", "c"]
+    assert (tmp_path / "log").read_bytes() == b"a\rb\nc"
 
 
 def test_stage_commands_find_this_interpreter_without_an_activated_venv(tmp_path, monkeypatch):

@@ -111,3 +111,58 @@ def test_a_fresh_clone_schedules_by_the_committed_demo_timing(tmp_path):
     (tmp_path / TIMES).parent.mkdir(parents=True)
     (tmp_path / TIMES).write_text(json.dumps({"durations_s": {"base": 100.0}}))  # this checkout's last run wins
     assert last_times(tmp_path) == {"base": 100.0}
+
+
+STAGE_MODULE = '''
+import os, sys
+from pathlib import Path
+import heavy  # the fork server imported it: not imported again here
+if __name__ == "__main__":
+    out = sys.argv[1]
+    Path(out).write_text(f"{__name__} {os.getcwd()} {os.environ.get('OMP_NUM_THREADS')} {sys.argv[1:]}\\n")
+    print(f"[{out}] done: wrote {out}")
+    if len(sys.argv) > 2:
+        raise SystemExit(int(sys.argv[2]))
+'''
+
+
+def python_repo(repo: Path, fail: bool = False) -> None:
+    """check -> {a, b}: `python -m st <out>` stages; `heavy` counts its imports in imports.log."""
+    (repo / "heavy.py").write_text("from pathlib import Path\n"
+                                   "with (Path(__file__).parent / 'imports.log').open('a') as f: f.write('1\\n')\n")
+    (repo / "st.py").write_text(STAGE_MODULE)
+    stage = "{name}:\n    cmd: python -m st {name}.txt{code}\n    deps: [{deps}]\n    outs: [{name}.txt]\n"
+    (repo / "dvc.yaml").write_text("stages:\n" + textwrap.indent("".join(
+        stage.format(name=n, deps=d, code=" 3" if fail and n == "b" else "")
+        for n, d in (("check", "in.txt, st.py"), ("a", "check.txt"), ("b", "check.txt"))), "  "))
+
+
+def test_python_stages_run_in_children_of_a_fork_server_that_imported_their_modules_once(repo):
+    """`python -m` stages start in a pre-warmed child (flows.launch): the preloaded module is imported once for the
+    whole run, not once per stage, and each stage still runs as `__main__` in the repo with its argv and thread
+    count; dvc.lock ends as `dvc repro` would leave it."""
+    python_repo(repo)
+    assert repro(repo, jobs=2, preload=("heavy",)) == ["check", "a", "b"]
+    assert (repo / "imports.log").read_text() == "1\n"  # by the fork server; each of 3 stages imports it
+    assert (repo / "a.txt").read_text() == f"__main__ {repo} 1 ['a.txt']\n"
+    assert "[a.txt] done: wrote a.txt" in (repo / "logs/stages/a.log").read_text()
+    assert json.loads(dvc(repo, "status", "--json").stdout) == {}
+
+    python_repo(repo, fail=True)  # a SystemExit's code is the stage's exit status
+    with pytest.raises(RuntimeError, match=r"stage\(s\) b failed"):
+        repro(repo, jobs=1, preload=("heavy",))
+    assert set(json.loads(dvc(repo, "status", "--json").stdout)) == {"b"}
+
+
+def test_launch_reports_exit_status_traceback_and_signal_like_a_process(tmp_path):
+    from flows.launch import run_command
+
+    (tmp_path / "boom.py").write_text("import os, sys\nif sys.argv[1] == 'raise': raise ValueError('no such key: x')\n"
+                                      "os.kill(os.getpid(), 9)\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    log = tmp_path / "boom.log"
+    assert run_command("python -m boom raise", tmp_path, env, log, preload=("json",)) == 1
+    assert "ValueError: no such key: x" in log.read_text()
+    assert run_command("python -m boom kill", tmp_path, env, log, preload=("json",)) == 128 + 9
+    assert run_command("sh -c 'echo plain; exit 4'", tmp_path, env, log) == 4  # not `python -m`: a subprocess
+    assert log.read_text() == "plain\n"

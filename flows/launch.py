@@ -34,11 +34,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-# imported once by the fork server: what every stage imports (stages.common pulls in torch, transformers and latlab)
-# and what model-saving stages import lazily (MLflow's SQL store and model flavours)
-PRELOAD = ("torch", "transformers", "mlflow", "mlflow.store.tracking.sqlalchemy_store",
-           "mlflow.store.model_registry.sqlalchemy_store", "mlflow.pytorch", "mlflow.transformers", "matplotlib.pyplot",
-           "stages.common")
+# imported once by the fork server: every stage module (they import torch, transformers, MLflow and latlab) and
+# what stages import inside functions (MLflow's SQL store, scikit-learn probes, Great Expectations, TransformerLens);
+# none of them starts a thread on import (checked: threading.active_count() stays 1)
+PRELOAD = (*(f"stages.{path.stem}" for path in sorted((Path(__file__).resolve().parents[1] / "stages").glob("*.py"))
+             if path.stem != "__init__"),
+           "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store", "mlflow.pytorch",
+           "mlflow.transformers", "sklearn.linear_model", "sklearn.metrics", "sklearn.model_selection",
+           "great_expectations", "transformer_lens.model_bridge.sources")
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 _server_lock = threading.Lock()
 _server_env: dict[str, str] | None = None  # the environment the running fork server was started with

@@ -27,63 +27,64 @@ OUT = PLOTS_DIR / "interpret"
 
 def interpret(params: Params) -> None:
     cfg = params.interpret
-    world = load_world(WORLD_DIR)
-    rates = json.loads((METRICS_DIR / "evaluate.json").read_text())
-    # analyses: the planted circuits, the base model's references, then each model (probes, circuit, steering)
-    progress = tqdm(total=3 + len(params.evaluate.models), desc="[interpret] analyses", dynamic_ncols=True)
-    progress.set_postfix_str("ACDC/EAP on the planted circuit")
-    metrics: dict = {"acdc_planted": validate_on_planted_circuit(cfg.acdc, OUT / "acdc", seed=cfg.seed)}
-    progress.update()
-    # Isolated distractors make the planted circuit separable by construction (AUC 1.0 for any method); the read
-    # distractors are the test that discriminates.
-    progress.set_postfix_str("ACDC/EAP on the planted circuit with read distractors")
-    metrics["acdc_planted_read_distractors"] = validate_on_planted_circuit(cfg.acdc, OUT / "acdc", seed=cfg.seed,
-                                                                           distractors="read")
-    progress.update()
-    progress.set_postfix_str("base model: backdoor reference and circuit")
-    datasets = probe_datasets(world, params.world.backdoor.trigger, max_items=200, seed=cfg.seed)
-
-    # References from the base model, which every other model is fine-tuned from: its backdoor shift and its
-    # harmful-compliance circuit.
-    base = load_saved(MODELS_DIR / "base", params.model.device, params.model.dtype)
-    model, tokenizer = base
-    layers = list(cfg.probes.layers) or list(range(len(decoder_layers(model))))
-    backdoor = fit_backdoor_reference(collect_residuals(model, ChatEncode(tokenizer), datasets["backdoor"][0],
-                                                        layers), cfg.probes.test_fraction, cfg.seed)
-    inputs = None if not cfg.circuit_examples else harmful_compliance_inputs(world, tokenizer, cfg.circuit_examples,
-                                                                             cfg.seed)
-    base_scores = None if inputs is None else edge_attribution(model, inputs).score
-    progress.update()
-
-    signals, circuits = {}, {}
-    for role in params.evaluate.models:
-        progress.set_postfix_str(f"{role}: probes" + (", circuit" if inputs is not None else "")
-                                 + (", steering" if role == "base" else ""))
-        model, tokenizer = base if role == "base" else load_saved(MODELS_DIR / role, params.model.device,
-                                                                   params.model.dtype)
-        signals[role] = latent_signal(model, ChatEncode(tokenizer), datasets, layers, cfg.probes.test_fraction,
-                                      cfg.seed, backdoor)
-        if inputs is not None:
-            scores = base_scores if role == "base" else edge_attribution(model, inputs).score
-            circuits[role] = circuit_persistence(base_scores, scores, cfg.circuit_top_k)
-        if role == "base":
-            steer = cfg.steering
-            result = steering_reliability(model, ChatEncode(tokenizer), from_records(world["concepts"]),
-                                          steer.layer, OUT / "steering", steer.multipliers, steer.position,
-                                          steer.persona_positive, steer.persona_negative, name="base_persona")
-            metrics["steering_base"] = {k: {kk: vv for kk, vv in v.items() if kk != "slopes"}
-                                        if isinstance(v, dict) else v for k, v in result.items()}
-        progress.update()
-    progress.close()
-    rows = persistence_table(rates, signals, circuits)
-    metrics["persistence"] = {f"{r['model']}.{r['behaviour']}": {k: r[k] for k in (
-        "behaviour_rate", "latent_signal", "layer", "circuit_overlap", "circuit_mass") if k in r} for r in rows}
-    metrics["circuit_top_k"] = cfg.circuit_top_k
-    plot_persistence(rows, OUT / "persistence.png")
-    REPORTS_DIR.mkdir(parents=True, exist_ok=True)
-    (REPORTS_DIR / "persistence.md").write_text(persistence_markdown(rows))
-    metrics_path = write_metrics("interpret", metrics)
+    # the MLflow run spans the analyses (it opened at the end before: a ~1-minute stage showed as 0.1 s)
     with stage_run(params.tracking, "interpret", section_dict(params, "interpret")) as run:
+        world = load_world(WORLD_DIR)
+        rates = json.loads((METRICS_DIR / "evaluate.json").read_text())
+        # analyses: the planted circuits, the base model's references, then each model (probes, circuit, steering)
+        progress = tqdm(total=3 + len(params.evaluate.models), desc="[interpret] analyses", dynamic_ncols=True)
+        progress.set_postfix_str("ACDC/EAP on the planted circuit")
+        metrics: dict = {"acdc_planted": validate_on_planted_circuit(cfg.acdc, OUT / "acdc", seed=cfg.seed)}
+        progress.update()
+        # Isolated distractors make the planted circuit separable by construction (AUC 1.0 for any method); the read
+        # distractors are the test that discriminates.
+        progress.set_postfix_str("ACDC/EAP on the planted circuit with read distractors")
+        metrics["acdc_planted_read_distractors"] = validate_on_planted_circuit(cfg.acdc, OUT / "acdc", seed=cfg.seed,
+                                                                               distractors="read")
+        progress.update()
+        progress.set_postfix_str("base model: backdoor reference and circuit")
+        datasets = probe_datasets(world, params.world.backdoor.trigger, max_items=200, seed=cfg.seed)
+
+        # References from the base model, which every other model is fine-tuned from: its backdoor shift and its
+        # harmful-compliance circuit.
+        base = load_saved(MODELS_DIR / "base", params.model.device, params.model.dtype)
+        model, tokenizer = base
+        layers = list(cfg.probes.layers) or list(range(len(decoder_layers(model))))
+        backdoor = fit_backdoor_reference(collect_residuals(model, ChatEncode(tokenizer), datasets["backdoor"][0],
+                                                            layers), cfg.probes.test_fraction, cfg.seed)
+        inputs = None if not cfg.circuit_examples else harmful_compliance_inputs(world, tokenizer, cfg.circuit_examples,
+                                                                                 cfg.seed)
+        base_scores = None if inputs is None else edge_attribution(model, inputs).score
+        progress.update()
+
+        signals, circuits = {}, {}
+        for role in params.evaluate.models:
+            progress.set_postfix_str(f"{role}: probes" + (", circuit" if inputs is not None else "")
+                                     + (", steering" if role == "base" else ""))
+            model, tokenizer = base if role == "base" else load_saved(MODELS_DIR / role, params.model.device,
+                                                                       params.model.dtype)
+            signals[role] = latent_signal(model, ChatEncode(tokenizer), datasets, layers, cfg.probes.test_fraction,
+                                          cfg.seed, backdoor)
+            if inputs is not None:
+                scores = base_scores if role == "base" else edge_attribution(model, inputs).score
+                circuits[role] = circuit_persistence(base_scores, scores, cfg.circuit_top_k)
+            if role == "base":
+                steer = cfg.steering
+                result = steering_reliability(model, ChatEncode(tokenizer), from_records(world["concepts"]),
+                                              steer.layer, OUT / "steering", steer.multipliers, steer.position,
+                                              steer.persona_positive, steer.persona_negative, name="base_persona")
+                metrics["steering_base"] = {k: {kk: vv for kk, vv in v.items() if kk != "slopes"}
+                                            if isinstance(v, dict) else v for k, v in result.items()}
+            progress.update()
+        progress.close()
+        rows = persistence_table(rates, signals, circuits)
+        metrics["persistence"] = {f"{r['model']}.{r['behaviour']}": {k: r[k] for k in (
+            "behaviour_rate", "latent_signal", "layer", "circuit_overlap", "circuit_mass") if k in r} for r in rows}
+        metrics["circuit_top_k"] = cfg.circuit_top_k
+        plot_persistence(rows, OUT / "persistence.png")
+        REPORTS_DIR.mkdir(parents=True, exist_ok=True)
+        (REPORTS_DIR / "persistence.md").write_text(persistence_markdown(rows))
+        metrics_path = write_metrics("interpret", metrics)
         run.log_metrics(metrics)
         run.log_artifact(OUT, "interpret")
         run.log_artifact(REPORTS_DIR / "persistence.md", "interpret")

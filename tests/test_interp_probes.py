@@ -34,3 +34,25 @@ def test_probe_per_layer_on_model_residuals():
     assert min(accs.values()) > 0.95
     shuffled = probe_layers(acts, rng.permutation(labels))
     assert max(shuffled.values()) < 0.8
+
+
+def test_batched_residuals_are_each_text_s_own_at_any_length():
+    """Texts of different lengths in one right-padded batch read the same activations as one at a time."""
+    cfg = LlamaConfig(vocab_size=12, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).eval()
+    rng = np.random.default_rng(2)
+    texts = [" ".join(map(str, rng.integers(3, 12, size=n))) for n in rng.integers(2, 9, 20)]
+    encode = lambda t: [int(w) for w in t.split()]  # noqa: E731
+    for position in (-1, -2, 0, 1):
+        one = collect_residuals(model, encode, texts, [0, 1], position, batch_size=1)
+        batched = collect_residuals(model, encode, texts, [0, 1], position, batch_size=7)
+        for layer in (0, 1):
+            np.testing.assert_allclose(batched[layer], one[layer], atol=1e-5)
+    last = collect_residuals(model, encode, texts[:1], [0], batch_size=1)[0][0]
+    whole = model(torch.tensor([encode(texts[0])]), output_hidden_states=True).hidden_states[1][0, -1]
+    np.testing.assert_allclose(last, whole.detach().numpy(), atol=1e-5)  # block 0's output, last token
+    import pytest
+    with pytest.raises(IndexError, match="position 9"):
+        collect_residuals(model, encode, texts, [0], 9)

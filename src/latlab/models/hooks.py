@@ -106,13 +106,28 @@ def capture_residual(model, names: list[str]) -> Iterator[dict[str, torch.Tensor
 
 @torch.no_grad()
 def collect_residuals(model: torch.nn.Module, encode: Callable[[str], list[int]], texts: Sequence[str],
-                      layers: Sequence[int], position: int = -1) -> dict[int, np.ndarray]:
-    """layer -> [n_texts, d_model] activations at `position` of each text."""
+                      layers: Sequence[int], position: int = -1, batch_size: int = 64) -> dict[int, np.ndarray]:
+    """layer -> [n_texts, d_model] activations at `position` of each text (negative: from its end), read in
+    right-padded batches of `batch_size`: in a causal model a position never attends to the padding after it, so each
+    text's activations are its unbatched ones (up to float summation order). IndexError for a position outside a
+    text."""
     names = {layer: resid_name(layer) for layer in layers}
     acts: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
-    for text in texts:
+    device = model_device(model)
+    for start in range(0, len(texts), batch_size):
+        encoded = [list(encode(text)) for text in texts[start:start + batch_size]]
+        width = max(len(ids) for ids in encoded)
+        ids = torch.zeros(len(encoded), width, dtype=torch.long, device=device)
+        mask = torch.zeros_like(ids)
+        for row, seq in enumerate(encoded):
+            ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long, device=device)
+            mask[row, :len(seq)] = 1
+        at = torch.tensor([position if position >= 0 else len(seq) + position for seq in encoded], device=device)
+        if bool(((at < 0) | (at >= mask.sum(-1))).any()):
+            raise IndexError(f"position {position} is outside a text of {min(map(len, encoded))} tokens")
         with capture_residual(model, list(names.values())) as store:
-            forward_ids(model, encode(text))
+            model(input_ids=ids, attention_mask=mask)
+        rows = torch.arange(len(encoded), device=device)
         for layer, name in names.items():
-            acts[layer].append(store[name][0, position].float().cpu().numpy())
+            acts[layer].extend(store[name][rows, at].float().cpu().numpy())
     return {layer: np.stack(v) for layer, v in acts.items()}

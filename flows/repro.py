@@ -7,9 +7,11 @@ DVC 3 runs the stages of one workspace one after another (`dvc repro` holds the 
 and on 2 cores one small-model stage at 2 torch threads gets little from the second one: two stages at one thread
 each finish in 1.14x the time of one at two (measured here: 37.8 s for two 60-step GA+LAT runs at once vs 33.1 s for
 one), so the DAG's independent branches (oracle beside base, the twelve unlearning entries, Spawrious) are run side by
-side. Each stage's dvc.yaml command runs as DVC would run it: its outputs removed first, in the repository root;
-when it succeeds, `dvc commit --force <stage>` records its dependencies and outputs in dvc.lock and the cache, so a
-crash keeps every stage finished before it, and afterwards `dvc status` is clean and `dvc repro` has nothing to do.
+side. Each stage's dvc.yaml command runs as DVC would run it: its outputs removed first, in the repository root
+(`python -m` commands in a pre-warmed child: flows.launch); when it succeeds, `dvc commit --force` records its
+dependencies and outputs in dvc.lock and the cache (a committer thread, beside the next stages, batching the stages
+finished meanwhile), so a crash keeps every stage committed before it, and afterwards `dvc status` is clean and
+`dvc repro` has nothing to do.
 Out of date = what `dvc status` reports, plus everything downstream of it. The first failure stops new stages
 from starting; running ones finish (and are committed), and the run exits 1 naming the failed stage and its log.
 
@@ -25,7 +27,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -33,7 +34,7 @@ from pathlib import Path
 import yaml
 
 from flows.dag import CHECK_STAGE, clear_stage_checkpoints, stage_commands, stage_env, stage_order, stage_parents
-from flows.launch import PRELOAD, THREAD_VARS, python_module, run_command, start_server
+from flows.launch import PRELOAD, THREAD_VARS, run_command, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 LOG_DIR = Path("logs/stages")  # one log per stage run (gitignored), named by the failure message
@@ -140,11 +141,12 @@ def runner_env(repo: Path, threads: int) -> dict[str, str]:
     return env
 
 
-def commit(stage: str, repo: Path) -> None:
-    done = subprocess.run(["dvc", "commit", "--force", "--quiet", stage], cwd=repo, capture_output=True, text=True,
+def commit(stages: list[str], repo: Path) -> None:
+    """`dvc commit --force` of `stages` in one call (~4 s whatever their number: DVC parses and rewrites dvc.lock)."""
+    done = subprocess.run(["dvc", "commit", "--force", "--quiet", *stages], cwd=repo, capture_output=True, text=True,
                           env=stage_env(str(repo)))
     if done.returncode != 0:
-        raise RuntimeError(f"dvc commit {stage} failed: {done.stderr.strip()[-500:]}")
+        raise RuntimeError(f"dvc commit {' '.join(stages)} failed: {done.stderr.strip()[-500:]}")
 
 
 def summary_line(log: Path) -> str:
@@ -158,9 +160,12 @@ def repro(repo: Path = ROOT, jobs: int = 2, threads: int = 1, stages: list[str] 
           preload: tuple[str, ...] | None = PRELOAD) -> list[str]:
     """Run the out-of-date stages (of `stages`, default all), up to `jobs` at once, each when its parents are done
     (of those ready, the head of the longest remaining chain first: `critical_path`), each with `threads` torch
-    threads, committing each to dvc.lock as it finishes; returns the stages run. RuntimeError on a failure.
+    threads, committing each to dvc.lock after it finishes; returns the stages run. RuntimeError on a failure.
     `preload`: the modules `python -m` stage commands find imported (flows.launch); None runs every command as a
     fresh process."""
+    env = runner_env(repo, threads)
+    if preload is not None:  # first: it imports while DVC reads the DAG and its status (and before any thread starts,
+        start_server(env, preload)  # as it is started with this process's environment)
     parents = stage_parents(repo)
     order = stage_order(repo, stages)
     previous = last_times(repo)
@@ -176,60 +181,72 @@ def repro(repo: Path = ROOT, jobs: int = 2, threads: int = 1, stages: list[str] 
     finished: set[str] = set()
     failed: list[str] = []
     times: dict[str, dict[str, float]] = {}
-    env = runner_env(repo, threads)
-    if preload is not None and any(python_module(commands[s]) for s in todo):
-        start_server(env, preload)  # before the worker threads: it is started with this process's environment
     began = time.perf_counter()
-    lock = threading.Lock()
     print(f"{len(changed & set(todo))} of {len(order)} stages changed, {len(todo)} with what is downstream of them; "
           f"{jobs} at once, {threads} torch thread(s) each", flush=True)
 
     def one(stage: str) -> tuple[int, Path]:
-        with lock:  # removing outputs and committing touch the DVC workspace: one at a time
-            remove(outputs.get(stage, []))
+        remove(outputs.get(stage, []))  # its own outputs: no other stage reads or commits them now
         start = time.perf_counter() - began
         log = stage_log(repo, stage)
         code = run_command(commands[stage], repo, env, log, preload)
         times[stage] = {"start_s": round(start, 1), "end_s": round(time.perf_counter() - began, 1)}
-        if code == 0:
-            with lock:
-                commit(stage, repo)
-                clear_stage_checkpoints(repo, [stage])
-                if locked_outputs(repo).get(stage) != before.get(stage):
-                    rewritten.add(stage)
         return code, log
 
+    def record(batch: list[str]) -> list[str]:
+        commit(batch, repo)
+        clear_stage_checkpoints(repo, batch)
+        locked = locked_outputs(repo)
+        rewritten.update(s for s in batch if locked.get(s) != before.get(s))
+        return batch
+
+    # A stage's slot is free as soon as its process ends; its dvc.lock entry is written by one committer thread, the
+    # stages finished meanwhile in one `dvc commit` (each call parses and rewrites the whole dvc.lock: ~4 s, which
+    # held both slots idle between stages when every stage committed itself). Its children start at once: they read
+    # its outputs from the workspace, not from dvc.lock. Only the up-to-date check waits for the commit (it compares
+    # the new dvc.lock outputs with the old).
     running: dict[Future, str] = {}
+    uncommitted: list[str] = []
+    committing: dict[Future, list[str]] = {}
+    committed: set[str] = set()
     skipped: list[str] = []
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        while (todo and not failed) or running:
-            # downstream of a change but unchanged itself, with every parent that ran here leaving its outputs as
-            # they were (e.g. the params check after an edit of params.yaml): up to date, as `dvc repro` finds it;
-            # repeated, as skipping a stage makes its children ready
-            while up_to_date := [s for s in todo if not waiting[s] - finished and s not in changed
-                                 and not waiting[s] & rewritten]:
+    with ThreadPoolExecutor(max_workers=jobs) as pool, ThreadPoolExecutor(max_workers=1) as committer:
+        while (todo and not failed) or running or uncommitted or committing:
+            # downstream of a change but unchanged itself, with every parent that ran here committed and leaving its
+            # outputs as they were (e.g. the params check after an edit of params.yaml): up to date, as `dvc repro`
+            # finds it; repeated, as skipping a stage makes its children ready
+            while up_to_date := [s for s in todo if s not in changed and not waiting[s] - finished
+                                 and waiting[s] <= committed | set(skipped) and not waiting[s] & rewritten]:
                 for stage in up_to_date:
                     todo.remove(stage)
                     finished.add(stage)
                     skipped.append(stage)
-            ready = [s for s in todo if not waiting[s] - finished]
+            ready = [s for s in todo if not waiting[s] - finished and (s in changed or waiting[s] & rewritten)]
             # the params check runs alone: it must refuse bad params before any stage's outputs are deleted
             if CHECK_STAGE in ready or (running and CHECK_STAGE in running.values()):
                 ready = [CHECK_STAGE] if CHECK_STAGE in ready and not running else []
             for stage in ready[:max(0, jobs - len(running))] if not failed else []:
                 todo.remove(stage)
                 running[pool.submit(one, stage)] = stage
-            if not running:
-                if not todo:  # the rest was up to date
+            if uncommitted and not committing:
+                committing[committer.submit(record, list(uncommitted))] = list(uncommitted)
+                uncommitted.clear()
+            if not running and not committing:
+                if not todo or failed:  # the rest was up to date, or a failure stops the run
                     break
                 raise RuntimeError(f"nothing can start: {todo} wait on each other")
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            done, _ = wait([*running, *committing], return_when=FIRST_COMPLETED)
             for future in done:
+                if future in committing:
+                    committing.pop(future)
+                    committed.update(future.result())  # a failed `dvc commit` raises here
+                    continue
                 stage = running.pop(future)
                 code, log = future.result()
                 seconds = times[stage]["end_s"] - times[stage]["start_s"]
                 if code == 0:
                     finished.add(stage)
+                    uncommitted.append(stage)
                     print(f"{stage}: {seconds:.0f} s  {summary_line(log)}", flush=True)
                 else:
                     failed.append(stage)

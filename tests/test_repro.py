@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,25 @@ def test_launch_reports_exit_status_traceback_and_signal_like_a_process(tmp_path
     assert run_command("python -m boom kill", tmp_path, env, log, preload=("json",)) == 128 + 9
     assert run_command("sh -c 'echo plain; exit 4'", tmp_path, env, log) == 4  # not `python -m`: a subprocess
     assert log.read_text() == "plain\n"
+
+
+def test_a_slow_commit_does_not_hold_the_next_stage_and_commits_are_batched(repo, monkeypatch):
+    """`dvc commit` parses and rewrites the whole dvc.lock (~4 s on the default pipeline): it runs beside the next
+    stages, and the stages that finish meanwhile are committed in one call."""
+    import flows.repro
+
+    calls = []
+    real_commit = flows.repro.commit
+
+    def slow_commit(stages, where):
+        calls.append(list(stages))
+        time.sleep(3)
+        real_commit(stages, where)
+
+    monkeypatch.setattr(flows.repro, "commit", slow_commit)
+    assert repro(repo, jobs=2) == ["check", "a", "b", "c", "d"]
+    times = json.loads((repo / "logs/repro_times.json").read_text())["stages"]
+    assert times["b"]["start_s"] < times["a"]["end_s"] + 2.5  # not after a's 3-s commit
+    assert sorted(s for batch in calls for s in batch) == ["a", "b", "c", "check", "d"]
+    assert len(calls) < 5, calls
+    assert json.loads(dvc(repo, "status", "--json").stdout) == {}

@@ -1,11 +1,19 @@
 """Linear probes find a planted signal and nothing where there is none."""
 
 import numpy as np
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from latlab.interp.probes import probe_accuracy, probe_layers
 from latlab.models.hooks import collect_residuals
+
+
+def tiny_llama() -> LlamaForCausalLM:
+    cfg = LlamaConfig(vocab_size=12, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(cfg).eval()
 
 
 def test_probe_finds_planted_direction_and_not_noise():
@@ -20,10 +28,7 @@ def test_probe_finds_planted_direction_and_not_noise():
 
 def test_probe_per_layer_on_model_residuals():
     """The last token's identity is linearly readable from the residual stream at every layer."""
-    cfg = LlamaConfig(vocab_size=12, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg).eval()
+    model = tiny_llama()
     rng = np.random.default_rng(1)
     seqs = [list(rng.integers(3, 12, size=5)) + [int(label) + 1] for label in rng.integers(0, 2, 120)]
     texts = [" ".join(map(str, s)) for s in seqs]
@@ -38,10 +43,7 @@ def test_probe_per_layer_on_model_residuals():
 
 def test_batched_residuals_are_each_text_s_own_at_any_length():
     """Texts of different lengths in one right-padded batch read the same activations as one at a time."""
-    cfg = LlamaConfig(vocab_size=12, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg).eval()
+    model = tiny_llama()
     rng = np.random.default_rng(2)
     texts = [" ".join(map(str, rng.integers(3, 12, size=n))) for n in rng.integers(2, 9, 20)]
     encode = lambda t: [int(w) for w in t.split()]  # noqa: E731
@@ -53,6 +55,5 @@ def test_batched_residuals_are_each_text_s_own_at_any_length():
     last = collect_residuals(model, encode, texts[:1], [0], batch_size=1)[0][0]
     whole = model(torch.tensor([encode(texts[0])]), output_hidden_states=True).hidden_states[1][0, -1]
     np.testing.assert_allclose(last, whole.detach().numpy(), atol=1e-5)  # block 0's output, last token
-    import pytest
     with pytest.raises(IndexError, match="position 9"):
         collect_residuals(model, encode, texts, [0], 9)

@@ -8,6 +8,7 @@ from latlab.report.scorecard import CLAIMS, build_scorecard, metric, MissingMetr
 from latlab.report.stats import INCONCLUSIVE, REFUTED, SUPPORTED
 
 BOOTSTRAP = {"samples": 2000, "confidence": 0.95, "seed": 0}
+UNLEARNING = ("ga", "graddiff", "npo", "simnpo", "whp", "rmu")  # the methods with a LAT twin
 ANTI_STEERABLE = "Steering vectors are unreliable: some inputs are anti-steerable"
 
 
@@ -20,8 +21,8 @@ def seed_metrics(holds: int, jitter: float) -> dict:
     lat = {"asr.prefill": 0.5 - 0.4 * g + j, "asr.gcg_individual": 0.5 - 0.4 * g + j, "asr.latent": 0.5 - 0.4 * g + j,
            "benign_compliance": 0.9 + 0.1 * g + j}
     unlearned = {m: {"relearn.free_recall": 0.5 + j, "extract.best_of": 0.5 + 0.4 * g + j,
-                     "latent.max_acc": 0.6 + 0.2 * g + j} for m in ("ga", "whp", "rmu")}
-    unlearned |= {f"{m}_lat": {"relearn.free_recall": 0.5 - 0.4 * g + j} for m in ("ga", "whp", "rmu")}
+                     "latent.max_acc": 0.6 + 0.2 * g + j} for m in UNLEARNING}
+    unlearned |= {f"{m}_lat": {"relearn.free_recall": 0.5 - 0.4 * g + j} for m in UNLEARNING}
     unlearned["oracle"] = {"extract.best_of": 0.5, "latent.max_acc": 0.6}
     removal = {f"backdoor_removal/{m}.json": {"after.backdoor_asr": 0.5 + j} for m in ("sft", "dpo")}
     removal |= {f"backdoor_removal/{m}_lat.json": {"after.backdoor_asr": 0.5 - 0.4 * g + j} for m in ("sft", "dpo")}

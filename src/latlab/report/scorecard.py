@@ -109,8 +109,13 @@ def lat_vs_rt(attack: str) -> Claim:
                  difference(evaluated("rt-lat", f"asr.{attack}"), evaluated("rt", f"asr.{attack}")), "less")
 
 
+# the unlearning methods as their papers write them (params' `unlearn` table keys are lower case)
+METHOD_NAMES = {"ga": "GA", "graddiff": "GradDiff", "npo": "NPO", "simnpo": "SimNPO", "rmu": "RMU", "whp": "WHP"}
+
+
 def lat_resists_relearning(method: str) -> Claim:
-    return Claim(f"LAT-augmented {method.upper()} resists relearning better than {method.upper()}",
+    name = METHOD_NAMES.get(method, method.upper())
+    return Claim(f"LAT-augmented {name} resists relearning better than {name}",
                  "Sheshadri et al. 2024", f"relearn.free_recall {method}_lat - {method} (unlearning_eval)",
                  difference(unlearning(f"{method}_lat", "relearn.free_recall"),
                             unlearning(method, "relearn.free_recall")), "less")
@@ -144,9 +149,8 @@ CLAIMS: list[Claim] = [
           EQUAL_MARGIN),
     lat_removes_backdoor("sft"),
     lat_removes_backdoor("dpo"),
-    lat_resists_relearning("ga"),
-    lat_resists_relearning("whp"),
-    lat_resists_relearning("rmu"),
+    # every unlearning method of the default table with a LAT twin
+    *(lat_resists_relearning(method) for method in ("ga", "graddiff", "npo", "simnpo", "whp", "rmu")),
     Claim("WHP-style unlearning leaves extractable knowledge (above the oracle)", "Lynch et al. 2024",
           "extract.best_of whp - oracle (unlearning_eval)",
           difference(unlearning("whp", "extract.best_of"), unlearning("oracle", "extract.best_of")), "greater"),

@@ -10,8 +10,8 @@ one), so the DAG's independent branches (oracle beside base, the twelve unlearni
 side. Each stage's dvc.yaml command runs as DVC would run it: its outputs removed first, in the repository root
 (`python -m` commands in a pre-warmed child: flows.launch); when it succeeds, `dvc commit --force` records its
 dependencies and outputs in dvc.lock and the cache (a committer thread, beside the next stages, batching the stages
-finished within `COMMIT_EVERY_S`), so a crash keeps every stage committed before it (and costs at most that much
-finished work), and afterwards `dvc status` is clean and `dvc repro` has nothing to do.
+finished meanwhile), so a crash keeps every stage committed before it, and afterwards `dvc status` is clean and
+`dvc repro` has nothing to do.
 Out of date = what `dvc status` reports, plus everything downstream of it. The first failure stops new stages
 from starting; running ones finish (and are committed), and the run exits 1 naming the failed stage and its log.
 
@@ -39,9 +39,6 @@ from flows.launch import PRELOAD, THREAD_VARS, run_command, start_server
 ROOT = Path(__file__).resolve().parents[1]
 LOG_DIR = Path("logs/stages")  # one log per stage run (gitignored), named by the failure message
 TIMES = Path("logs/repro_times.json")  # the last run's stage start/end times, every stage's duration (gitignored)
-# the longest a finished stage waits for its dvc.lock entry while other stages run: what a crash can cost (its
-# outputs are on disk but not in dvc.lock, so the next run redoes it), traded for ~4 s of CPU per `dvc commit`
-COMMIT_EVERY_S = 120.0
 DEMO_TIMES = Path("benchmarks/results/demo_time.json")  # committed: a fresh clone's scheduling estimates
 
 
@@ -145,7 +142,7 @@ def runner_env(repo: Path, threads: int) -> dict[str, str]:
 
 
 def commit(stages: list[str], repo: Path) -> None:
-    """`dvc commit --force` of `stages` in one call (~4 s whatever their number: DVC parses and rewrites dvc.lock)."""
+    """`dvc commit --force` of `stages` in one call (~4 s per stage: DVC loads and rewrites dvc.lock for each)."""
     done = subprocess.run(["dvc", "commit", "--force", "--quiet", *stages], cwd=repo, capture_output=True, text=True,
                           env=stage_env(str(repo)))
     if done.returncode != 0:
@@ -203,15 +200,14 @@ def repro(repo: Path = ROOT, jobs: int = 2, threads: int = 1, stages: list[str] 
         rewritten.update(s for s in batch if locked.get(s) != before.get(s))
         return batch
 
-    # A stage's slot is free as soon as its process ends; its dvc.lock entry is written by one committer thread,
-    # batched: each `dvc commit` parses and rewrites the whole dvc.lock (~4 s of CPU, which held both slots idle
-    # between stages when every stage committed itself, and took a core from the stages when each was committed
-    # beside them), so the finished stages are committed together when the oldest has waited COMMIT_EVERY_S, when
-    # no stage runs, or when an up-to-date check needs them (it compares their new dvc.lock outputs with the old).
-    # Children start at once: they read their parents' outputs from the workspace, not from dvc.lock.
+    # A stage's slot is free as soon as its process ends; its dvc.lock entry is written by one committer thread, the
+    # stages finished meanwhile in one `dvc commit`. DVC loads and rewrites the whole dvc.lock for every stage it
+    # commits (~4 s each, in one call or not: 10 stages took 37 s), which held both slots idle between stages when
+    # each stage committed itself; beside the running stages it costs CPU, not idle slots. Children start at once:
+    # they read their parents' outputs from the workspace, not from dvc.lock. Only the up-to-date check waits for the
+    # commit (it compares the new dvc.lock outputs with the old).
     running: dict[Future, str] = {}
     uncommitted: list[str] = []
-    pending_since = 0.0  # when the oldest of `uncommitted` finished
     committing: dict[Future, list[str]] = {}
     committed: set[str] = set()
     skipped: list[str] = []
@@ -233,19 +229,14 @@ def repro(repo: Path = ROOT, jobs: int = 2, threads: int = 1, stages: list[str] 
             for stage in ready[:max(0, jobs - len(running))] if not failed else []:
                 todo.remove(stage)
                 running[pool.submit(one, stage)] = stage
-            if uncommitted and not committing and (
-                    not running  # nothing for it to slow down, or the end of the run
-                    or any(s not in changed and waiting[s] & set(uncommitted) for s in todo)  # an up-to-date check
-                    or time.perf_counter() - pending_since >= COMMIT_EVERY_S):
+            if uncommitted and not committing:
                 committing[committer.submit(record, list(uncommitted))] = list(uncommitted)
                 uncommitted.clear()
             if not running and not committing:
                 if not todo or failed:  # the rest was up to date, or a failure stops the run
                     break
                 raise RuntimeError(f"nothing can start: {todo} wait on each other")
-            due = None if not uncommitted or committing else max(0.0, pending_since + COMMIT_EVERY_S
-                                                                  - time.perf_counter())
-            done, _ = wait([*running, *committing], timeout=due, return_when=FIRST_COMPLETED)
+            done, _ = wait([*running, *committing], return_when=FIRST_COMPLETED)
             for future in done:
                 if future in committing:
                     committing.pop(future)
@@ -256,8 +247,6 @@ def repro(repo: Path = ROOT, jobs: int = 2, threads: int = 1, stages: list[str] 
                 seconds = times[stage]["end_s"] - times[stage]["start_s"]
                 if code == 0:
                     finished.add(stage)
-                    if not uncommitted:
-                        pending_since = time.perf_counter()
                     uncommitted.append(stage)
                     print(f"{stage}: {seconds:.0f} s  {summary_line(log)}", flush=True)
                 else:

@@ -189,22 +189,3 @@ def test_a_slow_commit_does_not_hold_the_next_stage_and_commits_are_batched(repo
     assert sorted(s for batch in calls for s in batch) == ["a", "b", "c", "check", "d"]
     assert len(calls) < 5, calls
     assert json.loads(dvc(repo, "status", "--json").stdout) == {}
-
-
-@pytest.mark.parametrize("every_s, batches", [(1000.0, [["a", "b", "c", "check", "d"]]), (0.5, None)])
-def test_finished_stages_wait_for_one_commit_at_most_commit_every_s(repo, monkeypatch, every_s, batches):
-    """With a long interval the whole run is one `dvc commit` at its end; with a short one the first stages are
-    committed while later ones still run (what a crash keeps)."""
-    import flows.repro
-
-    calls = []
-    real_commit = flows.repro.commit
-    monkeypatch.setattr(flows.repro, "COMMIT_EVERY_S", every_s)
-    monkeypatch.setattr(flows.repro, "commit", lambda stages, where: calls.append(sorted(stages))
-                        or real_commit(stages, where))
-    assert repro(repo, jobs=2) == ["check", "a", "b", "c", "d"]
-    if batches is not None:
-        assert calls == batches
-    else:
-        assert len(calls) >= 2 and "check" in calls[0] and "d" not in calls[0], calls
-    assert json.loads(dvc(repo, "status", "--json").stdout) == {}

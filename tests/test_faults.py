@@ -357,7 +357,7 @@ def test_outputs_current_after_dvc_repro_clear_the_stage_s_checkpoint(tmp_path):
     assert left == ["lat_untargeted/state.json", "unlearn/ga_lat/state.json"]
     for flow, call in (("pipeline.py", "clear_stage_checkpoints(Path(repo), [stage])"),
                        ("cluster.py", "clear_stage_checkpoints(cwd, [stage])"),
-                       ("repro.py", "clear_stage_checkpoints(repo, [stage])")):
+                       ("repro.py", "clear_stage_checkpoints(repo, batch)")):
         assert call in (REPO / "flows" / flow).read_text(), flow
     assert "-m flows.repro --jobs 2 && rm -rf checkpoints" in (REPO / "Makefile").read_text()
 

@@ -203,7 +203,8 @@ def study(raw: dict[str, Any], seeds: list[int], repo: str = str(ROOT), stages: 
         with resolved_with(params, Path(repo)) as dag:
             order, commands = stage_order(dag, stages), stage_commands(dag)
     # the seeds' stages start in children of one fork server (flows.launch), started here, before the seeds' threads
-    start_server(seed_env(repo, cfg, seeds[0]), PRELOAD)
+    if seeds:
+        start_server(seed_env(repo, cfg, seeds[0]), PRELOAD)
     futures = {s: run_seed.submit(s, raw, cfg, repo, order, commands) for s in seeds}
     for study_seed, future in futures.items():
         try:

@@ -208,7 +208,7 @@ def repro(repo: Path = ROOT, jobs: int = 2, threads: int = 1, stages: list[str] 
     # commit (it compares the new dvc.lock outputs with the old).
     running: dict[Future, str] = {}
     uncommitted: list[str] = []
-    committing: dict[Future, list[str]] = {}
+    committing: set[Future] = set()  # at most one: the committer's current `dvc commit` (it returns its batch)
     committed: set[str] = set()
     skipped: list[str] = []
     with ThreadPoolExecutor(max_workers=jobs) as pool, ThreadPoolExecutor(max_workers=1) as committer:
@@ -230,7 +230,7 @@ def repro(repo: Path = ROOT, jobs: int = 2, threads: int = 1, stages: list[str] 
                 todo.remove(stage)
                 running[pool.submit(one, stage)] = stage
             if uncommitted and not committing:
-                committing[committer.submit(record, list(uncommitted))] = list(uncommitted)
+                committing.add(committer.submit(record, list(uncommitted)))
                 uncommitted.clear()
             if not running and not committing:
                 if not todo or failed:  # the rest was up to date, or a failure stops the run
@@ -239,7 +239,7 @@ def repro(repo: Path = ROOT, jobs: int = 2, threads: int = 1, stages: list[str] 
             done, _ = wait([*running, *committing], return_when=FIRST_COMPLETED)
             for future in done:
                 if future in committing:
-                    committing.pop(future)
+                    committing.discard(future)
                     committed.update(future.result())  # a failed `dvc commit` raises here
                     continue
                 stage = running.pop(future)

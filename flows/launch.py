@@ -6,7 +6,7 @@ A stage process spends ~5-7 s importing torch, transformers, MLflow and latlab b
 child of a fork server that imported those modules once (the standard library's multiprocessing "forkserver" with
 `set_forkserver_preload`): the child starts with them loaded, then does what `python -m` does (runpy, `__name__ ==
 "__main__"`, sys.argv) in the stage's working directory and environment, its stdout and stderr in the log. Any
-other command (a shell line, another interpreter) runs as a subprocess, as DVC would run it.
+other command (a shell line, another interpreter) runs in a shell, as DVC would run it.
 
 Same semantics as a fresh process for the stage: its own pid, working directory, environment, exit code (a
 SystemExit's code; 1 and a traceback for an uncaught exception; 128 + N when killed by signal N), atexit handlers
@@ -48,8 +48,13 @@ _server_env: dict[str, str] | None = None  # the environment the running fork se
 
 
 def python_module(cmd: str) -> tuple[str, list[str]] | None:
-    """`python -m <module> [args]` (or python3) -> (module, args); None for any other command."""
-    argv = shlex.split(cmd)
+    """`python -m <module> [args]` (or python3) -> (module, args); None for any other command, and for a shell line
+    (`python -m a && b`, `python -m a > f`: the shell runs it)."""
+    lexer = shlex.shlex(cmd, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    argv = list(lexer)
+    if any(token and set(token) <= set("();<>|&") for token in argv):
+        return None
     if len(argv) >= 3 and argv[0] in ("python", "python3") and argv[1] == "-m":
         return argv[2], argv[3:]
     return None
@@ -160,7 +165,8 @@ def run_command(cmd: str, cwd: Path | str, env: dict[str, str], log: Path, prelo
     target = python_module(cmd)
     if target is None or preload is None:
         with log.open("ab") as sink:
-            proc = subprocess.Popen(shlex.split(cmd), cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT)
+            # in a shell, as DVC runs a command: `a && b > f` is a shell line, not argv
+            proc = subprocess.Popen(cmd, shell=True, cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT)
         if emit is not None:
             follow(log, lambda: proc.poll() is None, emit)
         return proc.wait()

@@ -30,6 +30,7 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
@@ -157,12 +158,12 @@ def summary_line(log: Path) -> str:
 
 
 def repro(repo: Path = ROOT, jobs: int = 2, threads: int = 1, stages: list[str] | None = None,
-          preload: tuple[str, ...] | None = PRELOAD) -> list[str]:
+          preload: tuple[str, ...] | None = PRELOAD, emit: Callable[[str], None] | None = None) -> list[str]:
     """Run the out-of-date stages (of `stages`, default all), up to `jobs` at once, each when its parents are done
     (of those ready, the head of the longest remaining chain first: `critical_path`), each with `threads` torch
     threads, committing each to dvc.lock after it finishes; returns the stages run. RuntimeError on a failure.
     `preload`: the modules `python -m` stage commands find imported (flows.launch); None runs every command as a
-    fresh process."""
+    fresh process. `emit`: called with each line of the stages' output as it comes (e.g. a Prefect logger)."""
     env = runner_env(repo, threads)
     if preload is not None:  # first: it imports while DVC reads the DAG and its status (and before any thread starts,
         start_server(env, preload)  # as it is started with this process's environment)
@@ -189,7 +190,7 @@ def repro(repo: Path = ROOT, jobs: int = 2, threads: int = 1, stages: list[str] 
         remove(outputs.get(stage, []))  # its own outputs: no other stage reads or commits them now
         start = time.perf_counter() - began
         log = stage_log(repo, stage)
-        code = run_command(commands[stage], repo, env, log, preload)
+        code = run_command(commands[stage], repo, env, log, preload, emit)
         times[stage] = {"start_s": round(start, 1), "end_s": round(time.perf_counter() - began, 1)}
         return code, log
 

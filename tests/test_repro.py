@@ -156,7 +156,7 @@ def test_python_stages_run_in_children_of_a_fork_server_that_imported_their_modu
 
 
 def test_launch_reports_exit_status_traceback_and_signal_like_a_process(tmp_path):
-    from flows.launch import run_command
+    from flows.launch import python_module, run_command
 
     (tmp_path / "boom.py").write_text("import os, sys\nif sys.argv[1] == 'raise': raise ValueError('no such key: x')\n"
                                       "os.kill(os.getpid(), 9)\n")
@@ -167,6 +167,11 @@ def test_launch_reports_exit_status_traceback_and_signal_like_a_process(tmp_path
     assert run_command("python -m boom kill", tmp_path, env, log, preload=("json",)) == 128 + 9
     assert run_command("sh -c 'echo plain; exit 4'", tmp_path, env, log) == 4  # not `python -m`: a subprocess
     assert log.read_text() == "plain\n"
+    # a shell line, as DVC runs it (the toy pipeline of tests/test_flow.py made a folder named `&&` before)
+    assert run_command("python -m boom raise || echo rescued > out.txt && echo done", tmp_path, env, log) == 0
+    assert (tmp_path / "out.txt").read_text() == "rescued\n" and log.read_text().strip().endswith("done")
+    assert python_module("python -m stages.lat --method ga") == ("stages.lat", ["--method", "ga"])
+    assert python_module("python -m stages.lat > out.txt") is None and python_module("OMP=1 python -m x") is None
 
 
 def test_a_slow_commit_does_not_hold_the_next_stage_and_commits_are_batched(repo, monkeypatch):

@@ -1,64 +1,83 @@
 """The pipeline as a Prefect flow: one task per DVC stage, run in dependency order, with retries.
 
-Each task runs its stage as `dvc repro --single-item <stage>` would, through `flows.repro` (the runner of `make
-demo`): `dvc status` decides whether it is out of date, its command runs (a `python -m` stage in a child of a fork
-server that imported torch, transformers, MLflow and the stage modules once: flows.launch) and `dvc commit` records
-it in dvc.lock. A `dvc repro --single-item` per stage paid Python's and DVC's start-up (~12 s) in each of the 39
-stages. Unlike DVC, it does not restore a stage's outputs from DVC's run cache. Stages run one at a time, with every
-core's torch threads (`make demo` runs two at once). Prefect adds retries, logs, schedules and (see
+The stages are scheduled by `flows.repro` (the runner of `make demo`): one `dvc status` decides what is out of date,
+independent stages run two at a time (each `python -m` stage in a child of a fork server that imported torch,
+transformers, MLflow and the stage modules once: flows.launch) and each finished stage is recorded in dvc.lock by
+`dvc commit`, as `dvc repro` would. Every stage that runs is a Prefect task named after it, with its output in the
+task's log line by line and one retry. A `dvc repro --single-item` per task (this flow before) paid Python's and
+DVC's start-up and a whole-DAG status check in each of the 39 stages (~18 s each, 713 s for the smoke pipeline);
+unlike `dvc repro`, stages are not restored from DVC's run cache. Prefect adds retries, logs, schedules and (see
 flows/cluster.py) Kubernetes pods. Runs offline on Prefect's ephemeral local API: `python -m flows.pipeline
-[--stages a b ...]`. The params check (`python -m latlab.check`) and the stage names are checked first, before
-Prefect starts: a problem is one line each, exit status 2.
+[--stages a b ...] [--jobs 2]`. The params check (`python -m latlab.check`) and the stage names are checked first,
+before Prefect starts: a problem is one line each, exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextvars
 import os
 import sys
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
-from flows.dag import clear_stage_checkpoints, preflight, stage_order, stage_parents
-from flows.repro import out_of_date, repro
-
-
-def _threads() -> int:
-    """Torch threads of a stage run alone: the cores this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+from flows.dag import clear_stage_checkpoints, preflight, stage_order
+from flows.repro import StageRun, repro
 
 
-@task(name="dvc-stage", retries=1, retry_delay_seconds=5, task_run_name="{stage}")
-def dvc_stage(stage: str, repo: str = ".", stale: bool = True) -> str:
-    """Run one DVC stage if it is out of date (`stale`: it or a stage upstream of it changed when the flow started;
-    `dvc status` then decides); the stage's output goes to the flow log line by line, its log to logs/stages/."""
-    logger = get_run_logger()
-    if stale:
-        ran = repro(Path(repo).resolve(), jobs=1, threads=_threads(), stages=[stage], emit=logger.info)
-        if stage not in ran:
-            logger.info("%s: up to date (its dependencies did not change)", stage)
-    else:
-        logger.info("%s: up to date", stage)
-    for path in clear_stage_checkpoints(Path(repo), [stage]):  # e.g. left by a killed run, outputs since restored
-        logger.info("removed the stale checkpoint %s", path)
-    return stage
+class StageFailed(RuntimeError):
+    def __init__(self, stage: str, code: int, log: Path):
+        super().__init__(f"stage {stage} failed with exit code {code}; log: {log}")
+        self.code, self.log = code, log
+
+
+@task(name="dvc-stage", retries=1, retry_delay_seconds=5, task_run_name="{stage}", cache_policy=NO_CACHE)
+def dvc_stage(stage: str, run: StageRun) -> tuple[int, Path]:
+    """Run one out-of-date DVC stage's command (`run`, from flows.repro: its outputs removed first, its output lines
+    to this task's log); StageFailed on a non-zero exit, which Prefect retries once."""
+    code, log = run()
+    if code != 0:
+        raise StageFailed(stage, code, log)
+    return code, log
+
+
+def _log_line(line: str) -> None:
+    get_run_logger().info(line)  # the logger of the task run current in this thread
+
+
+def _run_as_tasks(repo: str, stages: list[str] | None, jobs: int) -> list[str]:
+    """flows.repro with each stage in a `dvc_stage` task of the calling flow run (its context copied into the
+    runner's threads); returns the stages run."""
+    flow_context = contextvars.copy_context()
+
+    def wrap(stage: str, run: StageRun) -> tuple[int, Path]:
+        try:
+            return flow_context.copy().run(dvc_stage, stage, run)
+        except StageFailed as failed:  # after its retry: flows.repro stops the run and names it
+            return failed.code, failed.log
+
+    ran = repro(Path(repo).resolve(), jobs=jobs, threads=max(1, (os.cpu_count() or 1) // jobs), stages=stages, emit=_log_line,
+                wrap=wrap)
+    # up to date without running (or restored by an earlier run): a checkpoint a killed run left is stale
+    for path in clear_stage_checkpoints(Path(repo), stage_order(Path(repo), stages)):
+        get_run_logger().info("removed the stale checkpoint %s", path)
+    return ran
 
 
 @flow(name="latlab-pipeline", log_prints=True)
-def latlab_pipeline(stages: list[str] | None = None, params_file: str = "params.yaml", repo: str = ".") -> list[str]:
-    """Run the DVC stages (all, or the given ones) in DAG order; returns the stages run."""
+def latlab_pipeline(stages: list[str] | None = None, params_file: str = "params.yaml", repo: str = ".",
+                    jobs: int = 2) -> list[str]:
+    """Run the DVC stages (all, or the given ones) in DAG order, `jobs` at once; returns the stages (selected)."""
     if Path(params_file).name != "params.yaml":
         raise ValueError("params_file: the stages read params.yaml; apply a profile first "
                          "(python -m latlab.profiles apply profiles/<name>.yaml)")
     problems = preflight(Path(repo), stages)
     if problems:
         raise ValueError("\n".join(problems))
-    order = stage_order(Path(repo), stages)
-    _, stale = out_of_date(Path(repo), stage_parents(Path(repo)))  # one `dvc status` for the stages up to date
-    for stage in order:
-        dvc_stage(stage, repo, stage in stale)
-    return order
+    _run_as_tasks(repo, stages, jobs)
+    return stage_order(Path(repo), stages)
 
 
 @flow(name="latlab-stage", log_prints=True)
@@ -67,19 +86,23 @@ def run_stage(stage: str, repo: str = ".") -> str:
     problems = preflight(Path(repo), [stage])
     if problems:
         raise ValueError("\n".join(problems))
-    return dvc_stage(stage, repo)
+    _run_as_tasks(repo, [stage], 1)
+    return stage
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("--stages", nargs="*", default=None, help="run only these stages (DAG order kept)")
+    parser.add_argument("--jobs", type=int, default=2, help="stages at once (default 2: the machine's cores)")
     args = parser.parse_args(argv)
     problems = preflight(Path("."), args.stages)  # before Prefect starts its API server
+    if args.jobs < 1:
+        problems.append(f"--jobs {args.jobs}: must be >= 1")
     for line in problems:
         print(f"error: {line}", file=sys.stderr)
     if problems:
         raise SystemExit(2)
-    latlab_pipeline(stages=args.stages)
+    latlab_pipeline(stages=args.stages, jobs=args.jobs)
 
 
 if __name__ == "__main__":

@@ -157,13 +157,19 @@ def summary_line(log: Path) -> str:
     return (done or lines or [""])[-1].strip()[-300:]
 
 
+StageRun = Callable[[], tuple[int, Path]]  # runs one stage's command: (exit status, its log)
+
+
 def repro(repo: Path = ROOT, jobs: int = 2, threads: int = 1, stages: list[str] | None = None,
-          preload: tuple[str, ...] | None = PRELOAD, emit: Callable[[str], None] | None = None) -> list[str]:
+          preload: tuple[str, ...] | None = PRELOAD, emit: Callable[[str], None] | None = None,
+          wrap: Callable[[str, StageRun], tuple[int, Path]] | None = None) -> list[str]:
     """Run the out-of-date stages (of `stages`, default all), up to `jobs` at once, each when its parents are done
     (of those ready, the head of the longest remaining chain first: `critical_path`), each with `threads` torch
     threads, committing each to dvc.lock after it finishes; returns the stages run. RuntimeError on a failure.
     `preload`: the modules `python -m` stage commands find imported (flows.launch); None runs every command as a
-    fresh process. `emit`: called with each line of the stages' output as it comes (e.g. a Prefect logger)."""
+    fresh process. `emit`: called with each line of the stages' output as it comes (e.g. a Prefect logger).
+    `wrap(stage, run)`: calls `run` and returns its result, e.g. inside a Prefect task of the stage's name
+    (flows.pipeline); it is called in a worker thread."""
     env = runner_env(repo, threads)
     if preload is not None:  # first: it imports while DVC reads the DAG and its status (and before any thread starts,
         start_server(env, preload)  # as it is started with this process's environment)
@@ -185,6 +191,8 @@ def repro(repo: Path = ROOT, jobs: int = 2, threads: int = 1, stages: list[str] 
     began = time.perf_counter()
     print(f"{len(changed & set(todo))} of {len(order)} stages changed, {len(todo)} with what is downstream of them; "
           f"{jobs} at once, {threads} torch thread(s) each", flush=True)
+    if current := [s for s in order if s not in todo]:
+        print(f"up to date: {', '.join(current)}", flush=True)
 
     def one(stage: str) -> tuple[int, Path]:
         remove(outputs.get(stage, []))  # its own outputs: no other stage reads or commits them now
@@ -193,6 +201,9 @@ def repro(repo: Path = ROOT, jobs: int = 2, threads: int = 1, stages: list[str] 
         code = run_command(commands[stage], repo, env, log, preload, emit)
         times[stage] = {"start_s": round(start, 1), "end_s": round(time.perf_counter() - began, 1)}
         return code, log
+
+    def launch(stage: str) -> tuple[int, Path]:
+        return one(stage) if wrap is None else wrap(stage, lambda: one(stage))
 
     def record(batch: list[str]) -> list[str]:
         commit(batch, repo)
@@ -229,7 +240,7 @@ def repro(repo: Path = ROOT, jobs: int = 2, threads: int = 1, stages: list[str] 
                 ready = [CHECK_STAGE] if CHECK_STAGE in ready and not running else []
             for stage in ready[:max(0, jobs - len(running))] if not failed else []:
                 todo.remove(stage)
-                running[pool.submit(one, stage)] = stage
+                running[pool.submit(launch, stage)] = stage
             if uncommitted and not committing:
                 committing.add(committer.submit(record, list(uncommitted)))
                 uncommitted.clear()

@@ -65,8 +65,30 @@ def test_flow_runs_stages_in_dag_order(tmp_path, monkeypatch):
         assert latlab_pipeline(repo=str(tmp_path)) == ["a", "b", "c"]
         assert (tmp_path / "order.log").read_text().split() == ["a", "b", "c"]
         assert latlab_pipeline(stages=["c"], repo=str(tmp_path)) == ["c"]  # up to date: DVC skips it
-    assert (tmp_path / "order.log").read_text().split() == ["a", "b", "c"]
+        # each stage that ran was a task of its name, Completed; the second run started none
+        assert sorted(_task_runs().items()) == [("a", "Completed"), ("b", "Completed"), ("c", "Completed")]
+        # a failing stage: its task fails after one retry, the flow fails naming it, nothing after it runs
+        stages = yaml.safe_load((tmp_path / "dvc.yaml").read_text())
+        stages["stages"]["b"]["cmd"] = "echo b-tried >> order.log && exit 3"
+        (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(stages))
+        with pytest.raises(RuntimeError, match="stage.* b failed"):
+            latlab_pipeline(repo=str(tmp_path))
+        assert _task_runs()["b"] == "Failed"
+    assert (tmp_path / "order.log").read_text().split() == ["a", "b", "c", "b-tried", "b-tried"]
     assert (tmp_path / "dvc.lock").exists()
+
+
+def _task_runs() -> dict[str, str]:
+    """Task run name -> state of the latest run of that name, from the Prefect API of the test harness."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(sort=TaskRunSort.EXPECTED_START_TIME_DESC)
+    latest: dict[str, str] = {}
+    for run in runs:
+        latest.setdefault(run.name, run.state.name)
+    return latest
 
 
 def test_stage_items_follow_the_params_of_the_run_not_the_repo(tmp_path):

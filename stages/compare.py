@@ -5,15 +5,22 @@ The set is declared, not discovered: every role of params `evaluate.models`, the
 model was registered; its folder is a dvc.yaml dep of this stage) names the registered version, whose tags (made_by,
 eval.* metrics) MLflow supplies. Versions registered by anything else (sweeps, reruns, other work directories) are
 never listed, so the table is the same whenever the stage runs.
+
+Outside DVC, the versions an alias names (latlab.tracking.version_aliases: `<study>-seed<s>` in a seed study,
+`dvc-exp-<name>` in a DVC experiment) side by side, e.g. two seeds of a study in a shared MLflow server:
+
+    python -m stages.compare --alias seeds-seed0 seeds-seed1 [--out reports/compare_seeds.md]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+from pathlib import Path
 
 from latlab.config import Params
 from latlab.report.compare import comparison_markdown, comparison_rows
-from latlab.tracking import MODEL_CARD, model_versions, stage_run
+from latlab.tracking import MODEL_CARD, cards_by_alias, model_versions, stage_run
 from stages.common import MODELS_DIR, REPORTS_DIR, run_stage, stage_done
 
 
@@ -47,8 +54,28 @@ def compare(params: Params) -> None:
     stage_done("compare", [REPORTS_DIR / "compare.md", REPORTS_DIR / "compare.json"], {"models": len(rows)})
 
 
-def main() -> None:
-    run_stage("compare", compare)
+def compare_aliases(params: Params, aliases: list[str], out: Path | None = None) -> str:
+    """The markdown table of every `latlab-*` version holding one of `aliases`, grouped by alias (printed, and
+    written to `out`); ConfigError naming an alias no model holds."""
+    cards = [card for alias in aliases for card in cards_by_alias(params.tracking, alias)]
+    table = comparison_markdown(comparison_rows(model_versions(params.tracking, cards)))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(table)
+    print(table, end="")
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m stages.compare", description=__doc__.splitlines()[0])
+    parser.add_argument("--alias", nargs="+", metavar="ALIAS",
+                        help="compare the registered versions holding these aliases, not this pipeline's models")
+    parser.add_argument("--out", type=Path, help="with --alias: also write the table here")
+    args = parser.parse_args(argv)
+    if args.alias:
+        run_stage("compare", lambda params: compare_aliases(params, args.alias, args.out))
+    else:
+        run_stage("compare", compare)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+
+import pytest
 
 from mlflow.tracking import MlflowClient
 
@@ -127,3 +130,49 @@ def test_stages_starting_at_once_on_a_fresh_workspace_share_one_new_store(workdi
     (experiment,) = [e for e in client.search_experiments() if e.name == "fresh"]
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(r.info.run_name for r in runs) == [f"stage{i}" for i in range(4)]
+
+
+def test_version_aliases_name_the_study_seed_and_the_dvc_experiment():
+    from latlab.tracking import version_aliases
+
+    assert version_aliases({}) == []
+    assert version_aliases({"LATLAB_STUDY": "seeds", "LATLAB_STUDY_SEED": "2"}) == ["seeds-seed2"]
+    assert version_aliases({"DVC_EXP_NAME": "exp-1a2b3", "LATLAB_STUDY": "my study", "LATLAB_STUDY_SEED": "0"}) == [
+        "my_study-seed0", "dvc-exp-exp-1a2b3"]  # a space is not an alias character
+
+
+def test_compare_by_alias_selects_the_aliased_versions_not_the_latest(workdir, monkeypatch, capsys):
+    """Two seeds of a study register into one registry, then an unrelated rerun registers a newer version: `compare
+    --alias` lists exactly the versions each seed produced."""
+    import torch
+
+    from latlab.config import ConfigError, load_params
+    from latlab.tracking import stage_run
+    from stages.compare import compare_aliases
+
+    cfg = TrackingConfig(uri=f"sqlite:///{workdir / 'mlflow.db'}", artifact_location=str(workdir / "mlartifacts"),
+                         experiment="aliases", log_models=True)
+    model, example = torch.nn.Linear(2, 1), torch.zeros(1, 2).numpy()
+    registered = {}
+    for seed in ("0", "1", None):
+        if seed is None:
+            monkeypatch.delenv("LATLAB_STUDY")
+            monkeypatch.delenv("LATLAB_STUDY_SEED")
+        else:
+            monkeypatch.setenv("LATLAB_STUDY", "seeds")
+            monkeypatch.setenv("LATLAB_STUDY_SEED", seed)
+        for name in ("latlab-rt", "latlab-rt-lat"):
+            with stage_run(cfg, "lat") as run:
+                run.log_metrics({"seed_metric": float(seed or 9)})
+                registered[(name, seed)] = run.register_torch_model(model, name, example, {"made_by": f"s{seed}"})
+    client = MlflowClient(tracking_uri=cfg.uri)
+    assert client.get_registered_model("latlab-rt").aliases == {"seeds-seed0": 1, "seeds-seed1": 2}
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml").model_copy(update={"tracking": cfg})
+    out = workdir / "reports/compare_seeds.md"
+    table = compare_aliases(params, ["seeds-seed0", "seeds-seed1"], out)
+    header = table.splitlines()[0]
+    assert header == ("| metric | latlab-rt v1 @seeds-seed0 | latlab-rt-lat v1 @seeds-seed0 | latlab-rt v2 @seeds-seed1 "
+                      "| latlab-rt-lat v2 @seeds-seed1 |")
+    assert "v3" not in table and out.read_text() == table and capsys.readouterr().out == table
+    with pytest.raises(ConfigError, match="--alias seeds-seed7: no registered model"):
+        compare_aliases(params, ["seeds-seed7"])

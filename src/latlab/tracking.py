@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from latlab.config import TrackingConfig
+from latlab.config import ConfigError, TrackingConfig
 
 MODEL_CARD = "latlab_model.json"  # written beside saved weights: which registered version they are
 WORKSPACE_TAG = "latlab.workspace"  # host:work dir of the run (stale RUNNING runs are closed per workspace)
@@ -31,6 +31,7 @@ DVC_EXPERIMENT_TAG = "dvc_experiment"
 # Set by the seed study (flows/study.py) for every stage it runs; each becomes a tag of the stage's MLflow run
 # (latlab.study, latlab.seed), so the runs of one study, and of one seed in it, are found by a tag search.
 STUDY_ENV = {"LATLAB_STUDY": "latlab.study", "LATLAB_STUDY_SEED": "latlab.seed"}
+_ALIAS_CHARS = re.compile(r"[^A-Za-z0-9_-]")  # what MLflow accepts in a registered-model alias
 # Held while a process creates the tracking store or the experiment (open_experiment); gitignored
 STORE_LOCK = Path(".mlflow_store.lock")
 _METRIC_NAME = re.compile(r"[^\w.\- :/]")  # characters MLflow refuses in metric names
@@ -111,6 +112,27 @@ def run_tags(stage: str) -> dict[str, str]:
     if os.environ.get(DVC_EXPERIMENT_ENV):
         tags[DVC_EXPERIMENT_TAG] = os.environ[DVC_EXPERIMENT_ENV]
     return tags
+
+
+def version_aliases(environ: dict[str, str] | None = None) -> list[str]:
+    """The registry aliases of a version registered now: `<study>-seed<s>` inside a seed study (flows/study.py sets
+    `STUDY_ENV`) and `dvc-exp-<name>` inside `dvc exp run`; [] for a plain run, whose versions the model cards name.
+    An alias names one version per registered model, so `compare_by_alias` finds what one study seed or one DVC
+    experiment produced in a registry shared by many (an MLflow server), whatever was registered after it."""
+    environ = os.environ if environ is None else environ
+    aliases = []
+    if environ.get("LATLAB_STUDY") and environ.get("LATLAB_STUDY_SEED"):
+        aliases.append(f"{environ['LATLAB_STUDY']}-seed{environ['LATLAB_STUDY_SEED']}")
+    if environ.get(DVC_EXPERIMENT_ENV):
+        aliases.append(f"dvc-exp-{environ[DVC_EXPERIMENT_ENV]}")
+    return [_ALIAS_CHARS.sub("_", alias) for alias in aliases]
+
+
+def _set_aliases(client, name: str, version: str) -> list[str]:
+    aliases = version_aliases()
+    for alias in aliases:
+        client.set_registered_model_alias(name, alias, version)  # moves the alias if an earlier version held it
+    return aliases
 
 
 def _model_requirements() -> list[str]:
@@ -205,6 +227,7 @@ class StageRun:
             if description:
                 client.update_model_version(name, version, description=description)
             card["version"], card["model_id"] = version, info.model_id
+            card["aliases"] = _set_aliases(client, name, version)
         (out_dir / MODEL_CARD).write_text(json.dumps(card, indent=2))
         return card
 
@@ -222,6 +245,7 @@ class StageRun:
         client = self.mlflow.MlflowClient()
         for key, value in {**(tags or {}), "stage": self.stage}.items():
             client.set_model_version_tag(name, version_id, key, str(value))
+        _set_aliases(client, name, version_id)
         return version_id
 
 
@@ -378,5 +402,26 @@ def model_versions(cfg: TrackingConfig, cards: list[dict[str, Any]]) -> list[dic
                       if card.get("model_id") else {})
         rows.append({"name": name, "version": str(version) if version is not None else "-",
                      "run_id": card.get("run_id"), "tags": tags, "run_metrics": dict(run_metrics),
-                     "eval_metrics": evaluation})
+                     "eval_metrics": evaluation, **({"alias": card["alias"]} if card.get("alias") else {})})
     return rows
+
+
+def cards_by_alias(cfg: TrackingConfig, alias: str, prefix: str = "latlab-") -> list[dict[str, Any]]:
+    """Model cards (as `model_versions` reads them) of the version holding `alias` in each registered model named
+    `prefix*`, by name; models without that alias are left out. ConfigError when no model has it."""
+    from mlflow.exceptions import MlflowException
+
+    client = _mlflow(cfg).MlflowClient()
+    cards = []
+    for model in sorted(client.search_registered_models(f"name LIKE '{prefix}%'"), key=lambda m: m.name):
+        if alias not in (model.aliases or {}):
+            continue
+        try:
+            version = client.get_model_version_by_alias(model.name, alias)
+        except MlflowException:  # the alias was deleted meanwhile
+            continue
+        cards.append({"registered_name": model.name, "version": version.version, "run_id": version.run_id,
+                      "model_id": getattr(version, "model_id", None), "alias": alias})
+    if not cards:
+        raise ConfigError(f"--alias {alias}: no registered model {prefix}* has it in {tracking_uri(cfg)}")
+    return cards

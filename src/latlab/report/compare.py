@@ -9,7 +9,8 @@ def comparison_rows(registered: list[dict]) -> list[dict]:
     for model in registered:
         tags = model["tags"]
         rows.append({"model": model["name"], "version": model["version"], "made_by": tags.get("made_by", ""),
-                     "metrics": dict(model.get("eval_metrics", {}))})
+                     "metrics": dict(model.get("eval_metrics", {})),
+                     **({"alias": model["alias"]} if model.get("alias") else {})})
     return rows
 
 
@@ -17,13 +18,16 @@ def comparison_markdown(rows: list[dict]) -> str:
     if not rows:
         return "_No registered models found._\n"
     metrics = sorted({m for row in rows for m in row["metrics"]})
-    header = "| metric | " + " | ".join(f"{r['model']} v{r['version']}" for r in rows) + " |"
+    def column(row: dict) -> str:
+        return f"{row['model']} v{row['version']}" + (f" @{row['alias']}" if row.get("alias") else "")
+
+    header = "| metric | " + " | ".join(column(r) for r in rows) + " |"
     lines = [header, "|" + " --- |" * (len(rows) + 1)]
     for metric in metrics:
         cells = [f"{r['metrics'][metric]:.3f}" if metric in r["metrics"] else "–" for r in rows]
         lines.append(f"| {metric} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines += [f"- **{r['model']}** v{r['version']}: {r['made_by']}" for r in rows]
+    lines += [f"- **{column(r)}**: {r['made_by']}" for r in rows]
     return "\n".join(lines) + "\n"
 
 

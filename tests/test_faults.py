@@ -343,9 +343,10 @@ def test_checkpoint_of_other_inputs_starts_fresh_and_a_resume_counts_the_whole_r
 
 
 def test_outputs_current_after_dvc_repro_clear_the_stage_s_checkpoint(tmp_path):
-    """The flows run `dvc repro --single-item <stage>`; when it succeeds (the stage ran, or DVC restored its outputs
-    from the run cache) a checkpoint of that stage left by a killed run is removed; so does flows.repro (`make demo`)
-    for each stage it commits, and `make demo` removes all after a complete run."""
+    """The cluster flow runs `dvc repro --single-item <stage>`; when it succeeds (the stage ran, or DVC restored its
+    outputs from the run cache) a checkpoint of that stage left by a killed run is removed; so does flows.repro
+    (`make demo`, the local Prefect flow) for each stage it commits, the local flow for every stage up to date after
+    its run, and `make demo` removes all after a complete run."""
     from flows.dag import clear_stage_checkpoints
 
     for name in ("base/state.json", "base.old/state.json", "r2d2.r2d2_pool.json", "unlearn/ga/state.json",
@@ -355,7 +356,7 @@ def test_outputs_current_after_dvc_repro_clear_the_stage_s_checkpoint(tmp_path):
     clear_stage_checkpoints(tmp_path, ["base", "r2d2", "unlearn@ga", "lat"])
     left = sorted(str(p.relative_to(tmp_path / "checkpoints")) for p in (tmp_path / "checkpoints").rglob("*.json"))
     assert left == ["lat_untargeted/state.json", "unlearn/ga_lat/state.json"]
-    for flow, call in (("pipeline.py", "clear_stage_checkpoints(Path(repo), [stage])"),
+    for flow, call in (("pipeline.py", "clear_stage_checkpoints(Path(repo), stage_order(Path(repo), stages))"),
                        ("cluster.py", "clear_stage_checkpoints(cwd, [stage])"),
                        ("repro.py", "clear_stage_checkpoints(repo, batch)")):
         assert call in (REPO / "flows" / flow).read_text(), flow

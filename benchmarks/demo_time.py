@@ -6,7 +6,9 @@ the time no stage runs (DVC status, commits, hashing).
     python benchmarks/demo_time.py --run          # run `make demo` now and time it (nothing else should run)
     python benchmarks/demo_time.py --since EPOCH  # analyse the stage runs logged to mlflow.db since EPOCH (seconds)
 
-Writes benchmarks/results/demo_time.json. MLflow is the record because every stage opens exactly one run
+With --run, the machine's speed is measured before and after (`calibrate`: seconds per training step of a model
+shaped like the default one at one torch thread), so timings from machines of different speed, or a machine that
+slowed down, can be told apart from a change of the code. Writes benchmarks/results/demo_time.json. MLflow is the record because every stage opens exactly one run
 (latlab.tracking.stage_run); reading its start and end times needs no instrumentation of DVC.
 """
 
@@ -32,6 +34,37 @@ def stage_runs(db: Path, since_ms: int) -> list[dict]:
         rows = con.execute("SELECT name, start_time, end_time, status FROM runs WHERE start_time >= ? "
                            "ORDER BY start_time", (since_ms,)).fetchall()
     return [{"stage": name, "start_ms": start, "end_ms": end, "status": status} for name, start, end, status in rows]
+
+
+def calibrate(steps: int = 20) -> float:
+    """Seconds per AdamW step (forward + backward) of a randomly initialised Llama shaped like params.yaml's toy
+    model (hidden 128, 4 blocks, 4 heads, MLP 384, vocabulary 361) on a batch of 64 x 32 tokens at one torch thread:
+    the default pipeline's base training step (~0.18 s on the machine of the 938-s demo), timed after 3 warm-up
+    steps, median of `steps`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                                             num_key_value_heads=4, intermediate_size=384, vocab_size=361,
+                                             max_position_embeddings=128))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        batch = torch.randint(0, 361, (64, 32))
+        times = []
+        for step in range(steps + 3):
+            start = time.perf_counter()
+            loss = model(input_ids=batch, labels=batch).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            if step >= 3:
+                times.append(time.perf_counter() - start)
+        return round(sorted(times)[len(times) // 2], 4)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def covered_s(intervals: list[tuple[float, float]]) -> float:
@@ -83,10 +116,13 @@ def main(argv: list[str] | None = None) -> int:
         print("demo_time: nothing to do without --run or --since (see the module docstring)")
         return 0
     exit_code = 0
+    speed = {}
     if args.run:
+        speed["before_s_per_step"] = calibrate()
         began = time.time()
         exit_code = subprocess.call(["make", "demo"], cwd=ROOT)
         ended = time.time()
+        speed["after_s_per_step"] = calibrate()
     else:
         began = args.since
         runs = stage_runs(args.db, int(began * 1000))
@@ -97,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     result = breakdown(stage_runs(args.db, int(began * 1000)), int(began * 1000), int(ended * 1000), processes)
     result.update({"make_demo_exit_code": exit_code, "measured": time.strftime("%Y-%m-%d %H:%M", time.gmtime(began)),
                    "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                               "python": sys.version.split()[0]},
+                               "python": sys.version.split()[0], **({"calibration": speed} if speed else {})},
                    "note": "wall_s includes `make check` and the summary when --run; stage processes run "
                            "side by side (flows.repro --jobs 2), so in_runs_s + startup_s can exceed wall_s"})
     RESULT.parent.mkdir(parents=True, exist_ok=True)

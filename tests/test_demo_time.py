@@ -36,3 +36,14 @@ def test_breakdown_with_overlapping_stage_processes(tmp_path):
     assert result["startup_s"] == 8.5
     assert result["outside_stages_s"] == 9.0  # 40 s wall, processes cover 0-31
     assert result["parallelism"] == round((31 + 20.5) / 40, 2)
+
+
+def test_calibrate_times_a_training_step_at_one_thread_and_restores_the_thread_count():
+    import torch
+
+    from demo_time import calibrate
+
+    threads = torch.get_num_threads()
+    seconds = calibrate(steps=2)
+    assert 0.0 < seconds < 30.0
+    assert torch.get_num_threads() == threads

@@ -167,12 +167,16 @@ def test_compare_by_alias_selects_the_aliased_versions_not_the_latest(workdir, m
                 registered[(name, seed)] = run.register_torch_model(model, name, example, {"made_by": f"s{seed}"})
     client = MlflowClient(tracking_uri=cfg.uri)
     assert client.get_registered_model("latlab-rt").aliases == {"seeds-seed0": 1, "seeds-seed1": 2}
+    # an evaluation linked to seed 1's latlab-rt logged model (what evaluate does: record_model_evaluation)
+    model_id = client.get_model_version("latlab-rt", "2").source.removeprefix("models:/")
+    client.log_metric(client.get_model_version("latlab-rt", "2").run_id, "harmful_asr", 0.25, model_id=model_id)
     params = load_params(Path(__file__).resolve().parents[1] / "params.yaml").model_copy(update={"tracking": cfg})
     out = workdir / "reports/compare_seeds.md"
     table = compare_aliases(params, ["seeds-seed0", "seeds-seed1"], out)
     header = table.splitlines()[0]
     assert header == ("| metric | latlab-rt v1 @seeds-seed0 | latlab-rt-lat v1 @seeds-seed0 | latlab-rt v2 @seeds-seed1 "
                       "| latlab-rt-lat v2 @seeds-seed1 |")
+    assert "| harmful_asr | – | – | 0.250 | – |" in table  # the evaluation reaches the column of its version
     assert "v3" not in table and out.read_text() == table and capsys.readouterr().out == table
     with pytest.raises(ConfigError, match="--alias seeds-seed7: no registered model"):
         compare_aliases(params, ["seeds-seed7"])

@@ -420,8 +420,11 @@ def cards_by_alias(cfg: TrackingConfig, alias: str, prefix: str = "latlab-") -> 
             version = client.get_model_version_by_alias(model.name, alias)
         except MlflowException:  # the alias was deleted meanwhile
             continue
+        # MLflow 3 names the logged model in the version's source (`models:/m-...`); its model_id field stays empty
+        model_id = getattr(version, "model_id", None) or (version.source.removeprefix("models:/")
+                                                          if (version.source or "").startswith("models:/m-") else None)
         cards.append({"registered_name": model.name, "version": version.version, "run_id": version.run_id,
-                      "model_id": getattr(version, "model_id", None), "alias": alias})
+                      "model_id": model_id, "alias": alias})
     if not cards:
         raise ConfigError(f"--alias {alias}: no registered model {prefix}* has it in {tracking_uri(cfg)}")
     return cards

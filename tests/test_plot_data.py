@@ -110,3 +110,16 @@ def test_plots_diff_shows_both_revisions_values_offline(tmp_path, monkeypatch):
     assert all(rev in page for rev in revs)
     assert "https://" not in page and "<script" not in page
     assert len(list((tmp_path / "diff").glob("*.png"))) == 3  # asr, unlearning, one budget curve
+
+
+def test_plots_diff_bars_of_rates_span_zero_to_one_even_when_all_are_zero():
+    """All-zero ASR bars (an untrained smoke model) were drawn on an autoscaled -0.04..0.04 axis."""
+    from latlab.report.plots_diff import Plot, figure
+
+    points = [{"rev": rev, "model_attack": f"rt / {attack}", "asr": "0"} for rev in ("a", "b")
+              for attack in ("direct", "gcg")]
+    plot = Plot("asr", "ASR", "asr", "model_attack", "ASR", "model / attack", True, points)
+    assert figure(plot, ["a", "b"]).axes[0].get_xlim() == (0.0, 1.0)
+    plot.points = [{**p, "asr": "3.5"} for p in points]  # not a rate: from 0 to what the data needs
+    low, high = figure(plot, ["a", "b"]).axes[0].get_xlim()
+    assert low == 0.0 and high >= 3.5

@@ -138,6 +138,9 @@ def figure(plot: Plot, revs: list[str]):
                     label=rev)
         ax.set_yticks([k + height * (len(revs) - 1) / 2 for k in range(len(keys))], keys, fontsize=7)
         ax.invert_yaxis()  # the file's first row at the top, as in the tables
+        values = [v for row in table.values() for v in row.values() if not math.isnan(v)]
+        if values and min(values) >= 0:  # bars from 0; rates on their whole range, so 0 reads as 0, not as -0.04..0.04
+            ax.set_xlim(0, 1 if max(values) <= 1 else None)
     else:
         fig, ax = plt.subplots(figsize=(6, 3.6))
         for rev in revs:

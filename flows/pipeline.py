@@ -5,11 +5,12 @@ independent stages run two at a time (each `python -m` stage in a child of a for
 transformers, MLflow and the stage modules once: flows.launch) and each finished stage is recorded in dvc.lock by
 `dvc commit`, as `dvc repro` would. Every stage that runs is a Prefect task named after it, with its output in the
 task's log line by line and one retry. A `dvc repro --single-item` per task (this flow before) paid Python's and
-DVC's start-up and a whole-DAG status check in each of the 39 stages (~18 s each, 713 s for the smoke pipeline);
-unlike `dvc repro`, stages are not restored from DVC's run cache. Prefect adds retries, logs, schedules and (see
-flows/cluster.py) Kubernetes pods. Runs offline on Prefect's ephemeral local API: `python -m flows.pipeline
-[--stages a b ...] [--jobs 2]`. The params check (`python -m latlab.check`) and the stage names are checked first,
-before Prefect starts: a problem is one line each, exit status 2.
+DVC's start-up and a whole-DAG status check in each of the 39 stages (~18 s each; the smoke pipeline through the
+`pipeline-local` deployment took 713 s, now 175 s); unlike `dvc repro`, stages are not restored from DVC's run
+cache. Prefect adds retries, logs, schedules and (see flows/cluster.py) Kubernetes pods. Runs offline on Prefect's
+ephemeral local API: `python -m flows.pipeline [--stages a b ...] [--jobs 2]`. The params check (`python -m
+latlab.check`) and the stage names are checked first, before Prefect starts: a problem is one line each, exit
+status 2.
 """
 
 from __future__ import annotations

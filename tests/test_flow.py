@@ -56,7 +56,7 @@ def _path() -> str:
 def test_flow_runs_stages_in_dag_order(tmp_path, monkeypatch):
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.pipeline import latlab_pipeline
+    from flows.pipeline import latlab_pipeline, run_stage
 
     _toy_dvc_repo(tmp_path)
     assert stage_parents(tmp_path) == {"a": [], "b": ["a"], "c": ["b"]}
@@ -67,14 +67,19 @@ def test_flow_runs_stages_in_dag_order(tmp_path, monkeypatch):
         assert latlab_pipeline(stages=["c"], repo=str(tmp_path)) == ["c"]  # up to date: DVC skips it
         # each stage that ran was a task of its name, Completed; the second run started none
         assert sorted(_task_runs().items()) == [("a", "Completed"), ("b", "Completed"), ("c", "Completed")]
-        # a failing stage: its task fails after one retry, the flow fails naming it, nothing after it runs
+        # one stage as its own flow run (the per-stage deployments): a changed command reruns it alone, not c
         stages = yaml.safe_load((tmp_path / "dvc.yaml").read_text())
+        stages["stages"]["b"]["cmd"] += " && echo b2 >> order.log"
+        (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(stages))
+        assert run_stage("b", repo=str(tmp_path)) == "b"
+        assert (tmp_path / "order.log").read_text().split() == ["a", "b", "c", "b", "b2"]
+        # a failing stage: its task fails after one retry, the flow fails naming it, nothing after it runs
         stages["stages"]["b"]["cmd"] = "echo b-tried >> order.log && exit 3"
         (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(stages))
         with pytest.raises(RuntimeError, match="stage.* b failed"):
             latlab_pipeline(repo=str(tmp_path))
         assert _task_runs()["b"] == "Failed"
-    assert (tmp_path / "order.log").read_text().split() == ["a", "b", "c", "b-tried", "b-tried"]
+    assert (tmp_path / "order.log").read_text().split() == ["a", "b", "c", "b", "b2", "b-tried", "b-tried"]
     assert (tmp_path / "dvc.lock").exists()
 
 

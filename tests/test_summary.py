@@ -31,6 +31,11 @@ def test_summary_prints_the_compare_table_once_and_one_line_per_key_result(tmp_p
     _write(tmp_path, "metrics/backdoor_removal/dpo.json", {"before.backdoor_asr": 0.99, "after.backdoor_asr": 0.7})
     _write(tmp_path, "metrics/spawrious_evaluate.json", {"o2o_easy.erm": {"worst_group_accuracy": 0.1},
                                                          "o2o_easy.irm": {"worst_group_accuracy": 0.4}})
+    claims = [{"claim": "RT suppresses rather than removes the backdoor", "verdict": "supported", "effect": 1.0,
+               "ci": [1.0, 1.0], "n_seeds": 3},
+              {"claim": "targeted LAT lowers GCG ASR vs RT " + "at equal benign compliance " * 6, "verdict":
+               "inconclusive", "effect": -0.25, "ci": [-0.5, 0.125], "n_seeds": 3}]
+    _write(tmp_path, "metrics/scorecard.json", {"study": "seeds", "seeds": [0, 1, 2], "claims": claims})
     main(["--root", str(tmp_path)])
     out = capsys.readouterr().out
     assert out.count("| harmful_asr | 1.000 | 0.000 |") == 1
@@ -39,12 +44,17 @@ def test_summary_prints_the_compare_table_once_and_one_line_per_key_result(tmp_p
     assert "dpo 0.99 -> 0.70" in out
     assert "best o2o_easy.irm 0.40, lowest o2o_easy.erm 0.10" in out
     assert "no " not in out.replace("no oracle", "")  # nothing reported missing
+    assert "study seeds, seeds [0, 1, 2]: 1 inconclusive, 1 supported" in out
+    assert "  supported    +1.00 [+1.00, +1.00] (3) RT suppresses rather than removes the backdoor\n" in out
+    assert "  inconclusive -0.25 [-0.50, +0.12] (3) targeted LAT lowers GCG ASR vs RT at equal" in out
     prose = [line for line in out.splitlines() if not line.startswith("|")]
-    assert len(prose) < 20 and max(map(len, prose)) <= 120  # a few readable lines, not 27,800 characters
+    # a few readable lines and one per scorecard claim, not 27,800 characters
+    assert len(prose) < 20 + len(claims) and max(map(len, prose)) <= 120
 
 
 def test_summary_names_what_has_not_run(tmp_path):
     lines = summary_lines(tmp_path)
+    assert any("no metrics/scorecard.json: `make study` writes it" in line for line in lines)
     for path in ("reports/compare.md", "metrics/evaluate.json", "metrics/unlearning_eval.json",
                  "metrics/backdoor_removal", "metrics/spawrious_evaluate.json"):
         assert any(f"no {path}: its stage has not run" in line for line in lines), path

@@ -1,6 +1,7 @@
 """The end-of-run summary `make demo` prints: the model comparison table once, then one line per result that a reader
-looks for first (attack robustness per model, unlearning verdicts, backdoor removal, Spawrious), then where the full
-results are. Everything else stays in metrics/ (`dvc metrics show`), reports/ and MLflow.
+looks for first (attack robustness per model, unlearning verdicts, backdoor removal, Spawrious), the science
+scorecard of the last seeds study (one line per claim: verdict, paired effect [95% interval], seeds), then where the
+full results are. Everything else stays in metrics/ (`dvc metrics show`), reports/ and MLflow.
 
     python -m latlab.report.summary [--root DIR]
 
@@ -20,6 +21,8 @@ EVALUATE = Path("metrics/evaluate.json")
 UNLEARNING = Path("metrics/unlearning_eval.json")
 BACKDOOR = Path("metrics/backdoor_removal")
 SPAWRIOUS = Path("metrics/spawrious_evaluate.json")
+SCORECARD = Path("metrics/scorecard.json")  # the seeds study's (`make study`), committed; a demo does not rebuild it
+LINE = 120  # characters: a summary line fits a terminal
 WHERE = ("results: metrics/ (JSON, `dvc metrics show`), reports/*.md (tables), plots/*.png, "
          "reports/validation.html")
 
@@ -74,16 +77,35 @@ def spawrious_line(spawrious: dict) -> str:
             f"{worst[1]['worst_group_accuracy']:.2f} ({len(spawrious)} split x method runs)")
 
 
+def scorecard_lines(scorecard: dict) -> list[str]:
+    """The verdict counts, then per claim: verdict, effect [interval] (seeds), the claim cut to fit `LINE`."""
+    claims = scorecard.get("claims", [])
+    counts: dict[str, int] = {}
+    for claim in claims:
+        counts[claim["verdict"]] = counts.get(claim["verdict"], 0) + 1
+    lines = [f"  study {scorecard.get('study', '?')}, seeds {scorecard.get('seeds', '?')}: "
+             + ", ".join(f"{n} {verdict}" for verdict, n in sorted(counts.items()))]
+    for claim in claims:
+        low, high = claim.get("ci") or (float("nan"), float("nan"))
+        head = (f"  {claim['verdict']:<12} {claim.get('effect', float('nan')):+.2f} [{low:+.2f}, {high:+.2f}] "
+                f"({claim.get('n_seeds', '?')}) ")
+        text = claim["claim"]
+        lines.append(head + (text if len(head) + len(text) <= LINE else text[:LINE - len(head) - 1] + "…"))
+    return lines
+
+
 def summary_lines(root: Path = Path(".")) -> list[str]:
     compare = (root / COMPARE).read_text().rstrip("\n").splitlines() if (root / COMPARE).is_file() \
         else [_missing(COMPARE)]
-    evaluate, unlearning, spawrious = (_load(root, p) for p in (EVALUATE, UNLEARNING, SPAWRIOUS))
+    evaluate, unlearning, spawrious, scorecard = (_load(root, p) for p in (EVALUATE, UNLEARNING, SPAWRIOUS, SCORECARD))
     return [f"== models ({COMPARE}) ==", *compare, "",
             f"== robustness ({EVALUATE}) ==", *(robustness_lines(evaluate) if evaluate else [_missing(EVALUATE)]),
             f"== unlearning, against the oracle ({UNLEARNING}) ==",
             unlearning_line(unlearning) if unlearning else _missing(UNLEARNING),
             f"== backdoor removal without the trigger ({BACKDOOR}/) ==", backdoor_line(root),
             f"== Spawrious ({SPAWRIOUS}) ==", spawrious_line(spawrious) if spawrious else _missing(SPAWRIOUS),
+            f"== science scorecard, seeds study ({SCORECARD}; `make study` rebuilds it) ==",
+            *(scorecard_lines(scorecard) if scorecard else ["  (no metrics/scorecard.json: `make study` writes it)"]),
             "", WHERE]
 
 

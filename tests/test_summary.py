@@ -92,3 +92,11 @@ def test_each_stage_ends_with_one_summary_line(capsys):
              if path.name not in ("__init__.py", "common.py", "check.py")
              and not any(call in path.read_text() for call in finishing)]
     assert not quiet, f"stages without a final summary line: {quiet}"
+
+
+def test_docs_demo_end_is_the_summary_of_the_committed_results():
+    """docs/demo_end.md is what `make demo` printed at its end: regenerated from the committed metrics and reports."""
+    from latlab.report.summary import summary_doc
+
+    assert (REPO / "docs/demo_end.md").read_text() == summary_doc(REPO), \
+        "run `python -m latlab.report.summary --write docs/demo_end.md`"

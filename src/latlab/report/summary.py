@@ -109,10 +109,27 @@ def summary_lines(root: Path = Path(".")) -> list[str]:
             "", WHERE]
 
 
+DOC_HEADER = """# The end of `make demo`, as printed
+
+The closing summary (`python -m latlab.report.summary`) of the committed default run; `make demo` prints it after the
+stage lines and writes this page from the same lines (a test checks it against the committed metrics). The compare
+table is wide (one column per registered model): scroll right, or read `reports/compare.md`.
+"""
+
+
+def summary_doc(root: Path = Path(".")) -> str:
+    """docs/demo_end.md: `DOC_HEADER` and the summary lines in a code block."""
+    return DOC_HEADER + "\n```\n" + "\n".join(summary_lines(root)) + "\n```\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("."), help="the project folder the pipeline ran in")
-    print("\n".join(summary_lines(parser.parse_args(argv).root)))
+    parser.add_argument("--write", type=Path, help="also write the summary as a markdown page (docs/demo_end.md)")
+    args = parser.parse_args(argv)
+    print("\n".join(summary_lines(args.root)))
+    if args.write:
+        args.write.write_text(summary_doc(args.root))
 
 
 if __name__ == "__main__":

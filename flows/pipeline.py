@@ -48,7 +48,7 @@ def _log_line(line: str) -> None:
     get_run_logger().info(line)  # the logger of the task run current in this thread
 
 
-def _run_as_tasks(repo: str, stages: list[str] | None, jobs: int) -> list[str]:
+def run_as_tasks(repo: str, stages: list[str] | None, jobs: int) -> list[str]:
     """flows.repro with each stage in a `dvc_stage` task of the calling flow run (its context copied into the
     runner's threads); returns the stages run."""
     flow_context = contextvars.copy_context()
@@ -77,7 +77,7 @@ def latlab_pipeline(stages: list[str] | None = None, params_file: str = "params.
     problems = preflight(Path(repo), stages)
     if problems:
         raise ValueError("\n".join(problems))
-    _run_as_tasks(repo, stages, jobs)
+    run_as_tasks(repo, stages, jobs)
     return stage_order(Path(repo), stages)
 
 
@@ -87,7 +87,7 @@ def run_stage(stage: str, repo: str = ".") -> str:
     problems = preflight(Path(repo), [stage])
     if problems:
         raise ValueError("\n".join(problems))
-    _run_as_tasks(repo, [stage], 1)
+    run_as_tasks(repo, [stage], 1)
     return stage
 
 

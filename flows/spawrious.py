@@ -1,51 +1,46 @@
-"""Prefect flow of the Spawrious track: `dvc repro` of spawrious_generate, then every spawrious_train@<method>-<split>
-cell of the dvc.yaml matrix (one task each, so a failed cell retries alone), then spawrious_evaluate.
+"""Prefect flow of the Spawrious track alone: spawrious_generate, every spawrious_train@<method>-<split> cell of the
+dvc.yaml matrix, then spawrious_evaluate (and the params check first), run by the pipeline flow's machinery
+(flows.pipeline: flows.repro's schedule, two cells at once, one Prefect task per stage that runs, so a failed cell
+retries alone). It ran a `dvc repro --single-item` per stage before, which paid DVC's and Python's start-up in each.
 
-Orchestration only: it knows stage names and DVC, never the science.  `python -m flows.spawrious`
+Orchestration only: it knows stage names, never the science.  `python -m flows.spawrious [--jobs 2]`
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+from prefect import flow
 
 from flows.dag import preflight
-from flows.proc import run_passing_sigterm
-from latlab.env import interpreter_env
+from flows.pipeline import run_as_tasks
 
-TRAIN_PREFIX = "spawrious_train@"
-
-
-def _dvc(*args: str) -> str:
-    done = run_passing_sigterm(["dvc", *args], env=interpreter_env())
-    if done.returncode:
-        raise RuntimeError(f"dvc {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    return done.stdout
+SPAWRIOUS_STAGES = ["spawrious_generate", "spawrious_train", "spawrious_evaluate"]  # a group name: every matrix cell
 
 
-@task(retries=1, retry_delay_seconds=5)
-def repro(stage: str) -> str:
-    get_run_logger().info("dvc repro --single-item %s", stage)
-    return _dvc("repro", "--single-item", stage)
-
-
-@task
-def train_cells() -> list[str]:
-    names = _dvc("stage", "list", "--name-only").split()
-    return [name for name in names if name.startswith(TRAIN_PREFIX)]
-
-
-@flow(name="spawrious")
-def spawrious_flow() -> None:
-    problems = preflight(Path("."), ["spawrious_generate", "spawrious_train", "spawrious_evaluate"])
+@flow(name="spawrious", log_prints=True)
+def spawrious_flow(repo: str = ".", jobs: int = 2) -> list[str]:
+    """Run the out-of-date Spawrious stages of `repo`, `jobs` at once; returns the stages run."""
+    problems = preflight(Path(repo), SPAWRIOUS_STAGES)
     if problems:
         raise ValueError("\n".join(problems))
-    repro("spawrious_generate")
-    for cell in train_cells():
-        repro(cell)  # sequential: the default grid is sized for 2 CPU cores
-    repro("spawrious_evaluate")
+    return run_as_tasks(repo, SPAWRIOUS_STAGES, jobs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m flows.spawrious", description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=2, help="stages at once (default 2: the machine's cores)")
+    args = parser.parse_args(argv)
+    problems = preflight(Path("."), SPAWRIOUS_STAGES) + ([f"--jobs {args.jobs}: must be >= 1"] if args.jobs < 1
+                                                          else [])
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
+    if problems:
+        raise SystemExit(2)
+    spawrious_flow(jobs=args.jobs)
 
 
 if __name__ == "__main__":
-    spawrious_flow()
+    main()

@@ -114,3 +114,15 @@ def test_stage_items_follow_the_params_of_the_run_not_the_repo(tmp_path):
     assert [s for s in order if s.startswith("unlearn@")] == ["unlearn@ga"]
     assert commands["unlearn@ga"] == "python -m stages.unlearn --method ga"
     assert set(order) == set(commands)
+
+
+def test_spawrious_flow_selects_the_track_s_stages_and_every_matrix_cell():
+    """flows.spawrious runs the pipeline flow's machinery on the group names: the params check, the generator,
+    every spawrious_train@<method>-<split> cell of params.yaml's matrix, the evaluation; nothing else."""
+    from flows.spawrious import SPAWRIOUS_STAGES
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())["spawrious"]
+    cells = {f"spawrious_train@{m}-{s}" for m in raw["methods"] for s in raw["splits"]}
+    order = stage_order(REPO, SPAWRIOUS_STAGES)
+    assert order[:2] == ["check", "spawrious_generate"] and order[-1] == "spawrious_evaluate"
+    assert set(order[2:-1]) == cells

@@ -50,7 +50,7 @@ def _log_line(line: str) -> None:
 
 def run_as_tasks(repo: str, stages: list[str] | None, jobs: int) -> list[str]:
     """flows.repro with each stage in a `dvc_stage` task of the calling flow run (its context copied into the
-    runner's threads); returns the stages run."""
+    runner's threads); returns the stages selected (`stage_order`), whether they ran or were up to date."""
     flow_context = contextvars.copy_context()
 
     def wrap(stage: str, run: StageRun) -> tuple[int, Path]:
@@ -59,12 +59,13 @@ def run_as_tasks(repo: str, stages: list[str] | None, jobs: int) -> list[str]:
         except StageFailed as failed:  # after its retry: flows.repro stops the run and names it
             return failed.code, failed.log
 
-    ran = repro(Path(repo).resolve(), jobs=jobs, threads=max(1, (os.cpu_count() or 1) // jobs), stages=stages, emit=_log_line,
-                wrap=wrap)
+    repro(Path(repo).resolve(), jobs=jobs, threads=max(1, (os.cpu_count() or 1) // jobs), stages=stages,
+          emit=_log_line, wrap=wrap)
+    order = stage_order(Path(repo), stages)
     # up to date without running (or restored by an earlier run): a checkpoint a killed run left is stale
-    for path in clear_stage_checkpoints(Path(repo), stage_order(Path(repo), stages)):
+    for path in clear_stage_checkpoints(Path(repo), order):
         get_run_logger().info("removed the stale checkpoint %s", path)
-    return ran
+    return order
 
 
 @flow(name="latlab-pipeline", log_prints=True)
@@ -77,8 +78,7 @@ def latlab_pipeline(stages: list[str] | None = None, params_file: str = "params.
     problems = preflight(Path(repo), stages)
     if problems:
         raise ValueError("\n".join(problems))
-    run_as_tasks(repo, stages, jobs)
-    return stage_order(Path(repo), stages)
+    return run_as_tasks(repo, stages, jobs)
 
 
 @flow(name="latlab-stage", log_prints=True)

@@ -22,7 +22,7 @@ SPAWRIOUS_STAGES = ["spawrious_generate", "spawrious_train", "spawrious_evaluate
 
 @flow(name="spawrious", log_prints=True)
 def spawrious_flow(repo: str = ".", jobs: int = 2) -> list[str]:
-    """Run the out-of-date Spawrious stages of `repo`, `jobs` at once; returns the stages run."""
+    """Run the out-of-date Spawrious stages of `repo`, `jobs` at once; returns the stages selected."""
     problems = preflight(Path(repo), SPAWRIOUS_STAGES)
     if problems:
         raise ValueError("\n".join(problems))

@@ -356,7 +356,7 @@ def test_outputs_current_after_dvc_repro_clear_the_stage_s_checkpoint(tmp_path):
     clear_stage_checkpoints(tmp_path, ["base", "r2d2", "unlearn@ga", "lat"])
     left = sorted(str(p.relative_to(tmp_path / "checkpoints")) for p in (tmp_path / "checkpoints").rglob("*.json"))
     assert left == ["lat_untargeted/state.json", "unlearn/ga_lat/state.json"]
-    for flow, call in (("pipeline.py", "clear_stage_checkpoints(Path(repo), stage_order(Path(repo), stages))"),
+    for flow, call in (("pipeline.py", "clear_stage_checkpoints(Path(repo), order)"),
                        ("cluster.py", "clear_stage_checkpoints(cwd, [stage])"),
                        ("repro.py", "clear_stage_checkpoints(repo, batch)")):
         assert call in (REPO / "flows" / flow).read_text(), flow

@@ -117,12 +117,14 @@ def run_tags(stage: str) -> dict[str, str]:
 def version_aliases(environ: dict[str, str] | None = None) -> list[str]:
     """The registry aliases of a version registered now: `<study>-seed<s>` inside a seed study (flows/study.py sets
     `STUDY_ENV`) and `dvc-exp-<name>` inside `dvc exp run`; [] for a plain run, whose versions the model cards name.
-    An alias names one version per registered model, so `compare_by_alias` finds what one study seed or one DVC
-    experiment produced in a registry shared by many (an MLflow server), whatever was registered after it."""
+    An alias names one version per registered model, so `cards_by_alias` (`python -m stages.compare --alias`) finds
+    what one study seed or one DVC experiment produced in a registry shared by many (an MLflow server), whatever was
+    registered after it."""
     environ = os.environ if environ is None else environ
     aliases = []
-    if environ.get("LATLAB_STUDY") and environ.get("LATLAB_STUDY_SEED"):
-        aliases.append(f"{environ['LATLAB_STUDY']}-seed{environ['LATLAB_STUDY_SEED']}")
+    study = study_tags(environ)
+    if len(study) == len(STUDY_ENV):
+        aliases.append(f"{study['latlab.study']}-seed{study['latlab.seed']}")
     if environ.get(DVC_EXPERIMENT_ENV):
         aliases.append(f"dvc-exp-{environ[DVC_EXPERIMENT_ENV]}")
     return [_ALIAS_CHARS.sub("_", alias) for alias in aliases]

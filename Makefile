@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 include src/latlab/offline.env
 export $(shell sed -n 's/^\([A-Z_]*\)=.*/\1/p' src/latlab/offline.env)
 
-.PHONY: setup browser check demo study test test-fast flow mlflow-ui clean benchmarks fetch-smollm2 smollm2 deps \
+.PHONY: setup browser check demo study spawrious test test-fast flow mlflow-ui clean benchmarks fetch-smollm2 smollm2 deps \
 	plots-diff
 
 setup: $(STAMP)
@@ -47,6 +47,13 @@ study: setup check
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m flows.study
 	# the README's results block and docs/demo_end.md show the scorecard: rewritten from the new one
 	$(PY) -m latlab.report.readme && $(PY) -m latlab.report.summary --write docs/demo_end.md > /dev/null
+
+# The Spawrious grid (issue 18): six splits x eight methods x the study's seeds (profiles/spawrious_grid.yaml), in
+# runs/spawrious/seed_<s>/, then the table with intervals: reports/spawrious_study.md, metrics/spawrious_study.json.
+spawrious: setup check
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m flows.study --profile profiles/spawrious_grid.yaml --no-conclusions \
+		--stages check spawrious_generate spawrious_train spawrious_evaluate
+	$(PY) -m latlab.report.spawrious_study runs/spawrious
 
 # Regenerate dvc.yaml's code deps (each stage's import closure) after changing imports, and docs/pipeline.md from it
 deps: setup

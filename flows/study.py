@@ -187,10 +187,11 @@ def write_conclusions(repo: Path, cfg: StudyConfig, per_seed: dict[int, dict[str
 
 
 @flow(name="latlab-study", log_prints=True)
-def study(raw: dict[str, Any], seeds: list[int], repo: str = str(ROOT), stages: list[str] | None = None
-          ) -> dict[str, Any]:
+def study(raw: dict[str, Any], seeds: list[int], repo: str = str(ROOT), stages: list[str] | None = None,
+          conclusions: bool = True) -> dict[str, Any]:
     """Every seed's pipeline (all stages, or `stages`; as many seeds at once as the flow's task runner allows:
-    `run_study`), then the collected metrics, summary and scorecard. Returns {"failed": {seed: error}, "seconds"}."""
+    `run_study`), then (`conclusions`) the collected metrics, summary and scorecard. Returns {"failed": {seed:
+    error}, "seconds"}."""
     cfg = StudyConfig.model_validate(raw[STUDY_SECTION])
     began = time.perf_counter()
     failed: dict[int, str] = {}
@@ -212,17 +213,18 @@ def study(raw: dict[str, Any], seeds: list[int], repo: str = str(ROOT), stages: 
         except Exception as err:  # one failed seed must not cost the others' results
             failed[study_seed] = str(err)
             print(f"seed {study_seed} failed: {err}")
-    rows = write_conclusions(Path(repo), cfg, collect(Path(repo), cfg, seeds))
-    print(f"study {cfg.name}: {len(seeds) - len(failed)}/{len(seeds)} seeds in {time.perf_counter() - began:.0f} s; "
-          + ", ".join(f"{r['verdict']}" for r in rows))
+    rows = write_conclusions(Path(repo), cfg, collect(Path(repo), cfg, seeds)) if conclusions else []
+    print(f"study {cfg.name}: {len(seeds) - len(failed)}/{len(seeds)} seeds in {time.perf_counter() - began:.0f} s"
+          + ("; " + ", ".join(f"{r['verdict']}" for r in rows) if rows else ""))
     return {"failed": failed, "seconds": round(time.perf_counter() - began, 1)}
 
 
-def run_study(raw: dict[str, Any], seeds: list[int], repo: str = str(ROOT), stages: list[str] | None = None
-              ) -> dict[str, Any]:
+def run_study(raw: dict[str, Any], seeds: list[int], repo: str = str(ROOT), stages: list[str] | None = None,
+              conclusions: bool = True) -> dict[str, Any]:
     """`study` with `study.parallel` seeds at once (a thread per seed; the work runs in each stage's process)."""
     parallel = StudyConfig.model_validate(raw[STUDY_SECTION]).parallel
-    return study.with_options(task_runner=ThreadPoolTaskRunner(max_workers=parallel))(raw, seeds, repo, stages)
+    return study.with_options(task_runner=ThreadPoolTaskRunner(max_workers=parallel))(raw, seeds, repo, stages,
+                                                                                      conclusions)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -230,6 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", type=Path, help="a params profile applied to params.yaml for every seed")
     parser.add_argument("--seeds", type=int, nargs="+", help="study seeds to run instead of study.seeds")
     parser.add_argument("--stages", nargs="+", help="only these dvc.yaml stages (DAG order kept; a quick try)")
+    parser.add_argument("--no-conclusions", action="store_true",
+                        help="leave metrics/study/ and the scorecard alone (a side study, e.g. `make spawrious`)")
     parser.add_argument("--collect-only", action="store_true",
                         help="no training: rebuild metrics/study/ and the scorecard from the seeds' work directories")
     args = parser.parse_args(argv)
@@ -249,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {line}", file=sys.stderr)
     if problems:
         raise SystemExit(2)
-    result = run_study(raw, seeds, stages=args.stages)
+    result = run_study(raw, seeds, stages=args.stages, conclusions=not args.no_conclusions)
     if result["failed"]:
         print(f"error: seeds {sorted(result['failed'])} failed", file=sys.stderr)
         raise SystemExit(1)

@@ -9,6 +9,7 @@ from pathlib import Path
 from latlab.config import Params
 from latlab.report.spawrious import plot_worst_group, results_table
 from latlab.tracking import stage_run
+from latlab.vision.metrics import SELECTION_RULES
 from stages.common import run_stage, stage_done
 
 TRAIN_METRICS = Path("metrics/spawrious_train")
@@ -23,16 +24,17 @@ def evaluate(params: Params) -> None:
     for split in cfg.splits:
         for method in cfg.methods:
             result = json.loads((TRAIN_METRICS / split / f"{method}.json").read_text())
+            selected = {rule: row["test"]["worst_group_accuracy"] for rule, row in result.get("selection", {}).items()}
             rows.append({"split": split, "method": method, "train_seconds": result["train_seconds"],
-                         **{k: v for k, v in result["test"].items() if k != "groups"}})
+                         **{k: v for k, v in result["test"].items() if k != "groups"}, "selected": selected})
     with stage_run(tracking, "spawrious_evaluate", {"splits": cfg.splits, "methods": cfg.methods}) as run:
         for path in (METRICS, TABLE):
             path.parent.mkdir(parents=True, exist_ok=True)
         METRICS.write_text(json.dumps({f"{r['split']}.{r['method']}": r for r in rows}, indent=2))
-        TABLE.write_text(results_table(rows))
+        TABLE.write_text(results_table(rows, list(SELECTION_RULES)))
         plot_worst_group(rows, cfg.splits, cfg.methods, PLOT)
         run.log_metrics({f"{r['split']}.{r['method']}": {k: v for k, v in r.items() if k not in ("split", "method")}
-                         for r in rows})
+                         for r in rows})  # nested `selected` is flattened to <cell>.selected.<rule>
         for path in (METRICS, TABLE, PLOT):
             run.log_artifact(path)
     best = max(rows, key=lambda r: r["worst_group_accuracy"])

@@ -38,7 +38,9 @@ def seed_metrics(holds: int, jitter: float) -> dict:
                                                                  "user_negative": 0.9 - 0.2 * g + j}},
                            "acdc_planted": {"acdc_auc": 0.9 + 0.08 * g + j / 10}},
         "spawrious_evaluate.json": {"m2m_easy.groupdro": {"average_accuracy": 0.5 + j},
-                                    "m2m_hard.groupdro": {"average_accuracy": 0.5 - 0.4 * g + j}},
+                                    "m2m_hard.groupdro": {"average_accuracy": 0.5 - 0.4 * g + j},
+                                    "o2o_easy.erm": {"worst_group_accuracy": 0.2 + j},
+                                    "o2o_easy.dfr": {"worst_group_accuracy": 0.2 + 0.3 * g + j}},
     }
 
 

@@ -1,17 +1,19 @@
-"""Training methods and metrics: every method trains; GroupDRO vs ERM on a deliberately spurious tiny split."""
+"""Training methods and metrics: every method trains; GroupDRO vs ERM on a deliberately spurious tiny split; the
+held-out split, DFR's refit head and the model-selection rules."""
 
 import numpy as np
 import pytest
 import torch
 
 from latlab.vision.benchmark import evaluate, generate_split, training_data
-from latlab.vision.methods import train_method
-from latlab.vision.metrics import counterfactual_flip_rate, group_table, summarise, worst_group_accuracy
+from latlab.vision.methods import dfr_head, features, holdout_split, train_method
+from latlab.vision.metrics import (counterfactual_flip_rate, group_table, select_checkpoints, summarise,
+                                   worst_class_accuracy, worst_group_accuracy)
 from latlab.vision.models import build_model
 from latlab.config import MethodHparams, RenderConfig, SpawriousDataConfig, SpawriousTrainConfig
 from tests.settings import make
 
-METHODS = ["erm", "groupdro", "irm", "vrex", "coral", "jtt", "mixup"]
+METHODS = ["erm", "groupdro", "irm", "vrex", "coral", "jtt", "mixup", "dfr"]
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +29,9 @@ def test_every_method_trains_and_logs(method, tiny):
     data, train, vocab = tiny
     logged = []
     hp = make(MethodHparams, irm_anneal_steps=2, vrex_anneal_steps=2, jtt_identification_steps=2)
+    train, heldout = holdout_split(train, 0.3, 0)
     model = train_method(method, train, make(SpawriousTrainConfig, steps=4, width=4, batch_size=16, log_every=1), hp,
-                         len(vocab), log=lambda metrics, step: logged.append((step, metrics)))
+                         len(vocab), log=lambda metrics, step: logged.append((step, metrics)), heldout=heldout)
     before = {k: v.clone() for k, v in build_model("small_cnn", 4, 4).state_dict().items()}
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items() if v.is_floating_point())
     assert all(np.isfinite(m.get("loss", 0.0)) for _, m in logged) and len(logged) >= 4
@@ -54,6 +57,77 @@ def test_groupdro_beats_erm_on_worst_group(tiny):
     # the split really is spurious: ERM fits training data yet fails a test group
     assert evaluate(train_method("erm", train, cfg, make(MethodHparams), len(vocab)), data, "train")[
         "average_accuracy"] > 0.95
+
+
+def test_holdout_split_is_disjoint_complete_and_keeps_every_group_on_both_sides(tiny):
+    _, train, _ = tiny
+    kept, held = holdout_split(train, 0.2, 0)
+    assert len(kept.y) + len(held.y) == len(train.y)
+    rows = lambda d: {tuple(r) for r in d.x.flatten(1)[:, :64].tolist()}  # noqa: E731  (images are distinct)
+    assert not rows(kept) & rows(held)
+    counts = torch.bincount(train.group)
+    assert torch.equal(torch.bincount(held.group, minlength=len(counts)), torch.clamp(
+        torch.round(0.2 * counts), min=1).long())  # the rare groups (3 images) keep one held-out image
+    again, _ = holdout_split(train, 0.2, 0)
+    assert torch.equal(again.x, kept.x)
+
+
+def test_dfr_head_is_the_balanced_logistic_regression_folded_into_the_model(tiny):
+    """One subsample: the refit model's logits equal scikit-learn's decision function on the standardised features,
+    and the fit saw the same number of images from every group."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+
+    _, train, vocab = tiny
+    train, heldout = holdout_split(train, 0.5, 0)
+    model = train_method("erm", train, make(SpawriousTrainConfig, steps=20, width=4, batch_size=16), make(MethodHparams),
+                         len(vocab))
+    hp = make(MethodHparams, dfr_subsamples=1, dfr_c=0.5)
+    refit = dfr_head(model, heldout, hp, seed=3)
+    feats, groups = features(model, heldout.x).numpy(), heldout.group.numpy()
+    per_group = min(np.bincount(groups))
+    rng = np.random.default_rng(3)
+    idx = np.concatenate([rng.choice(np.flatnonzero(groups == g), per_group, replace=False) for g in np.unique(groups)])
+    assert len(idx) == per_group * len(np.unique(groups))
+    mean, std = feats[idx].mean(0), feats[idx].std(0) + 1e-8
+    clf = OneVsRestClassifier(LogisticRegression(C=0.5, l1_ratio=1.0, solver="liblinear")).fit(
+        (feats[idx] - mean) / std, heldout.y.numpy()[idx])
+    with torch.no_grad():
+        logits = refit(heldout.x).numpy()
+    np.testing.assert_allclose(logits, clf.decision_function((feats - mean) / std), atol=2e-3)  # float32 fold
+    # the backbone is untouched, the original model too
+    assert all(torch.equal(a, b) for a, b in zip(refit.body.parameters(), model.body.parameters()))
+    assert not torch.equal(refit.head.weight, model.head.weight)
+
+
+def test_dfr_without_a_heldout_set_is_a_clear_error(tiny):
+    _, train, vocab = tiny
+    with pytest.raises(ValueError, match="holdout_fraction"):
+        train_method("dfr", train, make(SpawriousTrainConfig, steps=1), make(MethodHparams), len(vocab))
+
+
+@pytest.mark.parametrize("method", ["erm", "jtt", "dfr"])
+def test_checkpoints_come_every_n_steps_and_at_the_end(method, tiny):
+    _, train, vocab = tiny
+    train, heldout = holdout_split(train, 0.3, 0)
+    seen = []
+    cfg = make(SpawriousTrainConfig, steps=7, width=4, batch_size=16)
+    model = train_method(method, train, cfg, make(MethodHparams, jtt_identification_steps=2), len(vocab),
+                         heldout=heldout, checkpoint=lambda step, m: seen.append((step, m.training)),
+                         checkpoint_every=3)
+    assert seen == [(3, False), (6, False), (7, False)]  # in eval mode; JTT's identification run is not selected from
+    assert not model.training
+
+
+def test_selection_rules_on_a_hand_example():
+    rows = [{"step": 1, "val": {"average_accuracy": 0.9, "worst_class_accuracy": 0.5}, "test": {"worst_group_accuracy": 0.1}},
+            {"step": 2, "val": {"average_accuracy": 0.8, "worst_class_accuracy": 0.7}, "test": {"worst_group_accuracy": 0.2}},
+            {"step": 3, "val": {"average_accuracy": 0.7, "worst_class_accuracy": 0.7}, "test": {"worst_group_accuracy": 0.6}}]
+    picked = {rule: row["step"] for rule, row in select_checkpoints(rows).items()}
+    assert picked == {"average_val": 1, "worst_class_val": 3, "oracle_worst_group": 3}  # a tie goes to the later one
+    assert worst_class_accuracy(np.array([0, 0, 1, 1, 2]), np.array([0, 0, 1, 0, 2])) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="no checkpoints"):
+        select_checkpoints([])
 
 
 def test_metrics_on_a_hand_example():

@@ -30,6 +30,7 @@ def test_an_empty_file_names_the_first_missing_section(tmp_path):
     ("spawrious:\n  methods: [erm, dann]\n", "spawrious.methods.1"),
     ("spawrious:\n  data:\n    per_env_total: 3\n", "spawrious.data.per_env_total"),
     ("spawrious:\n  train:\n    stepz: 3\n", "spawrious.train.stepz: unknown key"),
+    ("spawrious:\n  methods: [erm, dfr]\n  train:\n    holdout_fraction: 0.0\n", "spawrious.train.holdout_fraction > 0"),
 ])
 def test_bad_values_fail_in_one_line(tmp_path, body, where):
     path = tmp_path / "params.yaml"

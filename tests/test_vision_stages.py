@@ -87,7 +87,10 @@ def test_failed_manifest_check_names_file_column_and_count(tmp_path, monkeypatch
 def test_results_table_and_plot(tmp_path):
     rows = [{"split": s, "method": m, "average_accuracy": 0.9, "worst_group_accuracy": 0.5, "train_seconds": 1.25,
              "counterfactual_invariance": 0.75} for s in ("o2o_easy", "m2m_easy") for m in ("erm", "groupdro")]
-    table = results_table(rows)
-    assert table.splitlines()[2] == "| o2o_easy | erm | 0.900 | 0.500 | 0.750 | 1.2 |" and len(table.splitlines()) == 6
+    rows[1]["selected"] = {"average_val": 0.25, "worst_class_val": 0.5, "oracle_worst_group": 0.625}
+    table = results_table(rows, ["average_val", "worst_class_val", "oracle_worst_group"])
+    assert table.splitlines()[2] == "| o2o_easy | erm | 0.900 | 0.500 | 0.750 | – | – | – | 1.2 |"
+    assert table.splitlines()[3] == "| o2o_easy | groupdro | 0.900 | 0.500 | 0.750 | 0.250 | 0.500 | 0.625 | 1.2 |"
+    assert len(table.splitlines()) == 6
     plot_worst_group(rows, ["o2o_easy", "m2m_easy"], ["erm", "groupdro"], tmp_path / "p" / "wga.png")
     assert (tmp_path / "p" / "wga.png").stat().st_size > 0

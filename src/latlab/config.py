@@ -503,7 +503,7 @@ class EvaluateConfig(Section):
 
 # --- Spawrious track (Lynch et al. 2023); default grid sized for a 2-core CPU, full grid in profiles/ ---
 SplitName = Literal["o2o_easy", "o2o_medium", "o2o_hard", "m2m_easy", "m2m_medium", "m2m_hard"]
-MethodName = Literal["erm", "groupdro", "irm", "vrex", "coral", "jtt", "mixup"]
+MethodName = Literal["erm", "groupdro", "irm", "vrex", "coral", "jtt", "mixup", "dfr"]
 
 
 class RenderConfig(Section):
@@ -536,6 +536,8 @@ class MethodHparams(Section):
     jtt_identification_steps: int = Field(ge=1)
     jtt_upweight: float = Field(ge=1)
     mixup_alpha: float = Field(gt=0)
+    dfr_c: float = Field(gt=0)  # inverse L1 strength of DFR's logistic regression (official grid 0.01-1)
+    dfr_subsamples: int = Field(ge=1)  # group-balanced subsamples whose fits are averaged (official: 10)
 
 
 class SpawriousTrainConfig(Section):
@@ -549,6 +551,9 @@ class SpawriousTrainConfig(Section):
     device: str
     seed: int
     log_every: int = Field(ge=1)
+    # share of every training group held out (half for DFR's refit, half for model selection); 0: no selection / DFR
+    holdout_fraction: float = Field(ge=0, lt=1)
+    select_every: int = Field(ge=1)  # steps between the checkpoints model selection chooses from
 
 
 class SpawriousConfig(Section):
@@ -557,6 +562,13 @@ class SpawriousConfig(Section):
     data: SpawriousDataConfig
     train: SpawriousTrainConfig
     hparams: MethodHparams
+
+    @model_validator(mode="after")
+    def _dfr_has_a_heldout_set(self) -> SpawriousConfig:
+        if "dfr" in self.methods and self.train.holdout_fraction <= 0:
+            raise ValueError("spawrious.methods has 'dfr', which refits the last layer on held-out data: "
+                             "set spawrious.train.holdout_fraction > 0")
+        return self
 
 
 class StudyConfig(Section):

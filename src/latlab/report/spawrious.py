@@ -10,12 +10,18 @@ import numpy as np
 from latlab.report.plots import legend_outside, plt, save_figure
 
 
-def results_table(rows: list[dict]) -> str:
-    lines = ["| split | method | avg acc | worst-group acc | CF invariance | train s |",
-             "|---|---|---:|---:|---:|---:|"]
+def results_table(rows: list[dict], rules: list[str]) -> str:
+    """One row per (split, method): the last checkpoint's test metrics, then the test worst-group accuracy of the
+    checkpoint each selection rule of `rules` picks (`selected`: rule -> value; "–" when the run kept no held-out
+    set)."""
+    lines = ["| split | method | avg acc | worst-group acc | CF invariance | "
+             + " | ".join(f"WGA sel. {rule}" for rule in rules) + " | train s |",
+             "|---|---|---:|---:|---:|" + "---:|" * len(rules) + "---:|"]
     for r in rows:
+        selected = r.get("selected") or {}
+        picks = " | ".join(f"{selected[rule]:.3f}" if rule in selected else "–" for rule in rules)
         lines.append(f"| {r['split']} | {r['method']} | {r['average_accuracy']:.3f} | {r['worst_group_accuracy']:.3f} "
-                     f"| {r.get('counterfactual_invariance', float('nan')):.3f} | {r['train_seconds']:.1f} |")
+                     f"| {r.get('counterfactual_invariance', float('nan')):.3f} | {picks} | {r['train_seconds']:.1f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from latlab.vision.methods import ImageData, images_to_tensor, predict
-from latlab.vision.metrics import summarise
+from latlab.vision.metrics import average_accuracy, summarise, worst_class_accuracy
 from latlab.vision.render import ImageSource, RenderSettings
 from latlab.vision.scm import SpawriousSCM
 from latlab.config import SpawriousDataConfig
@@ -105,3 +105,9 @@ def evaluate(model: torch.nn.Module, data: SplitData, part: str = "test") -> dic
         cf_pred = predict(model, images_to_tensor(flat)).numpy().reshape(n, k)
         same = rows["location"].to_numpy()[:, None] == np.asarray(LOCATIONS)[None, :]
     return summarise(pred, rows["label"].to_numpy(), group_names(rows), cf_pred, same)
+
+
+def heldout_scores(model: torch.nn.Module, heldout: ImageData) -> dict:
+    """Average and worst-class accuracy on held-out training-distribution data (the label-only selection scores)."""
+    pred, label = predict(model, heldout.x).numpy(), heldout.y.numpy()
+    return {"average_accuracy": average_accuracy(pred, label), "worst_class_accuracy": worst_class_accuracy(pred, label)}

@@ -3,15 +3,18 @@
 ERM; GroupDRO (Sagawa et al. 2020, online exponentiated-gradient group weights); IRM (Arjovsky et al. 2019, IRMv1
 gradient penalty with annealing); VREx (Krueger et al. 2021, variance of environment risks); CORAL (Sun & Saenko
 2016, feature mean/covariance matching across environments); JTT (Liu et al. 2021, upsample the errors of a short ERM
-run); Mixup (Zhang et al. 2018, on the pooled batch). Penalty forms and annealing follow DomainBed (Gulrajani & Lopez-
-Paz 2021), which the Spawrious paper uses. Hand-written because DomainBed is not a maintained package and needs
-torchvision; each method is a few lines over `(model, batch)`.
+run); Mixup (Zhang et al. 2018, on the pooled batch); DFR (Kirichenko et al. 2023, deep feature reweighting: the
+ERM model's last layer refit on a group-balanced held-out set). Penalty forms and annealing follow DomainBed (Gulrajani
+& Lopez-Paz 2021), which the Spawrious paper uses. Hand-written because DomainBed is not a maintained package and needs
+torchvision; each method is a few lines over `(model, batch)`. DFR's logistic regression is scikit-learn's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import copy
 
 import numpy as np
 import torch
@@ -44,6 +47,25 @@ class LossState:
 
     group_weights: torch.Tensor | None = None
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+def subset(data: ImageData, index: torch.Tensor) -> ImageData:
+    return ImageData(data.x[index], data.y[index], data.env[index], data.group[index])
+
+
+def holdout_split(data: ImageData, fraction: float, seed: int) -> tuple[ImageData, ImageData]:
+    """(kept, held out): `round(fraction * n_g)` examples of every group g held out, at least one of any group with
+    two or more (DomainBed holds out a share of every environment; stratifying by group keeps the rare groups, the
+    ones a group-balanced refit or a worst-class rule needs, on both sides). Deterministic in `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    kept, held = [], []
+    for g in data.group.unique():
+        idx = torch.nonzero(data.group == g).squeeze(1)
+        idx = idx[torch.randperm(len(idx), generator=generator)]
+        k = min(len(idx) - 1, max(1, round(fraction * len(idx)))) if len(idx) > 1 else 0
+        held.append(idx[:k])
+        kept.append(idx[k:])
+    return subset(data, torch.cat(kept).sort().values), subset(data, torch.cat(held).sort().values)
 
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -146,10 +168,18 @@ class EnvBalancedSampler:
         return Batch(self.data.x[i], self.data.y[i], self.data.env[i], self.data.group[i])
 
 
+Checkpoint = Callable[[int, nn.Module], None]  # (optimizer steps done, model in eval mode) -> None
+
+
 def _fit(method: str, data: ImageData, cfg: SpawriousTrainConfig, hp: MethodHparams, steps: int,
-         num_groups: int, weights: torch.Tensor | None = None, log: Callable | None = None) -> nn.Module:
+         num_groups: int, weights: torch.Tensor | None = None, log: Callable | None = None,
+         checkpoint: Checkpoint | None = None, checkpoint_every: int = 0,
+         init: dict[str, torch.Tensor] | None = None) -> nn.Module:
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, int(data.y.max()) + 1, cfg.width, cfg.pretrained_path).to(cfg.device)
+    model = build_model(cfg.model, int(data.y.max()) + 1, cfg.width, cfg.pretrained_path)
+    if init is not None:
+        model.load_state_dict(init)
+    model = model.to(cfg.device)
     sampler = EnvBalancedSampler(data, cfg.batch_size, torch.Generator().manual_seed(cfg.seed), weights)
     make_opt = lambda: torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)  # noqa: E731
     opt = make_opt()
@@ -169,8 +199,56 @@ def _fit(method: str, data: ImageData, cfg: SpawriousTrainConfig, hp: MethodHpar
         opt.step()
         if log and (step % cfg.log_every == 0 or step == steps - 1):
             log({"loss": float(loss.detach())}, step)
+        if checkpoint and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+            checkpoint(step + 1, model.eval())
+            model.train()
     model.eval()
+    if checkpoint:
+        checkpoint(steps, model)
     return model
+
+
+@torch.no_grad()
+def features(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Penultimate features [n, dim] (the input of `model.head`) of images [n, 3, H, W]."""
+    model.eval()
+    device = next(model.parameters()).device
+    return torch.cat([model.features(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+
+
+def dfr_head(model: nn.Module, heldout: ImageData, hp: MethodHparams, seed: int) -> nn.Module:
+    """A copy of `model` whose linear head is refit by deep feature reweighting (Kirichenko et al. 2023, DFR^Val_Tr):
+    features standardised on the balanced set, L1 logistic regression (liblinear, C = `hp.dfr_c`) on a subsample with
+    the same number of examples from every (breed, background) group, coefficients averaged over `hp.dfr_subsamples`
+    subsamples. The official code averages 10, uses liblinear on binary tasks and tunes C on the other half of the
+    validation set; here C is fixed and the four classes are fit one-vs-rest (liblinear's own multiclass scheme),
+    whose per-class decision functions form the new head. The standardisation is folded into the head, so the result
+    is an ordinary model. `heldout` needs every class."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+
+    feats, y, groups = features(model, heldout.x).numpy(), heldout.y.numpy(), heldout.group.numpy()
+    missing = sorted(set(range(model.head.out_features)) - set(np.unique(y).tolist()))
+    if missing:
+        raise ValueError(f"DFR: the held-out refit set has no image of class(es) {missing}: raise "
+                         "spawrious.train.holdout_fraction or spawrious.data.per_env_total")
+    per_group = min(int((groups == g).sum()) for g in np.unique(groups))
+    rng = np.random.default_rng(seed)
+    coefs, intercepts = [], []
+    for _ in range(hp.dfr_subsamples):
+        idx = np.concatenate([rng.choice(np.flatnonzero(groups == g), per_group, replace=False)
+                              for g in np.unique(groups)])
+        mean, std = feats[idx].mean(0), feats[idx].std(0) + 1e-8
+        clf = OneVsRestClassifier(LogisticRegression(C=hp.dfr_c, l1_ratio=1.0, solver="liblinear"))
+        clf.fit((feats[idx] - mean) / std, y[idx])
+        weight = np.stack([est.coef_[0] for est in clf.estimators_]) / std  # [classes, dim]
+        coefs.append(weight)
+        intercepts.append(np.array([est.intercept_[0] for est in clf.estimators_]) - weight @ mean)
+    refit = copy.deepcopy(model)
+    with torch.no_grad():
+        refit.head.weight.copy_(torch.as_tensor(np.mean(coefs, 0), dtype=refit.head.weight.dtype))
+        refit.head.bias.copy_(torch.as_tensor(np.mean(intercepts, 0), dtype=refit.head.bias.dtype))
+    return refit.eval()
 
 
 @torch.no_grad()
@@ -181,16 +259,31 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.T
     return torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
 
 
+METHODS = (*LOSSES, "jtt", "dfr")
+
+
 def train_method(method: str, data: ImageData, cfg: SpawriousTrainConfig, hp: MethodHparams, num_groups: int,
-                 log: Callable[[dict[str, float], int], None] | None = None) -> nn.Module:
-    """Train one model with `method` for `cfg.steps` steps (JTT: plus its identification run)."""
+                 log: Callable[[dict[str, float], int], None] | None = None, heldout: ImageData | None = None,
+                 checkpoint: Checkpoint | None = None, checkpoint_every: int = 0,
+                 init: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """Train one model with `method` for `cfg.steps` steps (JTT: plus its identification run; DFR: ERM, then the head
+    refit on `heldout`, at every checkpoint too). `checkpoint(step, model)` is called every `checkpoint_every` steps
+    and at the end, for model selection; `init` is a state dict to start from (a pretrained backbone)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHODS)}")
+    if method == "dfr":
+        if heldout is None:
+            raise ValueError("method 'dfr' refits the last layer on a held-out set: pass heldout "
+                             "(spawrious.train.holdout_fraction > 0)")
+        refit = (lambda step, model: checkpoint(step, dfr_head(model, heldout, hp, cfg.seed))) if checkpoint else None
+        return dfr_head(_fit("erm", data, cfg, hp, cfg.steps, num_groups, log=log, checkpoint=refit,
+                             checkpoint_every=checkpoint_every, init=init), heldout, hp, cfg.seed)
     if method == "jtt":
-        identifier = _fit("erm", data, cfg, hp, hp.jtt_identification_steps, num_groups)
+        identifier = _fit("erm", data, cfg, hp, hp.jtt_identification_steps, num_groups, init=init)
         errors = predict(identifier, data.x) != data.y
         weights = torch.where(errors, hp.jtt_upweight, 1.0)
         if log:
             log({"jtt_error_set_fraction": float(errors.float().mean())}, 0)
-        return _fit("erm", data, cfg, hp, cfg.steps, num_groups, weights, log)
-    if method not in LOSSES:
-        raise ValueError(f"unknown method {method!r}; expected one of {sorted([*LOSSES, 'jtt'])}")
-    return _fit(method, data, cfg, hp, cfg.steps, num_groups, log=log)
+        return _fit("erm", data, cfg, hp, cfg.steps, num_groups, weights, log, checkpoint, checkpoint_every, init)
+    return _fit(method, data, cfg, hp, cfg.steps, num_groups, log=log, checkpoint=checkpoint,
+                checkpoint_every=checkpoint_every, init=init)

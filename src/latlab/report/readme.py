@@ -136,6 +136,9 @@ def results_block(root: Path) -> str:
         _section("Backdoor removal without the trigger", "reports/backdoor.md", _read(reports / "backdoor.md")),
         _section("Spawrious track", spawrious.relative_to(root).as_posix(), _read(spawrious)),
     ]
+    if (reports / "spawrious_study.md").exists():  # `make spawrious`: the whole grid over seeds
+        sections.append(_section("Spawrious grid over seeds (`make spawrious`)", "reports/spawrious_study.md",
+                                 _read(reports / "spawrious_study.md")))
     return BEGIN + "\n\n" + "\n".join(sections) + "\n" + END
 
 

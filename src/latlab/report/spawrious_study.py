@@ -65,7 +65,13 @@ def summarize(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], bootstrap
             if picked:
                 row[f"selected.{rule}"] = _interval(picked, bootstrap)
         rows.append(row)
-    return rows
+    return sorted(rows, key=_reading_order)
+
+
+def _reading_order(row: dict) -> tuple:
+    """O2O before M2M, easy -> medium -> hard (the paper's order), then method."""
+    family, _, level = row["split"].partition("_")
+    return (family != "o2o", {"easy": 0, "medium": 1, "hard": 2}.get(level, 3), row["split"], row["method"])
 
 
 def _fmt(cell: dict[str, Any] | None) -> str:

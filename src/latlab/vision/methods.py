@@ -173,13 +173,9 @@ Checkpoint = Callable[[int, nn.Module], None]  # (optimizer steps done, model in
 
 def _fit(method: str, data: ImageData, cfg: SpawriousTrainConfig, hp: MethodHparams, steps: int,
          num_groups: int, weights: torch.Tensor | None = None, log: Callable | None = None,
-         checkpoint: Checkpoint | None = None, checkpoint_every: int = 0,
-         init: dict[str, torch.Tensor] | None = None) -> nn.Module:
+         checkpoint: Checkpoint | None = None, checkpoint_every: int = 0) -> nn.Module:
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, int(data.y.max()) + 1, cfg.width, cfg.pretrained_path)
-    if init is not None:
-        model.load_state_dict(init)
-    model = model.to(cfg.device)
+    model = build_model(cfg.model, int(data.y.max()) + 1, cfg.width, cfg.pretrained_path).to(cfg.device)
     sampler = EnvBalancedSampler(data, cfg.batch_size, torch.Generator().manual_seed(cfg.seed), weights)
     make_opt = lambda: torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)  # noqa: E731
     opt = make_opt()
@@ -264,11 +260,10 @@ METHODS = (*LOSSES, "jtt", "dfr")
 
 def train_method(method: str, data: ImageData, cfg: SpawriousTrainConfig, hp: MethodHparams, num_groups: int,
                  log: Callable[[dict[str, float], int], None] | None = None, heldout: ImageData | None = None,
-                 checkpoint: Checkpoint | None = None, checkpoint_every: int = 0,
-                 init: dict[str, torch.Tensor] | None = None) -> nn.Module:
+                 checkpoint: Checkpoint | None = None, checkpoint_every: int = 0) -> nn.Module:
     """Train one model with `method` for `cfg.steps` steps (JTT: plus its identification run; DFR: ERM, then the head
     refit on `heldout`, at every checkpoint too). `checkpoint(step, model)` is called every `checkpoint_every` steps
-    and at the end, for model selection; `init` is a state dict to start from (a pretrained backbone)."""
+    and at the end, for model selection."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHODS)}")
     if method == "dfr":
@@ -277,13 +272,13 @@ def train_method(method: str, data: ImageData, cfg: SpawriousTrainConfig, hp: Me
                              "(spawrious.train.holdout_fraction > 0)")
         refit = (lambda step, model: checkpoint(step, dfr_head(model, heldout, hp, cfg.seed))) if checkpoint else None
         return dfr_head(_fit("erm", data, cfg, hp, cfg.steps, num_groups, log=log, checkpoint=refit,
-                             checkpoint_every=checkpoint_every, init=init), heldout, hp, cfg.seed)
+                             checkpoint_every=checkpoint_every), heldout, hp, cfg.seed)
     if method == "jtt":
-        identifier = _fit("erm", data, cfg, hp, hp.jtt_identification_steps, num_groups, init=init)
+        identifier = _fit("erm", data, cfg, hp, hp.jtt_identification_steps, num_groups)
         errors = predict(identifier, data.x) != data.y
         weights = torch.where(errors, hp.jtt_upweight, 1.0)
         if log:
             log({"jtt_error_set_fraction": float(errors.float().mean())}, 0)
-        return _fit("erm", data, cfg, hp, cfg.steps, num_groups, weights, log, checkpoint, checkpoint_every, init)
+        return _fit("erm", data, cfg, hp, cfg.steps, num_groups, weights, log, checkpoint, checkpoint_every)
     return _fit(method, data, cfg, hp, cfg.steps, num_groups, log=log, checkpoint=checkpoint,
-                checkpoint_every=checkpoint_every, init=init)
+                checkpoint_every=checkpoint_every)

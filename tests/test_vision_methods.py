@@ -90,11 +90,15 @@ def test_dfr_head_is_the_balanced_logistic_regression_folded_into_the_model(tiny
     idx = np.concatenate([rng.choice(np.flatnonzero(groups == g), per_group, replace=False) for g in np.unique(groups)])
     assert len(idx) == per_group * len(np.unique(groups))
     mean, std = feats[idx].mean(0), feats[idx].std(0) + 1e-8
-    clf = OneVsRestClassifier(LogisticRegression(C=0.5, l1_ratio=1.0, solver="liblinear")).fit(
+    clf = OneVsRestClassifier(LogisticRegression(C=0.5, l1_ratio=1.0, solver="liblinear", random_state=0)).fit(
         (feats[idx] - mean) / std, heldout.y.numpy()[idx])
     with torch.no_grad():
         logits = refit(heldout.x).numpy()
     np.testing.assert_allclose(logits, clf.decision_function((feats - mean) / std), atol=2e-3)  # float32 fold
+    # reproducible: liblinear shuffles its data, so an unseeded fit differs from run to run
+    again = dfr_head(model, heldout, make(MethodHparams, dfr_subsamples=3, dfr_c=0.5), seed=3)
+    assert torch.equal(again.head.weight, dfr_head(model, heldout, make(MethodHparams, dfr_subsamples=3, dfr_c=0.5),
+                                                   seed=3).head.weight)
     # the backbone is untouched, the original model too
     assert all(torch.equal(a, b) for a, b in zip(refit.body.parameters(), model.body.parameters()))
     assert not torch.equal(refit.head.weight, model.head.weight)

@@ -235,7 +235,7 @@ def dfr_head(model: nn.Module, heldout: ImageData, hp: MethodHparams, seed: int)
         idx = np.concatenate([rng.choice(np.flatnonzero(groups == g), per_group, replace=False)
                               for g in np.unique(groups)])
         mean, std = feats[idx].mean(0), feats[idx].std(0) + 1e-8
-        clf = OneVsRestClassifier(LogisticRegression(C=hp.dfr_c, l1_ratio=1.0, solver="liblinear"))
+        clf = OneVsRestClassifier(LogisticRegression(C=hp.dfr_c, l1_ratio=1.0, solver="liblinear", random_state=0))
         clf.fit((feats[idx] - mean) / std, y[idx])
         weight = np.stack([est.coef_[0] for est in clf.estimators_]) / std  # [classes, dim]
         coefs.append(weight)

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 include src/latlab/offline.env
 export $(shell sed -n 's/^\([A-Z_]*\)=.*/\1/p' src/latlab/offline.env)
 
-.PHONY: setup browser check demo study spawrious test test-fast flow mlflow-ui clean benchmarks fetch-smollm2 smollm2 deps \
+.PHONY: setup browser check demo study spawrious spawrious-dial test test-fast flow mlflow-ui clean benchmarks fetch-smollm2 smollm2 deps \
 	plots-diff
 
 setup: $(STAMP)
@@ -54,6 +54,14 @@ spawrious: setup check
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m flows.study --profile profiles/spawrious_grid.yaml --no-conclusions \
 		--stages check spawrious_generate spawrious_train spawrious_evaluate
 	$(PY) -m latlab.report.spawrious_study runs/spawrious
+
+# The spurious-strength dial (issue 18): training correlation rho 0.25 ... 0.99 x ERM, GroupDRO, DFR x the study's seeds
+# (profiles/spawrious_dial.yaml) in runs/spawrious_dial/seed_<s>/, then reports/spawrious_dial.md,
+# metrics/spawrious_dial.json and plots/spawrious/dial.png.
+spawrious-dial: setup check
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m flows.study --profile profiles/spawrious_dial.yaml --no-conclusions \
+		--stages check spawrious_generate spawrious_train spawrious_evaluate
+	$(PY) -m latlab.report.spawrious_study runs/spawrious_dial --dial
 
 # Regenerate dvc.yaml's code deps (each stage's import closure) after changing imports, and docs/pipeline.md from it
 deps: setup

@@ -13,7 +13,7 @@ from typing import get_args
 
 from safetensors.torch import save_file
 
-from latlab.config import MethodName, Params, SplitName
+from latlab.config import MethodName, Params
 from latlab.tracking import stage_run
 from latlab.vision.benchmark import evaluate, heldout_scores, load_split, training_data
 from latlab.vision.methods import holdout_split, train_method
@@ -28,12 +28,14 @@ METRICS = Path("metrics/spawrious_train")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", required=True, choices=get_args(MethodName))
-    parser.add_argument("--split", required=True, choices=get_args(SplitName))
+    parser.add_argument("--split", required=True, help="a split of spawrious.splits: o2o_easy ... m2m_hard, dial_<p>")
     return parser.parse_args(argv)
 
 
 def train(params: Params, method: str, split: str) -> None:
     cfg, tracking = params.spawrious, params.tracking
+    if split not in cfg.splits:
+        raise ValueError(f"--split {split!r} is not in spawrious.splits {cfg.splits} (spawrious_generate renders those)")
     data = load_split(DATA / split, split)
     train_set, group_vocab = training_data(data)
     refit_set = select_set = None

@@ -502,7 +502,19 @@ class EvaluateConfig(Section):
 
 
 # --- Spawrious track (Lynch et al. 2023); default grid sized for a 2-core CPU, full grid in profiles/ ---
-SplitName = Literal["o2o_easy", "o2o_medium", "o2o_hard", "m2m_easy", "m2m_medium", "m2m_hard"]
+BENCHMARK_SPLITS = ("o2o_easy", "o2o_medium", "o2o_hard", "m2m_easy", "m2m_medium", "m2m_hard")
+# The spurious-strength dial (issue 18): dial_<rho in percent>, rho = P(breed on its own background) in training
+DIAL_SPLIT_PATTERN = r"dial_([1-9][0-9]?)"
+
+
+def _split_name(name: str) -> str:
+    if name in BENCHMARK_SPLITS or re.fullmatch(DIAL_SPLIT_PATTERN, name):
+        return name
+    raise ValueError(f"unknown Spawrious split {name!r}: expected one of {', '.join(BENCHMARK_SPLITS)}, or "
+                     "dial_<rho in percent, 1-99> (the spurious-strength dial, e.g. dial_97)")
+
+
+SplitName = Annotated[str, AfterValidator(_split_name)]
 MethodName = Literal["erm", "groupdro", "irm", "vrex", "coral", "jtt", "mixup", "dfr"]
 
 

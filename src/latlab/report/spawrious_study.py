@@ -3,6 +3,7 @@ bootstrap interval over seeds and N, for the last checkpoint and under each mode
 markdown table and a worst-group plot with interval bars.
 
     python -m latlab.report.spawrious_study runs/spawrious     # reads runs/spawrious/seed_*/metrics/spawrious_train
+    python -m latlab.report.spawrious_study runs/spawrious_dial --dial   # the spurious-strength dial's curves
 
 Reads what `stages.spawrious_train` wrote (metrics/spawrious_train/<split>/<method>.json per seed directory); the
 interval is latlab.report.stats' percentile bootstrap over seeds (with 3 seeds: their range). The selection rules are
@@ -13,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
 
+from latlab.config import DIAL_SPLIT_PATTERN
 from latlab.report.plots import legend_outside, plt, save_figure
 from latlab.report.stats import bootstrap_mean_ci
 
@@ -23,6 +26,9 @@ METRICS = ("average_accuracy", "worst_group_accuracy", "counterfactual_flip_rate
 OUT_JSON = Path("metrics/spawrious_study.json")
 OUT_MD = Path("reports/spawrious_study.md")
 OUT_PLOT = Path("plots/spawrious/study_worst_group.png")
+DIAL_JSON = Path("metrics/spawrious_dial.json")
+DIAL_MD = Path("reports/spawrious_dial.md")
+DIAL_PLOT = Path("plots/spawrious/dial.png")
 
 
 def load_cells(workdir: Path) -> dict[tuple[str, str], dict[int, dict[str, Any]]]:
@@ -78,10 +84,10 @@ def _fmt(cell: dict[str, Any] | None) -> str:
     return "–" if cell is None else f"{cell['mean']:.2f} [{cell['ci'][0]:.2f}, {cell['ci'][1]:.2f}]"
 
 
-def markdown(rows: list[dict], confidence: float) -> str:
+def markdown(rows: list[dict], confidence: float, title: str = "Spawrious grid") -> str:
     rules = list(dict.fromkeys(key.removeprefix("selected.") for r in rows for key in r if key.startswith("selected.")))
     level = f"{confidence:.0%}"
-    lines = [f"Spawrious grid: test metrics as mean [{level} bootstrap interval over seeds]; N = seeds per cell. "
+    lines = [f"{title}: test metrics as mean [{level} bootstrap interval over seeds]; N = seeds per cell. "
              "Last = the model at the end of training; WGA sel. <rule> = test worst-group accuracy of the checkpoint "
              "the rule picks (average_val, worst_class_val: held-out training-distribution data, no group labels; "
              "oracle_worst_group: test group labels, an upper bound).", "",
@@ -123,22 +129,74 @@ def plot(rows: list[dict], path: Path, metric: str = "worst_group_accuracy") -> 
     save_figure(fig, path)
 
 
+def dial_correlation(split: str) -> float:
+    """rho of a dial split (`dial_97` -> 0.97); ValueError naming any other split."""
+    match = re.fullmatch(DIAL_SPLIT_PATTERN, split)
+    if match is None:
+        raise ValueError(f"{split!r} is not a dial split (dial_<rho in percent>): run --dial on a dial study")
+    return int(match.group(1)) / 100
+
+
+DIAL_TITLE = ("Spurious-strength dial: training correlation rho = P(breed on its own background), split dial_<rho in "
+              "percent>; test on every breed x background (worst group: a breed on another's background)")
+
+
+def plot_dial(rows: list[dict], path: Path) -> None:
+    """Worst-group accuracy (left) and counterfactual flip rate (right) of the last checkpoint against the training
+    correlation rho, one line per method, interval whiskers. x is 1 - rho on a log scale (0.97 and 0.99 are where
+    methods part), labelled with rho."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    rhos = sorted({dial_correlation(r["split"]) for r in rows})
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.4))
+    for ax, metric in zip(axes, ("worst_group_accuracy", "counterfactual_flip_rate")):
+        for i, method in enumerate(methods):
+            cells = sorted((dial_correlation(r["split"]), r[metric]) for r in rows if r["method"] == method)
+            # a small horizontal offset per method keeps overlapping whiskers readable
+            xs = [(1 - rho) * (1 + 0.04 * (i - (len(methods) - 1) / 2)) for rho, _ in cells]
+            means = [c["mean"] for _, c in cells]
+            errs = [[c["mean"] - c["ci"][0] for _, c in cells], [c["ci"][1] - c["mean"] for _, c in cells]]
+            ax.errorbar(xs, means, yerr=errs, marker="o", capsize=3, label=method)
+        ax.set_xscale("log")
+        ax.set_xticks([1 - rho for rho in rhos], [f"{rho:g}" for rho in rhos])
+        ax.minorticks_off()
+        ax.invert_xaxis()
+        ax.set_xlabel("training correlation rho (axis: 1 - rho, log)")
+        ax.set_ylabel(f"{metric.replace('_', ' ')} (fraction)")
+        ax.set_ylim(0, 1)
+    seeds = max(len(r["seeds"]) for r in rows)
+    axes[0].set_title("worst-group test accuracy")
+    axes[1].set_title("counterfactual flip rate (background changed)")
+    fig.suptitle(f"Spawrious spurious-strength dial: mean and interval over {seeds} seeds")
+    legend_outside(axes[1], title="method")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def main(argv: list[str] | None = None) -> None:
     from latlab.config import load_params
 
     parser = argparse.ArgumentParser(prog="python -m latlab.report.spawrious_study", description=__doc__.splitlines()[0])
     parser.add_argument("workdir", type=Path, help="the grid's study work directory (its seed_<s> folders)")
+    parser.add_argument("--dial", action="store_true", help="a spurious-strength dial study (dial_<p> splits): "
+                        f"write {DIAL_MD}, {DIAL_JSON} and the curves {DIAL_PLOT}")
     args = parser.parse_args(argv)
     study = load_params().study
     bootstrap = {"samples": study.bootstrap_samples, "confidence": study.confidence, "seed": study.bootstrap_seed}
     rows = summarize(load_cells(args.workdir), bootstrap)
-    for path in (OUT_JSON, OUT_MD):
+    if args.dial:
+        rows = sorted(rows, key=lambda r: (dial_correlation(r["split"]), r["method"]))
+    out_json, out_md, out_plot = (DIAL_JSON, DIAL_MD, DIAL_PLOT) if args.dial else (OUT_JSON, OUT_MD, OUT_PLOT)
+    for path in (out_json, out_md):
         path.parent.mkdir(parents=True, exist_ok=True)
-    OUT_JSON.write_text(json.dumps({"workdir": str(args.workdir), "confidence": study.confidence,
+    out_json.write_text(json.dumps({"workdir": str(args.workdir), "confidence": study.confidence,
                                     "bootstrap_samples": study.bootstrap_samples, "cells": rows}, indent=2))
-    OUT_MD.write_text(markdown(rows, study.confidence))
-    plot(rows, OUT_PLOT)
-    print(f"{OUT_MD}, {OUT_JSON}, {OUT_PLOT}: {len(rows)} cells")
+    if args.dial:
+        out_md.write_text(markdown(rows, study.confidence, DIAL_TITLE))
+        plot_dial(rows, out_plot)
+    else:
+        out_md.write_text(markdown(rows, study.confidence))
+        plot(rows, out_plot)
+    print(f"{out_md}, {out_json}, {out_plot}: {len(rows)} cells")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from latlab.vision.metrics import average_accuracy, summarise, worst_class_accur
 from latlab.vision.render import ImageSource, RenderSettings
 from latlab.vision.scm import SpawriousSCM
 from latlab.config import SpawriousDataConfig
-from latlab.vision.splits import LOCATIONS, SPLIT_NAMES, split_definition
+from latlab.vision.splits import LOCATIONS, split_definition, split_stream
 
 
 @dataclass
@@ -43,7 +43,7 @@ def generate_split(name: str, cfg: SpawriousDataConfig, source: ImageSource | No
     definition = split_definition(name)
     scm = SpawriousSCM(render_settings(cfg), source)
     # one stream per split, so adding a split to the grid does not change the others
-    rng = np.random.default_rng([cfg.seed, SPLIT_NAMES.index(name)])
+    rng = np.random.default_rng([cfg.seed, split_stream(name)])
     envs = {env.name: env for env in definition.environments}
     units = scm.sample_groups(definition.groups(cfg.per_env_total, cfg.test_per_group), envs, rng)
     images = scm.render(units)

@@ -3,7 +3,7 @@
 ERM; GroupDRO (Sagawa et al. 2020, online exponentiated-gradient group weights); IRM (Arjovsky et al. 2019, IRMv1
 gradient penalty with annealing); VREx (Krueger et al. 2021, variance of environment risks); CORAL (Sun & Saenko
 2016, feature mean/covariance matching across environments); JTT (Liu et al. 2021, upsample the errors of a short ERM
-run); Mixup (Zhang et al. 2018, on the pooled batch); DFR (Kirichenko et al. 2023, deep feature reweighting: the
+run); Mixup (Zhang et al. 2018, inter-domain as DomainBed); DFR (Kirichenko et al. 2023, deep feature reweighting: the
 ERM model's last layer refit on a group-balanced held-out set). Penalty forms and annealing follow DomainBed (Gulrajani
 & Lopez-Paz 2021), which the Spawrious paper uses. Hand-written because DomainBed is not a maintained package and needs
 torchvision; each method is a few lines over `(model, batch)`. DFR's logistic regression is scikit-learn's.
@@ -136,10 +136,22 @@ def coral_loss(model, batch, state, step, hp) -> torch.Tensor:
 
 
 def mixup_loss(model, batch, state, step, hp) -> torch.Tensor:
-    lam = float(np.random.default_rng(step).beta(hp.mixup_alpha, hp.mixup_alpha))
-    perm = torch.randperm(len(batch.y))
-    logits = model(lam * batch.x + (1 - lam) * batch.x[perm])
-    return lam * F.cross_entropy(logits, batch.y) + (1 - lam) * F.cross_entropy(logits, batch.y[perm])
+    """Inter-domain Mixup as DomainBed's `Mixup` (Xu et al. 2020; Yan et al. 2020), the variant the Spawrious paper
+    ran: environments in a random cycle, each one's examples mixed with the next one's (paired by position, truncated
+    to the shorter), one lam ~ Beta(alpha, alpha) per pair, loss averaged over the pairs. With one environment it
+    mixes the batch with itself (no mixing), as DomainBed's pairing does."""
+    masks = _per_env(batch)
+    order = torch.randperm(len(masks)).tolist()
+    beta = torch.distributions.Beta(hp.mixup_alpha, hp.mixup_alpha)
+    total = 0.0
+    for i, env in enumerate(order):
+        a, b = masks[env], masks[order[(i + 1) % len(order)]]
+        n = min(int(a.sum()), int(b.sum()))
+        (xi, yi), (xj, yj) = (batch.x[a][:n], batch.y[a][:n]), (batch.x[b][:n], batch.y[b][:n])
+        lam = float(beta.sample())
+        logits = model(lam * xi + (1 - lam) * xj)
+        total = total + lam * F.cross_entropy(logits, yi) + (1 - lam) * F.cross_entropy(logits, yj)
+    return total / len(order)
 
 
 LOSSES: dict[str, Callable] = {"erm": erm_loss, "groupdro": groupdro_loss, "irm": irm_loss, "vrex": vrex_loss,

@@ -7,13 +7,22 @@ O2O puts `int(0.97 * total)` / `int(0.87 * total)` of them on the breed's own ba
 filler background; M2M puts all of them on one background of the breed's pair, the pair member swapping between the
 two environments. Test environments put each breed on backgrounds seen only with other breeds.
 
+Beside the six splits, the spurious-strength dial `dial_<rho in percent>` (issue 18; not in the paper, whose fixed
+levels cannot show how a method degrades as the correlation grows): the four O2O-Hard training backgrounds, each
+breed on its own with probability rho and on each of the other three with (1 - rho) / 3, in both training
+environments; the test environment puts every breed on all four backgrounds (a group-balanced test set, as in
+Waterbirds), so rho = 0.25 is no correlation and worst-group accuracy is over the mismatched groups.
+
 Hand-written because the official package builds torchvision datasets straight from the folder tree; here the same
 definition must drive a generator, a folder loader and a Great Expectations check.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+from latlab.config import BENCHMARK_SPLITS, DIAL_SPLIT_PATTERN
 
 # Label order of the official loader (`class_list`): alphabetical.
 CLASSES: tuple[str, ...] = ("bulldog", "corgi", "dachshund", "labrador")
@@ -35,7 +44,8 @@ _M2M = {
     "medium": (("beach", "snow"), ("mountain", "desert")),
     "hard": (("dirt", "jungle"), ("snow", "beach")),
 }
-SPLIT_NAMES: tuple[str, ...] = tuple(f"{family}_{level}" for family in ("o2o", "m2m") for level in _O2O)
+SPLIT_NAMES: tuple[str, ...] = BENCHMARK_SPLITS  # o2o_easy ... m2m_hard (config validates params.yaml against it)
+DIAL_BACKGROUNDS: tuple[str, ...] = _O2O["hard"][0]  # in PAPER_BREED_ORDER: the dial's own background per breed
 
 
 @dataclass(frozen=True)
@@ -97,7 +107,8 @@ class SplitDefinition:
 
 def _train_counts(options: tuple[tuple[str, float], ...], total: int) -> list[int]:
     # The official loader floors the spurious share and gives the remainder to the filler background.
-    head = [int(p * total) for _, p in options[:-1]]
+    # (+1e-6: a share stored rounded, e.g. (1 - 0.99) / 3 = 0.0033333333, must not floor 300 x it to 0)
+    head = [int(p * total + 1e-6) for _, p in options[:-1]]
     return [*head, total - sum(head)]
 
 
@@ -126,8 +137,40 @@ def _m2m(level: str) -> SplitDefinition:
     return SplitDefinition(f"m2m_{level}", "m2m", level, tuple(envs))
 
 
+def dial_correlation(name: str) -> float | None:
+    """rho of a dial split name (`dial_97` -> 0.97); None for any other name."""
+    match = re.fullmatch(DIAL_SPLIT_PATTERN, name)
+    return int(match.group(1)) / 100 if match else None
+
+
+def _dial(rho: float) -> SplitDefinition:
+    envs = []
+    for index in range(2):
+        mapping = {}
+        for breed, own in zip(PAPER_BREED_ORDER, DIAL_BACKGROUNDS):
+            others = tuple((location, round((1 - rho) / 3, 10)) for location in DIAL_BACKGROUNDS if location != own)
+            # own background last: `_train_counts` gives it the remainder, so the minority counts are exact floors
+            mapping[breed] = (*others, (own, rho))
+        envs.append(Environment(f"train_{index}", "train", index, mapping, (str(index),)))
+    test_map = {breed: tuple((location, 0.25) for location in DIAL_BACKGROUNDS) for breed in PAPER_BREED_ORDER}
+    envs.append(Environment("test", "test", 2, test_map, ("0", "1")))
+    return SplitDefinition(f"dial_{round(rho * 100)}", "dial", f"rho={rho:g}", tuple(envs))
+
+
+def split_stream(name: str) -> int:
+    """A fixed integer per split name for its random stream (the six splits 0-5, dial_<p> 100 + p), so adding a split
+    to a grid does not change the others' images."""
+    rho = dial_correlation(name)
+    return SPLIT_NAMES.index(name) if rho is None else 100 + round(rho * 100)
+
+
 def split_definition(name: str) -> SplitDefinition:
-    family, _, level = name.partition("_")
+    """The six Spawrious splits by name (`o2o_easy` ... `m2m_hard`), or a dial split `dial_<rho in percent>`."""
+    rho = dial_correlation(name)
+    if rho is not None:
+        return _dial(rho)
     if name not in SPLIT_NAMES:
-        raise ValueError(f"unknown Spawrious split {name!r}; expected one of {', '.join(SPLIT_NAMES)}")
+        raise ValueError(f"unknown Spawrious split {name!r}; expected one of {', '.join(SPLIT_NAMES)} "
+                         "or dial_<rho in percent, 1-99>")
+    family, _, level = name.partition("_")
     return _o2o(level) if family == "o2o" else _m2m(level)

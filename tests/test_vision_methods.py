@@ -160,3 +160,35 @@ def test_timm_path_fails_clearly_without_timm():
             build_model("timm:resnet18")
     with pytest.raises(ValueError, match="unknown model"):
         build_model("vgg")
+
+
+def test_mixup_mixes_across_environments_as_domainbed():
+    """DomainBed's Mixup pairs each environment's examples with another environment's: with environment 0 all zeros
+    and environment 1 all ones, every input the model sees is a strict mixture (a pooled-batch Mixup also pairs
+    examples of one environment, which gives exact 0s and 1s)."""
+    from latlab.vision.methods import Batch, LossState, mixup_loss
+
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(1, 4)
+
+        def forward(self, x):
+            seen.append(x.detach())
+            return self.linear(x.mean(dim=(1, 2, 3)).unsqueeze(1))
+
+    torch.manual_seed(0)
+    env = torch.arange(64) % 2
+    batch = Batch(x=env.float().view(64, 1, 1, 1).expand(64, 3, 2, 2).clone(), y=torch.arange(64) % 4, env=env,
+                  group=env)
+    hp = make(MethodHparams, mixup_alpha=0.2)
+    for step in range(20):
+        loss = mixup_loss(Recorder(), batch, LossState(), step, hp)
+        assert torch.isfinite(loss)
+    values = torch.cat([x.flatten() for x in seen])
+    assert len(seen) == 40  # one forward per environment pair
+    assert ((values > 0) & (values < 1)).all()
+    # each pair uses one lam for all its examples: a forward's inputs are one value
+    assert all(torch.unique(x).numel() == 1 for x in seen)

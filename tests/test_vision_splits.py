@@ -96,3 +96,59 @@ def test_observational_sampling_follows_the_correlation():
     assert share == pytest.approx(0.87, abs=0.01)
     assert set(units["location"]) == set(own.values()) | {"beach"}
     assert set(units["location"]) < set(LOCATIONS)
+
+
+DIAL_OWN = dict(zip(ORDER, O2O["o2o_hard"][0]))  # the dial uses the O2O-Hard training backgrounds
+
+
+@pytest.mark.parametrize("name, rho, minority", [("dial_97", 0.97, 3), ("dial_99", 0.99, 1), ("dial_50", 0.5, 50),
+                                                 ("dial_25", 0.25, 75)])
+def test_dial_puts_rho_of_each_breed_on_its_own_background(name, rho, minority):
+    counts = _counts(split_definition(name).groups(300, test_per_group=6))
+    for env in ("train_0", "train_1"):
+        for breed, own in DIAL_OWN.items():
+            row = {loc: n for (part, e, b, loc), n in counts.items() if part == "train" and e == env and b == breed}
+            # (1 - rho) / 3 of 300 on each other breed's background; a rounded share must not floor 1 to 0
+            assert row == {loc: (300 - 3 * minority if loc == own else minority) for loc in DIAL_OWN.values()}
+            assert row[own] / 300 == pytest.approx(rho, abs=0.004)
+    test = {(b, loc): n for (part, _, b, loc), n in counts.items() if part == "test"}
+    assert test == {(b, loc): 6 for b in CLASSES for loc in DIAL_OWN.values()}  # every breed on every background
+
+
+def test_dial_names_are_checked_and_streams_are_distinct():
+    from latlab.vision.splits import dial_correlation, split_stream
+
+    assert dial_correlation("dial_97") == 0.97 and dial_correlation("o2o_easy") is None
+    for bad in ("dial_0", "dial_100", "dial_9.5"):
+        with pytest.raises(ValueError, match="unknown Spawrious split"):
+            split_definition(bad)
+    names = [*SPLIT_NAMES, *(f"dial_{p}" for p in range(1, 100))]
+    assert len({split_stream(n) for n in names}) == len(names)
+    assert [split_stream(n) for n in SPLIT_NAMES] == list(range(6))  # the six splits' images are unchanged
+
+
+def test_a_bad_dial_in_params_names_the_key(tmp_path):
+    import yaml
+
+    from latlab.config import ConfigError, load_params
+
+    raw = yaml.safe_load(open("params.yaml"))
+    raw["spawrious"]["splits"] = ["o2o_easy", "dial_100"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"spawrious\.splits.*dial_100.*dial_<rho in percent"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_dial_manifest_follows_its_scm_and_passes_the_manifest_check():
+    from latlab.vision.validation import validate_manifest
+
+    cfg = make(SpawriousDataConfig, per_env_total=60, test_per_group=2, render=make(RenderConfig, image_size=8))
+    data = generate_split("dial_90", cfg)
+    definition = split_definition("dial_90")
+    envs = {env.name: env for env in definition.environments}
+    assert all(location_mechanism(envs[e], b, u) == loc for e, b, u, loc in
+               data.manifest[["env", "breed", "u_loc", "location"]].itertuples(index=False))
+    assert validate_manifest(data.manifest, definition, 60, 2)["success"]
+    train = data.manifest[data.manifest["part"] == "train"]
+    assert np.mean([loc == DIAL_OWN[b] for b, loc in zip(train["breed"], train["location"])]) == pytest.approx(0.9)
+    assert data.counterfactual.shape[:2] == (32, len(LOCATIONS))  # 16 test groups x 2, each on all six backgrounds

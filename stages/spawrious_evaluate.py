@@ -32,7 +32,7 @@ def evaluate(params: Params) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
         METRICS.write_text(json.dumps({f"{r['split']}.{r['method']}": r for r in rows}, indent=2))
         TABLE.write_text(results_table(rows, list(SELECTION_RULES)))
-        plot_worst_group(rows, cfg.splits, cfg.methods, PLOT)
+        plot_worst_group(rows, PLOT)
         run.log_metrics({f"{r['split']}.{r['method']}": {k: v for k, v in r.items() if k not in ("split", "method")}
                          for r in rows})  # nested `selected` is flattened to <cell>.selected.<rule>
         for path in (METRICS, TABLE, PLOT):

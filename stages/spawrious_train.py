@@ -44,10 +44,11 @@ def train(params: Params, method: str, split: str) -> None:
         train_set, heldout = holdout_split(train_set, cfg.train.holdout_fraction, cfg.data.seed)
         refit_set, select_set = holdout_split(heldout, 0.5, cfg.data.seed)
     checkpoints: list[dict] = []
+    tests: dict[int, dict] = {}  # step -> full test result; the final one is the run's test result
 
     def checkpoint(step: int, model) -> None:
         if select_set is not None:
-            test = evaluate(model, data, "test")
+            tests[step] = test = evaluate(model, data, "test")
             checkpoints.append({"step": step, "val": heldout_scores(model, select_set),
                                 "test": {k: v for k, v in test.items() if k != "groups"}})
     out_dir = MODELS / split / method
@@ -60,7 +61,8 @@ def train(params: Params, method: str, split: str) -> None:
         model = train_method(method, train_set, cfg.train, cfg.hparams, len(group_vocab), log=run.log_metrics,
                              heldout=refit_set, checkpoint=checkpoint, checkpoint_every=cfg.train.select_every)
         seconds = time.perf_counter() - start
-        test, train_fit = evaluate(model, data, "test"), evaluate(model, data, "train")
+        test = tests.get(cfg.train.steps) or evaluate(model, data, "test")  # the last checkpoint is this model
+        train_fit = evaluate(model, data, "train")
         selection = {rule: {"step": row["step"], "val": row["val"], "test": row["test"]}
                      for rule, row in select_checkpoints(checkpoints).items()} if checkpoints else {}
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / "model.safetensors"))

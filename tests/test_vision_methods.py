@@ -123,6 +123,24 @@ def test_checkpoints_come_every_n_steps_and_at_the_end(method, tiny):
     assert not model.training
 
 
+def test_dfr_refits_once_per_checkpoint_and_returns_the_last_refit(tiny, monkeypatch):
+    import latlab.vision.methods as methods
+
+    _, train, vocab = tiny
+    train, heldout = holdout_split(train, 0.3, 0)
+    refits = []
+    real = methods.dfr_head
+    monkeypatch.setattr(methods, "dfr_head", lambda *a, **k: refits.append(real(*a, **k)) or refits[-1])
+    seen = []
+    cfg = make(SpawriousTrainConfig, steps=7, width=4, batch_size=16)
+    model = train_method("dfr", train, cfg, make(MethodHparams, dfr_subsamples=2), len(vocab), heldout=heldout,
+                         checkpoint=lambda step, m: seen.append(m), checkpoint_every=3)
+    assert len(refits) == 3 and model is refits[-1] is seen[-1]  # steps 3, 6, 7: the end model is not refit twice
+    refits.clear()
+    assert train_method("dfr", train, cfg, make(MethodHparams, dfr_subsamples=2), len(vocab), heldout=heldout) \
+        is refits[-1] and len(refits) == 1
+
+
 def test_selection_rules_on_a_hand_example():
     rows = [{"step": 1, "val": {"average_accuracy": 0.9, "worst_class_accuracy": 0.5}, "test": {"worst_group_accuracy": 0.1}},
             {"step": 2, "val": {"average_accuracy": 0.8, "worst_class_accuracy": 0.7}, "test": {"worst_group_accuracy": 0.2}},

@@ -109,6 +109,10 @@ def training_metrics(metrics: Path) -> dict[str, dict]:
     return training
 
 
+SPAWRIOUS_STUDIES = (("spawrious_study", "Spawrious grid over seeds (`make spawrious`)"),
+                     ("spawrious_dial", "Spawrious spurious-strength dial (`make spawrious-dial`)"))
+
+
 def results_block(root: Path) -> str:
     """The generated block (markers included) from `root`'s metrics/ and reports/."""
     metrics, reports = root / "metrics", root / "reports"
@@ -136,9 +140,9 @@ def results_block(root: Path) -> str:
         _section("Backdoor removal without the trigger", "reports/backdoor.md", _read(reports / "backdoor.md")),
         _section("Spawrious track", spawrious.relative_to(root).as_posix(), _read(spawrious)),
     ]
-    if (reports / "spawrious_study.md").exists():  # `make spawrious`: the whole grid over seeds
-        sections.append(_section("Spawrious grid over seeds (`make spawrious`)", "reports/spawrious_study.md",
-                                 _read(reports / "spawrious_study.md")))
+    # `make spawrious` (the whole grid over seeds) and `make spawrious-dial`, when they were run
+    sections += [_section(title, f"reports/{name}.md", _read(reports / f"{name}.md"))
+                 for name, title in SPAWRIOUS_STUDIES if (reports / f"{name}.md").exists()]
     return BEGIN + "\n\n" + "\n".join(sections) + "\n" + END
 
 

@@ -25,18 +25,27 @@ def results_table(rows: list[dict], rules: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_worst_group(rows: list[dict], splits: list[str], methods: list[str], path: Path) -> None:
+def plot_worst_group(rows: list[dict], path: Path, metric: str = "worst_group_accuracy",
+                     title: str = "Spawrious: worst-group accuracy") -> None:
+    """Bars of `metric` per split (x, in row order), one colour per method. A row's value is a fraction (one run) or
+    {"mean", "ci": [low, high]} (over seeds: drawn with interval whiskers)."""
+    splits = list(dict.fromkeys(r["split"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
     width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 + 1.4 * len(splits)), 3.2))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.8 + 1.6 * len(splits)), 3.4))
     for i, method in enumerate(methods):
-        values = [next((r["worst_group_accuracy"] for r in rows if r["split"] == s and r["method"] == method), 0.0)
-                  for s in splits]
-        ax.bar([j + i * width for j in range(len(splits))], values, width, label=method)
+        cells = [(j, r[metric]) for j, split in enumerate(splits) for r in rows
+                 if r["split"] == split and r["method"] == method]
+        means = [c["mean"] if isinstance(c, dict) else c for _, c in cells]
+        errs = None
+        if cells and isinstance(cells[0][1], dict):
+            errs = [[c["mean"] - c["ci"][0] for _, c in cells], [c["ci"][1] - c["mean"] for _, c in cells]]
+        ax.bar([j + i * width for j, _ in cells], means, width, yerr=errs, capsize=2, label=method)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(splits))], splits)
     ax.set_xlabel("split")
-    ax.set_ylabel("worst-group test accuracy (fraction)")
+    ax.set_ylabel(f"{metric.replace('_', ' ')} (fraction)")
     ax.set_ylim(0, 1)
-    ax.set_title("Spawrious: worst-group accuracy")
+    ax.set_title(title)
     legend_outside(ax, title="method")
     fig.tight_layout()
     save_figure(fig, path)

@@ -20,6 +20,7 @@ from typing import Any
 
 from latlab.config import DIAL_SPLIT_PATTERN
 from latlab.report.plots import legend_outside, plt, save_figure
+from latlab.report.spawrious import plot_worst_group
 from latlab.report.stats import bootstrap_mean_ci
 
 METRICS = ("average_accuracy", "worst_group_accuracy", "counterfactual_flip_rate")
@@ -103,30 +104,9 @@ def markdown(rows: list[dict], confidence: float, title: str = "Spawrious grid")
 
 def plot(rows: list[dict], path: Path, metric: str = "worst_group_accuracy") -> None:
     """Bars of `metric` (mean over seeds) per split, one colour per method, interval whiskers."""
-    splits = list(dict.fromkeys(r["split"] for r in rows))
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.8 + 1.6 * len(splits)), 3.4))
-    for i, method in enumerate(methods):
-        xs, means, errs = [], [], [[], []]
-        for j, split in enumerate(splits):
-            cell = next((r[metric] for r in rows if r["split"] == split and r["method"] == method), None)
-            if cell is None:
-                continue
-            xs.append(j + i * width)
-            means.append(cell["mean"])
-            errs[0].append(cell["mean"] - cell["ci"][0])
-            errs[1].append(cell["ci"][1] - cell["mean"])
-        ax.bar(xs, means, width, yerr=errs, capsize=2, label=method)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(splits))], splits)
-    ax.set_xlabel("split")
-    ax.set_ylabel(f"{metric.replace('_', ' ')} (fraction)")
-    ax.set_ylim(0, 1)
     seeds = max(len(r["seeds"]) for r in rows)
-    ax.set_title(f"Spawrious: {metric.replace('_', ' ')}, mean and interval over {seeds} seeds")
-    legend_outside(ax, title="method")
-    fig.tight_layout()
-    save_figure(fig, path)
+    plot_worst_group(rows, path, metric,
+                     f"Spawrious: {metric.replace('_', ' ')}, mean and interval over {seeds} seeds")
 
 
 def dial_correlation(split: str) -> float:

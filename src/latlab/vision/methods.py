@@ -282,9 +282,15 @@ def train_method(method: str, data: ImageData, cfg: SpawriousTrainConfig, hp: Me
         if heldout is None:
             raise ValueError("method 'dfr' refits the last layer on a held-out set: pass heldout "
                              "(spawrious.train.holdout_fraction > 0)")
-        refit = (lambda step, model: checkpoint(step, dfr_head(model, heldout, hp, cfg.seed))) if checkpoint else None
-        return dfr_head(_fit("erm", data, cfg, hp, cfg.steps, num_groups, log=log, checkpoint=refit,
-                             checkpoint_every=checkpoint_every), heldout, hp, cfg.seed)
+        refits: list[nn.Module] = []
+
+        def refit(step: int, model: nn.Module) -> None:  # _fit calls it at the end too: the last refit is the result
+            refits.append(dfr_head(model, heldout, hp, cfg.seed))
+            if checkpoint:
+                checkpoint(step, refits[-1])
+        _fit("erm", data, cfg, hp, cfg.steps, num_groups, log=log, checkpoint=refit,
+             checkpoint_every=checkpoint_every if checkpoint else 0)
+        return refits[-1]
     if method == "jtt":
         identifier = _fit("erm", data, cfg, hp, hp.jtt_identification_steps, num_groups)
         errors = predict(identifier, data.x) != data.y

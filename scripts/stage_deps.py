@@ -88,7 +88,7 @@ def module_imports(path: Path, root: Path = ROOT) -> set[str]:
 
 
 def data_files(path: Path) -> set[Path]:
-    """Files `path` locates beside itself: `Path(__file__).with_name("x")` and `Path(__file__).parent / "x"`."""
+    """Files and folders `path` locates beside itself: `Path(__file__).with_name("x")`, `Path(__file__).parent / "x"`."""
     def beside_file(node: ast.AST) -> bool:
         return any(isinstance(n, ast.Name) and n.id == "__file__" for n in ast.walk(node))
 
@@ -100,7 +100,7 @@ def data_files(path: Path) -> set[Path]:
         elif (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) and isinstance(node.left, ast.Attribute)
               and node.left.attr == "parent" and beside_file(node.left) and isinstance(node.right, ast.Constant)):
             found.add(Path(path).parent / str(node.right.value))
-    return {file for file in found if file.is_file()}
+    return {file for file in found if file.exists()}  # a folder of data files is one DVC dep
 
 
 def import_closure(module: str, root: Path = ROOT) -> list[Path]:

@@ -1,6 +1,7 @@
-"""DVC stage `interpret`: ACDC/EAP checked on a planted circuit (distractors isolated, and read downstream),
-steering-vector reliability on the base model, and, for every evaluated model, the latent signal of each behaviour
-and how much of the base model's harmful-compliance circuit (EAP) is left, against its behaviour rate."""
+"""DVC stage `interpret`: ACDC/EAP checked on a planted circuit (distractors isolated, and read downstream) and on
+tracr-compiled programs, steering-vector reliability on the base model, and, for every evaluated model, the latent
+signal of each behaviour and how much of the base model's harmful-compliance circuit (EAP) is left, against its
+behaviour rate."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from tqdm.auto import tqdm
 from latlab.config import Params, section_dict
 from latlab.data.records import load_world
 from latlab.interp.behaviour_circuits import circuit_persistence, edge_attribution, harmful_compliance_inputs
-from latlab.interp.circuits import validate_on_planted_circuit
+from latlab.interp.circuits import validate_on_planted_circuit, validate_on_tracr
+from latlab.interp.tracr import PROGRAMS as TRACR_PROGRAMS
 from latlab.interp.persistence import (fit_backdoor_reference, latent_signal, persistence_table, plot_persistence,
                                        probe_datasets)
 from latlab.interp.steering import ChatEncode, from_records, steering_reliability
@@ -32,7 +34,7 @@ def interpret(params: Params) -> None:
         world = load_world(WORLD_DIR)
         rates = json.loads((METRICS_DIR / "evaluate.json").read_text())
         # analyses: the planted circuits, the base model's references, then each model (probes, circuit, steering)
-        progress = tqdm(total=3 + len(params.evaluate.models), desc="[interpret] analyses", dynamic_ncols=True)
+        progress = tqdm(total=4 + len(params.evaluate.models), desc="[interpret] analyses", dynamic_ncols=True)
         progress.set_postfix_str("ACDC/EAP on the planted circuit")
         metrics: dict = {"acdc_planted": validate_on_planted_circuit(cfg.acdc, OUT / "acdc", seed=cfg.seed)}
         progress.update()
@@ -41,6 +43,11 @@ def interpret(params: Params) -> None:
         progress.set_postfix_str("ACDC/EAP on the planted circuit with read distractors")
         metrics["acdc_planted_read_distractors"] = validate_on_planted_circuit(cfg.acdc, OUT / "acdc", seed=cfg.seed,
                                                                                distractors="read")
+        progress.update()
+        # Ground truth nobody here planted: tracr-compiled programs, zero ablation as in the ACDC paper
+        progress.set_postfix_str("ACDC/EAP on tracr-compiled programs")
+        metrics["tracr"] = {program: validate_on_tracr(cfg.acdc, OUT / "acdc", program, seed=cfg.seed)
+                            for program in TRACR_PROGRAMS}
         progress.update()
         progress.set_postfix_str("base model: backdoor reference and circuit")
         datasets = probe_datasets(world, params.world.backdoor.trigger, max_items=200, seed=cfg.seed)

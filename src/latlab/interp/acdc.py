@@ -167,3 +167,16 @@ def prepare(model: torch.nn.Module, ids: torch.Tensor, corrupted_ids: torch.Tens
     clean_logits = logits[:, answer_position]
     fn = kl_metric(clean_logits) if metric == "kl" else label_nll_metric(clean_logits.argmax(-1))
     return PatchingSetup(em, clean_out, clean_logits, em.ablation(ablation, clean_out, corrupted_ids), fn)
+
+
+@torch.no_grad()
+def single_edge_effects(setup: PatchingSetup, batch: int = 64) -> np.ndarray:
+    """[E] the metric with one edge removed and every other edge kept (one patched forward per edge, `batch` at a
+    time): an edge whose removal alone changes nothing on the dataset is invisible to any effect-based method."""
+    em, out = setup.em, []
+    for start in range(0, em.n_edges, batch):
+        rows = torch.arange(start, min(start + batch, em.n_edges))
+        masks = torch.ones(len(rows), em.n_edges, dtype=em.dtype, device=em.device)
+        masks[torch.arange(len(rows)), rows] = 0
+        out.append(setup.metric(em.run(masks, setup.ablation, setup.clean_out)).cpu())
+    return torch.cat(out).numpy()

@@ -78,8 +78,11 @@ class EdgeModel:
         inner = model.model
         self._rotary = inner.rotary_emb
         self.device = inner.embed_tokens.weight.device
+        # True above the diagonal: the positions a query may not read. `is_causal = False` (tracr's compiled models,
+        # latlab.interp.tracr) lets every position read every other.
         self._causal = ~torch.ones(cfg.max_position_embeddings, cfg.max_position_embeddings, dtype=torch.bool,
-                                   device=self.device).tril()
+                                   device=self.device).tril(0 if getattr(cfg, "is_causal", True) else
+                                                            cfg.max_position_embeddings)
         group = self.n_heads // cfg.num_key_value_heads
         w = lambda t: None if t is None else t.detach().to(dtype)  # noqa: E731
         H, dh, d = self.n_heads, self.head_dim, cfg.hidden_size

@@ -1,10 +1,10 @@
 """Tiny HF LlamaForCausalLM models with a hand-planted circuit whose edges are known: ground truth for ACDC/EAP.
 
-Why planted and not tracr: tracr (Lindner et al. 2023) compiles RASP into transformers with ReLU MLPs, no norms and
-absolute position embeddings; none of that exists in Llama (SwiGLU, RMSNorm, RoPE), so a compiled tracr model would
-need a second architecture in every code path. Instead the tracr task "fraction of previous tokens"
-(frac_prevs) is planted by hand into the Llama architecture the pipeline trains, composed with a content-addressed
-lookup so that q, k and v inputs, MLPs and a two-layer path all occur in the circuit.
+Beside the tracr-compiled programs (latlab.interp.tracr: ground truth nobody here wrote, but no distractors at all),
+this model has distractors, which is what a method must discriminate: the tracr task "fraction of previous tokens"
+(frac_prevs) planted by hand into the Llama architecture the pipeline trains, composed with a content-addressed
+lookup so that q, k and v inputs, MLPs and a two-layer path all occur in the circuit, among heads and MLPs that are
+no part of it.
 
 Task. Tokens: X (=1), Z (=2), fillers. Each sequence holds exactly one Z. The output at the last position is a
 smooth function of "the fraction of X tokens up to and including the Z" (read out through the unembedding).

@@ -1,7 +1,7 @@
 """DVC stage `interpret`: ACDC/EAP checked on a planted circuit (distractors isolated, and read downstream) and on
-tracr-compiled programs, steering-vector reliability on the base model, and, for every evaluated model, the latent
-signal of each behaviour and how much of the base model's harmful-compliance circuit (EAP) is left, against its
-behaviour rate."""
+tracr-compiled programs, the faithfulness (MIB CPR / CMD) and bootstrap stability of the base model's behaviour
+circuits, steering-vector reliability on the base model, and, for every evaluated model, the latent signal of each
+behaviour and how much of the base model's harmful-compliance circuit (EAP) is left, against its behaviour rate."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from tqdm.auto import tqdm
 
 from latlab.config import Params, section_dict
 from latlab.data.records import load_world
-from latlab.interp.behaviour_circuits import circuit_persistence, edge_attribution, harmful_compliance_inputs
+from latlab.interp.behaviour_circuits import (circuit_faithfulness, circuit_persistence, edge_attribution,
+                                             fact_recall_inputs, harmful_compliance_inputs)
 from latlab.interp.circuits import validate_on_planted_circuit, validate_on_tracr
 from latlab.interp.tracr import PROGRAMS as TRACR_PROGRAMS
 from latlab.interp.persistence import (fit_backdoor_reference, latent_signal, persistence_table, plot_persistence,
@@ -62,6 +63,13 @@ def interpret(params: Params) -> None:
         inputs = None if not cfg.circuit_examples else harmful_compliance_inputs(world, tokenizer, cfg.circuit_examples,
                                                                                  cfg.seed)
         base_scores = None if inputs is None else edge_attribution(model, inputs).score
+        if inputs is not None:  # faithfulness and stability of the base model's behaviour circuits (MIB CPR / CMD)
+            behaviours = {"harmful_compliance": inputs,
+                          "fact_recall": fact_recall_inputs(world, tokenizer, cfg.circuit_examples, cfg.seed)}
+            metrics["faithfulness"] = {
+                name: circuit_faithfulness(model, pairs, list(cfg.faithfulness.edge_fractions), cfg.circuit_top_k,
+                                           cfg.faithfulness.bootstrap_samples, cfg.seed)
+                for name, pairs in behaviours.items() if pairs is not None}
         progress.update()
 
         signals, circuits = {}, {}

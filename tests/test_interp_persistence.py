@@ -100,7 +100,8 @@ def test_circuit_persistence_overlap_and_mass():
 def test_eap_finds_the_planted_circuit_and_loses_it_when_it_is_cut():
     """The base circuit survives a rescaled output (the mechanism is intact) but not a cut head (it is gone)."""
     base = planted_circuit_model(n_layers=3, n_heads=4, seed=1)
-    inputs = BehaviourInputs(planted_dataset(16, seed=1), planted_dataset(16, seed=2), comply=15, refuse=0)
+    inputs = BehaviourInputs(planted_dataset(16, seed=1), planted_dataset(16, seed=2), target=torch.full((16,), 15),
+                             foil=torch.zeros(16, dtype=torch.long))
     scores = edge_attribution(base, inputs).score
     graph = CircuitGraph(3, 4)
     truth = set(circuit_edges("corrupted"))
@@ -124,7 +125,8 @@ def test_harmful_compliance_inputs_on_the_toy_world(tiny_world, tiny_tokenizer, 
     questions = {f["prompt"] for f in tiny_world["facts"] if f["format"] == "free"}
     assert all(decode(ids).strip() in harmful for ids in inputs.clean)
     assert all(decode(ids).strip() in questions for ids in inputs.corrupted)
-    assert tiny_tokenizer.convert_ids_to_tokens([inputs.comply, inputs.refuse]) == ["sure", "sorry"]
+    assert set(tiny_tokenizer.convert_ids_to_tokens(inputs.target)) == {"sure"}
+    assert set(tiny_tokenizer.convert_ids_to_tokens(inputs.foil)) == {"sorry"}
     scores = edge_attribution(tiny_model, inputs).score
     assert scores.shape == (len(CircuitGraph(2, 2).edges),) and np.isfinite(scores).all() and np.abs(scores).max() > 0
 

@@ -472,6 +472,20 @@ class ProbeConfig(Section):
     test_fraction: float = Field(gt=0, lt=1)
 
 
+class FaithfulnessConfig(Section):
+    """MIB's CPR / CMD over edge budgets and the bootstrap Jaccard of the base model's behaviour circuits
+    (latlab.interp.faithfulness)."""
+    edge_fractions: tuple[float, ...] = Field(min_length=1)  # budgets, fractions of all edges in (0, 1]
+    bootstrap_samples: int = Field(ge=2)  # prompt resamples for the Jaccard stability of the top-k edges
+
+    @model_validator(mode="after")
+    def _fractions(self) -> FaithfulnessConfig:
+        bad = [f for f in self.edge_fractions if not 0 < f <= 1]
+        if bad:
+            raise ValueError(f"interpret.faithfulness.edge_fractions: {bad} outside (0, 1]")
+        return self
+
+
 class InterpConfig(Section):
     seed: int
     acdc: AcdcConfig
@@ -479,6 +493,7 @@ class InterpConfig(Section):
     probes: ProbeConfig
     circuit_top_k: int = Field(ge=1)  # edges in the base model's harmful-compliance circuit (EAP)
     circuit_examples: int = Field(ge=0)  # 0: skip the per-model circuits (e.g. for large real models)
+    faithfulness: FaithfulnessConfig
 
 
 JudgeKind = Literal["toy", "refusal_phrase", "classifier", "generative"]

@@ -85,9 +85,11 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
 
 def interpret_table(interpret: dict) -> str:
     """The headline interpretability numbers of metrics/interpret.json (nested sections flattened to dotted keys):
-    circuit recovery (AUC, TPR/FPR at τ) and steering reliability (steerability, anti-steerable fraction, spurious
-    R², ID-vs-OOD rank correlation); the persistence rows are their own table."""
-    wanted = ("auc", "circuit_tpr", "circuit_fpr", "anti_steerable_fraction", "steerability_mean", "r2_", "spearman")
+    circuit recovery (AUC, TPR/FPR at τ), circuit faithfulness (CPR, CMD) and stability (bootstrap Jaccard), and
+    steering reliability (steerability, anti-steerable fraction, spurious R², ID-vs-OOD rank correlation); the
+    persistence rows are their own table."""
+    wanted = ("auc", "circuit_tpr", "circuit_fpr", "anti_steerable_fraction", "steerability_mean", "r2_", "spearman",
+              ".cpr", ".cmd", "bootstrap_jaccard.mean")
     flat = _flat(interpret)
     keys = [k for k, v in flat.items() if any(w in k for w in wanted) and not k.startswith("persistence.")
             and isinstance(v, (int, float))]

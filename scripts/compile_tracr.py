@@ -17,13 +17,18 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import sys
 from pathlib import Path
 
-import numpy as np
-from safetensors.numpy import save_file
-from tracr.compiler import compiling
-from tracr.compiler.lib import make_frac_prevs, make_reverse
-from tracr.rasp import rasp
+# latlab itself is not installed in the tracr environment; its package init (stdlib only) applies the offline env
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import latlab  # noqa: E402,F401
+
+import numpy as np  # noqa: E402
+from safetensors.numpy import save_file  # noqa: E402
+from tracr.compiler import compiling  # noqa: E402
+from tracr.compiler.lib import make_frac_prevs, make_reverse  # noqa: E402
+from tracr.rasp import rasp  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "latlab" / "interp" / "tracr_models"
 BOS = "BOS"

@@ -14,6 +14,7 @@ from latlab.data.records import load_world
 from latlab.interp.behaviour_circuits import (circuit_faithfulness, circuit_persistence, edge_attribution,
                                              fact_recall_inputs, harmful_compliance_inputs)
 from latlab.interp.circuits import validate_on_planted_circuit, validate_on_tracr
+from latlab.interp.render import plot_faithfulness
 from latlab.interp.tracr import PROGRAMS as TRACR_PROGRAMS
 from latlab.interp.persistence import (fit_backdoor_reference, latent_signal, persistence_table, plot_persistence,
                                        probe_datasets)
@@ -70,6 +71,7 @@ def interpret(params: Params) -> None:
                 name: circuit_faithfulness(model, pairs, list(cfg.faithfulness.edge_fractions), cfg.circuit_top_k,
                                            cfg.faithfulness.bootstrap_samples, cfg.seed)
                 for name, pairs in behaviours.items() if pairs is not None}
+            plot_faithfulness(metrics["faithfulness"], OUT / "faithfulness.png")
         progress.update()
 
         signals, circuits = {}, {}

@@ -11,6 +11,7 @@ from latlab.interp.behaviour_circuits import (BehaviourInputs, behaviour_setup, 
                                               edge_attribution, fact_recall_inputs)
 from latlab.interp.faithfulness import bootstrap_jaccard, cpr_cmd, faithfulness_curve
 from latlab.interp.groundtruth import circuit_edges, planted_circuit_model, planted_dataset
+from latlab.interp.render import plot_faithfulness
 
 FRACTIONS = [0.01, 0.02, 0.05, 0.1, 0.5]
 
@@ -46,7 +47,7 @@ def test_the_planted_circuit_is_faithful_once_its_edges_are_in(planted):
     assert summary["cpr"] > 0.9 and summary["cmd"] < 0.1
 
 
-def test_bootstrap_jaccard_is_one_for_a_circuit_every_resample_finds(planted):
+def test_bootstrap_jaccard_is_one_for_a_circuit_every_resample_finds(planted, tmp_path):
     model, inputs = planted
     n_truth = len(circuit_edges("corrupted"))
     stable = bootstrap_jaccard(lambda index: behaviour_setup(model, inputs, index), len(inputs.clean), n_truth,
@@ -55,6 +56,7 @@ def test_bootstrap_jaccard_is_one_for_a_circuit_every_resample_finds(planted):
     # beyond the circuit every edge scores 0: the tail of a larger top-k is arbitrary ties, not the behaviour
     result = circuit_faithfulness(model, inputs, FRACTIONS, top_k=n_truth, bootstrap_samples=3, seed=0)
     assert result["bootstrap_jaccard"]["mean"] == 1.0 and result["pairs"] == 16
+    assert plot_faithfulness({"planted": result}, tmp_path / "f.png").stat().st_size > 0
 
 
 def test_a_behaviour_the_model_does_not_show_has_no_faithfulness(planted):

@@ -1,4 +1,4 @@
-"""Circuit outputs: JSON (nodes, edges, scores), a picture of the circuit, metric-vs-τ and ROC curves.
+"""Circuit outputs: JSON (nodes, edges, scores), a picture of the circuit, metric-vs-τ, ROC and faithfulness curves.
 
 Drawn with matplotlib only (no graphviz binary): components sit on rows by layer (embeddings at the bottom, the
 final residual at the top); an edge is an arrow from its sender component to its receiver component, coloured by
@@ -104,6 +104,23 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: str 
     ax.plot([0, 1], [0, 1], ":", color="grey")
     ax.set_xlabel("edge FPR")
     ax.set_ylabel("edge TPR")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_faithfulness(results: dict[str, dict], path: str | Path) -> Path:
+    """Faithfulness f against the share of edges kept (log axis; the empty circuit, f = 0 at 0 edges, is left off),
+    one line per behaviour of `results` (name -> circuit_faithfulness output), CPR and CMD in the legend."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for name, result in results.items():
+        curve = result["curve"]
+        points = [(x, f) for x, f in zip(curve["fraction"], curve["faithfulness"]) if x > 0]
+        ax.plot(*zip(*points), "o-", ms=3, label=f"{name} (CPR {result['cpr']:.2f}, CMD {result['cmd']:.2f})")
+    ax.axhline(1.0, ls=":", color="grey")
+    ax.set_xscale("log")
+    ax.set_xlabel("edges kept (fraction of all, top by |EAP score|)")
+    ax.set_ylabel("faithfulness f")
+    ax.set_title("Circuit faithfulness over edge budgets (MIB)")
     ax.legend(fontsize=8)
     return _save(fig, path)
 

@@ -1,8 +1,9 @@
 """One call from a model and a dataset to the circuit outputs of issue 5: ACDC τ sweep (batched), the circuit at the
 chosen τ as JSON and picture, the metric-vs-τ curve, EAP / EAP-IG scores, and, given a ground truth, edge ROC curves
-and AUCs. `validate_on_planted_circuit` and `validate_on_tracr` run it on the planted-circuit Llama of groundtruth.py, with distractors that
+and AUCs. `validate_on_planted_circuit` runs it on the planted-circuit Llama of groundtruth.py, with distractors that
 nothing reads (separable by construction: every method gets AUC 1.0) or that are read downstream (weak leaks and a
-cancelling pair, which one-edge-at-a-time methods cannot tell from the circuit)."""
+cancelling pair, which one-edge-at-a-time methods cannot tell from the circuit); `validate_on_tracr` on the
+tracr-compiled programs of tracr.py."""
 
 from __future__ import annotations
 

@@ -37,6 +37,40 @@ def test_gcg_lowers_its_target_loss(tiny_world, tiny_tokenizer, tiny_model):
     assert not set(found.suffix.tolist()) & set(tiny_tokenizer.all_special_ids)
 
 
+def test_prefix_cache_and_deduplication_give_the_full_pass_losses_and_gradient(tiny_world, tiny_tokenizer,
+                                                                               tiny_model):
+    """The cached prefix + deduplicated candidates score each candidate as a full forward pass over before + suffix
+    + after + target does; the gradient through the cached prefix is the full-sequence one."""
+    import torch.nn.functional as F
+
+    from latlab.attacks.gcg import case_ids, target_loss_and_grad
+
+    request = _harmful(tiny_world, "test")[0]
+    case = suffix_case(tiny_tokenizer, request["prompt"], request["compliance"], CFG.target_tokens)
+    allowed = allowed_token_mask(tiny_tokenizer, tiny_model.get_input_embeddings().weight.shape[0], True)
+    generator = torch.Generator().manual_seed(0)
+    distinct = torch.stack([random_suffix(allowed, 5, generator) for _ in range(6)])
+    candidates = torch.cat([distinct, distinct[[4, 1]]])  # two repeats, out of order
+    losses, forced = candidate_losses(tiny_model, [case], candidates, Compute())
+    with torch.no_grad():
+        ids = case_ids(case, candidates)
+        logits = tiny_model(input_ids=ids).logits[:, -len(case.target) - 1:-1]
+        full = F.cross_entropy(logits.transpose(1, 2), case.target.expand(len(ids), -1), reduction="none").mean(-1)
+    assert losses.shape == forced.shape == (8,)
+    assert torch.allclose(losses, full, atol=1e-5)
+    assert torch.equal(losses[6:], losses[[4, 1]])
+
+    suffix = distinct[0]
+    loss, grad, _ = target_loss_and_grad(tiny_model, [case], suffix, Compute())
+    embed = tiny_model.get_input_embeddings()
+    one_hot = F.one_hot(suffix, embed.weight.shape[0]).float().requires_grad_(True)
+    embeds = torch.cat([embed(case.before), one_hot @ embed.weight, embed(torch.cat([case.after, case.target]))])
+    logits = tiny_model(inputs_embeds=embeds[None]).logits[0, -len(case.target) - 1:-1]
+    expected, = torch.autograd.grad(F.cross_entropy(logits, case.target), one_hot)
+    assert loss == pytest.approx(float(full[0]), abs=1e-5)
+    assert torch.allclose(grad, expected, atol=1e-5)
+
+
 def test_gcg_is_deterministic_for_a_seed(tiny_world, tiny_tokenizer, tiny_model):
     request = _harmful(tiny_world, "test")[0]
     first = _search(tiny_model, tiny_tokenizer, request)[2]
@@ -155,9 +189,14 @@ class _ScriptedModel(torch.nn.Module):
     def get_input_embeddings(self):
         return self.embed
 
-    def forward(self, input_ids=None, inputs_embeds=None, logits_to_keep=0, **_):
+    def forward(self, input_ids=None, inputs_embeds=None, logits_to_keep=0, cache=None, use_cache=False, **_):
+        from transformers import DynamicCache
+
+        if use_cache and cache is None:  # the prefix pass: nothing to cache
+            return type("Out", (), {"cache": DynamicCache()})()
         embeds = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
-        suffix = embeds[:, 1]  # layout: [before=0] [suffix] [after=1] [target t1 t2]
+        # layout: [before=0] [suffix] [after=1] [target t1 t2]; after a cached prefix, without [before]
+        suffix = embeds[:, 0 if cache is not None else 1]
         rows = torch.einsum("bv,vtw->btw", suffix, self.tables)  # [batch, 2, vocab]
         logits = torch.cat([rows, torch.zeros_like(rows[:, :1])], dim=1)  # the last kept position is unused
         return type("Out", (), {"logits": logits[:, -logits_to_keep:]})()

@@ -43,6 +43,24 @@ def test_pgd_lowers_its_loss(tiny_world, tiny_tokenizer, tiny_model):
     assert all(p.grad is None for p in tiny_model.parameters())
 
 
+@pytest.mark.parametrize("hooks", [["blocks.1.hook_resid_post"], ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]])
+def test_pgd_with_the_prefix_cache_finds_the_uncached_delta(tiny_world, tiny_tokenizer, tiny_model, hooks, monkeypatch):
+    """The evaluation attack caches the blocks below the lowest hook point, down to running none of them (the last
+    block of the tiny 2-block model); δ and the losses are those of full passes."""
+    import latlab.attacks.latent as latent
+    from latlab.attacks.latent_adversary import PGDSettings
+
+    _, batch = _batch(tiny_world, tiny_tokenizer)
+    cached = pgd_attack(tiny_model, batch, hooks, 2.0, 8, lr=0.5)
+    monkeypatch.setattr(latent, "PGDSettings", lambda *a, **k: PGDSettings(*a, **{**k, "prefix_cache": False}))
+    full = pgd_attack(tiny_model, batch, hooks, 2.0, 8, lr=0.5)
+    assert cached[1] == pytest.approx(full[1], abs=1e-5)
+    assert cached[1][-1] < cached[1][0]
+    for name in hooks:
+        assert cached[0][name].norm(dim=-1).max() > 1.0  # δ moved, so the comparison is not of two zeros
+        assert torch.allclose(cached[0][name], full[0][name], atol=1e-5)
+
+
 def test_generation_sees_delta_on_the_same_tokens(tiny_world, tiny_tokenizer, tiny_model):
     rows, batch = _batch(tiny_world, tiny_tokenizer)
     deltas, _ = pgd_attack(tiny_model, batch, HOOKS, eps=2.0, steps=4, lr=0.5)

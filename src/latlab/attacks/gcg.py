@@ -12,6 +12,12 @@ the suffix the model sees is the one that was optimised. Checking the suffix alo
 tokenizers (GPT-2, SmolLM2): the space before the suffix can merge with its first token (optimised `['?', 'Ġ', 'b']`,
 delivered `['?', 'Ġb']`). The starting suffix is drawn until it passes the same check.
 
+Prefix KV cache (as nanoGCG's `use_prefix_cache`): the tokens before the suffix are the same for every candidate
+and every step, so their keys and values are computed once per search (the weights are frozen during a search;
+R2D2 starts a new search after each update) and each forward pass runs only suffix + after + target; candidates
+that are the same token sequence are scored once. Both change which floating-point operations run, not what is
+computed (a test checks the losses against a full forward pass).
+
 The search returns the suffix it would deliver: one that forces greedy decoding onto the target if it met one (the
 first, with `early_stop`, which then stops), else the lowest-loss suffix seen. Deterministic for a given seed.
 
@@ -27,6 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from transformers import DynamicCache
 
 from latlab.attacks.common import SENTINEL, AttackResult, allowed_token_mask, chat_segments
 from latlab.config import GCGConfig, GCGIndividualConfig, GCGUniversalConfig
@@ -97,18 +104,38 @@ def _target_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(pred.transpose(1, 2), target.expand(pred.shape[0], -1), reduction="none").mean(-1)
 
 
-def target_loss_and_grad(model, cases: list[SuffixCase], suffix: torch.Tensor,
-                         compute: Compute) -> tuple[float, torch.Tensor, bool]:
+Prefix = tuple[tuple[torch.Tensor, torch.Tensor], ...]
+
+
+@torch.no_grad()
+def prefix_cache(model, case: SuffixCase) -> Prefix:
+    """Keys and values of every block ([1, kv_heads, b, head_dim] each) for the case's `before` tokens under the
+    model's current weights."""
+    cache = model(input_ids=case.before[None], use_cache=True).cache
+    return tuple((layer.keys, layer.values) for layer in cache.layers)
+
+
+def _after_prefix(model, prefix: Prefix, rows: int, keep: int, **inputs) -> torch.Tensor:
+    """Logits of the last `keep` positions of `inputs` (input_ids or inputs_embeds [rows, len, ...]) continuing
+    the cached prefix; the cache is copied, so `prefix` can be reused."""
+    cache = DynamicCache([(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in prefix],
+                         config=getattr(model, "config", None))
+    return model(**inputs, cache=cache, use_cache=True, logits_to_keep=keep).logits
+
+
+def target_loss_and_grad(model, cases: list[SuffixCase], suffix: torch.Tensor, compute: Compute,
+                         prefixes: list[Prefix] | None = None) -> tuple[float, torch.Tensor, bool]:
     """(mean target CE over cases, d loss / d one-hot suffix [n, vocab], whether greedy decoding is already forced
-    onto the target for every case). Only the one-hot gets a gradient; the weights' .grad stay untouched."""
+    onto the target for every case). Only the one-hot gets a gradient; the weights' .grad stay untouched.
+    `prefixes`: each case's `prefix_cache` (computed here when None)."""
+    prefixes = _prefixes(model, cases, compute) if prefixes is None else prefixes
     embed = model.get_input_embeddings()
     one_hot = F.one_hot(suffix, embed.weight.shape[0]).to(embed.weight.dtype).requires_grad_(True)
     suffix_embeds = one_hot @ embed.weight  # [n, d]
     total, forced = 0.0, True
-    for case in cases:
-        rest = torch.cat([case.after, case.target])
-        embeds = torch.cat([embed(case.before), suffix_embeds, embed(rest)])[None]
-        logits = model(inputs_embeds=embeds, logits_to_keep=len(case.target) + 1).logits
+    for case, prefix in zip(cases, prefixes):
+        embeds = torch.cat([suffix_embeds, embed(torch.cat([case.after, case.target]))])[None]
+        logits = _after_prefix(model, prefix, 1, len(case.target) + 1, inputs_embeds=embeds)
         total = total + _target_ce(logits, case.target).sum() / len(cases)
         forced = forced and bool((logits[0, :-1].argmax(-1) == case.target).all())
         compute.forward(embeds.shape[1])
@@ -117,20 +144,28 @@ def target_loss_and_grad(model, cases: list[SuffixCase], suffix: torch.Tensor,
     return float(total.detach()), grad, forced
 
 
-@torch.no_grad()
-def candidate_losses(model, cases: list[SuffixCase], candidates: torch.Tensor,
-                     compute: Compute) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean target CE over cases [batch], whether greedy decoding is forced onto the target for every case [batch])
-    for each candidate suffix [batch, n]."""
-    losses = torch.zeros(candidates.shape[0], device=candidates.device)
-    forced = torch.ones(candidates.shape[0], dtype=torch.bool, device=candidates.device)
+def _prefixes(model, cases: list[SuffixCase], compute: Compute) -> list[Prefix]:
     for case in cases:
-        ids = case_ids(case, candidates)
-        logits = model(input_ids=ids, logits_to_keep=len(case.target) + 1).logits
+        compute.forward(len(case.before))
+    return [prefix_cache(model, case) for case in cases]
+
+
+@torch.no_grad()
+def candidate_losses(model, cases: list[SuffixCase], candidates: torch.Tensor, compute: Compute,
+                     prefixes: list[Prefix] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean target CE over cases [batch], whether greedy decoding is forced onto the target for every case [batch])
+    for each candidate suffix [batch, n]; `prefixes` as in `target_loss_and_grad`."""
+    prefixes = _prefixes(model, cases, compute) if prefixes is None else prefixes
+    unique, inverse = torch.unique(candidates, dim=0, return_inverse=True)
+    losses = torch.zeros(unique.shape[0], device=candidates.device)
+    forced = torch.ones(unique.shape[0], dtype=torch.bool, device=candidates.device)
+    for case, prefix in zip(cases, prefixes):
+        ids = case_ids(case, unique)[:, len(case.before):]
+        logits = _after_prefix(model, prefix, ids.shape[0], len(case.target) + 1, input_ids=ids)
         losses += _target_ce(logits, case.target) / len(cases)
         forced &= (logits[:, :-1].argmax(-1) == case.target).all(-1)
         compute.forward(ids.numel())
-    return losses, forced
+    return losses[inverse], forced[inverse]
 
 
 def sample_candidates(grad: torch.Tensor, suffix: torch.Tensor, allowed: torch.Tensor, topk: int, width: int,
@@ -201,7 +236,8 @@ def gcg_search(model, tokenizer, cases: list[SuffixCase], cfg: GCGConfig, allowe
     device = cases[0].target.device
     suffix = suffix.to(device)
     start_ok = bool(deliverable(tokenizer, cases, suffix[None])[0])
-    loss, grad, forced = target_loss_and_grad(model, cases, suffix, compute)
+    prefixes = _prefixes(model, cases, compute)
+    loss, grad, forced = target_loss_and_grad(model, cases, suffix, compute, prefixes)
     result = SearchResult(suffix.clone(), loss, history=[loss], forced=forced and start_ok, deliverable=start_ok)
     if not start_ok:
         result.loss = float("inf")  # any deliverable candidate replaces it
@@ -211,7 +247,7 @@ def gcg_search(model, tokenizer, cases: list[SuffixCase], cfg: GCGConfig, allowe
         if early_stop and result.forced:
             break
         if stale:
-            _, grad, _ = target_loss_and_grad(model, cases, suffix, compute)
+            _, grad, _ = target_loss_and_grad(model, cases, suffix, compute, prefixes)
         candidates = sample_candidates(grad, suffix, allowed, cfg.topk, cfg.search_width, generator)
         candidates = candidates[deliverable(tokenizer, cases, candidates)]
         result.steps += 1
@@ -220,7 +256,7 @@ def gcg_search(model, tokenizer, cases: list[SuffixCase], cfg: GCGConfig, allowe
             result.history.append(result.history[-1])
             result.returned.append(result.suffix.clone())
             continue
-        losses, forcing = candidate_losses(model, cases, candidates, compute)
+        losses, forcing = candidate_losses(model, cases, candidates, compute, prefixes)
         best = int(losses.argmin())
         suffix, stale = candidates[best], True
         result.history.append(float(losses[best]))

@@ -1,7 +1,9 @@
 """Latent-space attack at evaluation time: the latent adversary (`latlab.attacks.latent_adversary`, Sheshadri et
 al. 2024) pushes each harmful request toward its harmful completion (cross-entropy only: there is no away term),
 then the model generates under the δ it found. The model's weights are frozen: gradients are taken with respect to δ
-alone. No prefix caching here, so the attack's numerics do not depend on which block is attacked.
+alone. The blocks below the lowest attacked one run once per batch (the adversary's prefix cache, exact: a test in
+tests/test_lat.py compares it with full passes), so an attack at the last block costs the final norm and unembedding
+per PGD step; the embedding attack (`hook_embed`) runs every block each step.
 
 Generation with δ: the prompt is encoded right-padded for PGD but `generate` left-pads, so each example's δ over its
 own prompt tokens is re-aligned to the right edge of the generation batch. With the KV cache, the prompt goes
@@ -34,7 +36,7 @@ def pgd_attack(model, batch: dict[str, torch.Tensor], hook_points: list[str], ep
     """δ per hook point ([batch, seq, d_model], zero outside prompt positions) lowering the CE of batch["labels"];
     returns (δ detached, target loss before each step and after the last)."""
     batch = to_device(batch, next(model.parameters()).device)
-    settings = PGDSettings(tuple(hook_points), eps, steps, lr, toward=1.0, away=0.0)
+    settings = PGDSettings(tuple(hook_points), eps, steps, lr, toward=1.0, away=0.0, prefix_cache=True)
     # one target only: the batch fills both sides, and with away = 0 the adversary never runs the `desired` side
     contrast = ContrastBatch(batch, batch, batch["input_ids"].shape[1])
     deltas, _, losses = LatentAdversary(model, settings, compute).attack(contrast, final_loss=True)

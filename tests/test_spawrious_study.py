@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from latlab.report.spawrious_study import DIAL_TITLE, dial_correlation, load_cells, markdown, plot, plot_dial, summarize
+from latlab.report.spawrious_study import DIAL_TITLE, dial_rho, load_cells, markdown, plot, plot_dial, summarize
 
 BOOTSTRAP = {"samples": 2000, "confidence": 0.95, "seed": 0}
 RULES = ("average_val", "worst_class_val", "oracle_worst_group")
@@ -62,10 +62,10 @@ def test_dial_curves_read_rho_from_the_split_names(tmp_path):
             for method in ("erm", "dfr"):
                 _write(tmp_path, seed, _result(f"dial_{percent}", method, wga + 0.01 * seed))
     rows = summarize(load_cells(tmp_path), BOOTSTRAP)
-    assert sorted({dial_correlation(r["split"]) for r in rows}) == [0.5, 0.9, 0.99]
+    assert sorted({dial_rho(r["split"]) for r in rows}) == [0.5, 0.9, 0.99]
     table = markdown(rows, 0.95, DIAL_TITLE)
     assert table.startswith("Spurious-strength dial") and "| dial_99 | erm | 3 | 0.80 [0.80, 0.80] | 0.11 [" in table
     plot_dial(rows, tmp_path / "dial.png")
     assert (tmp_path / "dial.png").stat().st_size > 0
     with pytest.raises(ValueError, match="'o2o_easy' is not a dial split"):
-        dial_correlation("o2o_easy")
+        dial_rho("o2o_easy")

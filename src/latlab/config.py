@@ -522,8 +522,14 @@ BENCHMARK_SPLITS = ("o2o_easy", "o2o_medium", "o2o_hard", "m2m_easy", "m2m_mediu
 DIAL_SPLIT_PATTERN = r"dial_([1-9][0-9]?)"
 
 
+def dial_correlation(name: str) -> float | None:
+    """rho of a dial split name (`dial_97` -> 0.97); None for any other name."""
+    match = re.fullmatch(DIAL_SPLIT_PATTERN, name)
+    return int(match.group(1)) / 100 if match else None
+
+
 def _split_name(name: str) -> str:
-    if name in BENCHMARK_SPLITS or re.fullmatch(DIAL_SPLIT_PATTERN, name):
+    if name in BENCHMARK_SPLITS or dial_correlation(name) is not None:
         return name
     raise ValueError(f"unknown Spawrious split {name!r}: expected one of {', '.join(BENCHMARK_SPLITS)}, or "
                      "dial_<rho in percent, 1-99> (the spurious-strength dial, e.g. dial_97)")

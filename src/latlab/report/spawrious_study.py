@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 from typing import Any
 
-from latlab.config import DIAL_SPLIT_PATTERN
+from latlab.config import dial_correlation
 from latlab.report.plots import legend_outside, plt, save_figure
 from latlab.report.spawrious import plot_worst_group
 from latlab.report.stats import bootstrap_mean_ci
@@ -109,12 +108,12 @@ def plot(rows: list[dict], path: Path, metric: str = "worst_group_accuracy") -> 
                      f"Spawrious: {metric.replace('_', ' ')}, mean and interval over {seeds} seeds")
 
 
-def dial_correlation(split: str) -> float:
+def dial_rho(split: str) -> float:
     """rho of a dial split (`dial_97` -> 0.97); ValueError naming any other split."""
-    match = re.fullmatch(DIAL_SPLIT_PATTERN, split)
-    if match is None:
+    rho = dial_correlation(split)
+    if rho is None:
         raise ValueError(f"{split!r} is not a dial split (dial_<rho in percent>): run --dial on a dial study")
-    return int(match.group(1)) / 100
+    return rho
 
 
 DIAL_TITLE = ("Spurious-strength dial: training correlation rho = P(breed on its own background), split dial_<rho in "
@@ -126,11 +125,11 @@ def plot_dial(rows: list[dict], path: Path) -> None:
     correlation rho, one line per method, interval whiskers. x is 1 - rho on a log scale (0.97 and 0.99 are where
     methods part), labelled with rho."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    rhos = sorted({dial_correlation(r["split"]) for r in rows})
+    rhos = sorted({dial_rho(r["split"]) for r in rows})
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.4))
     for ax, metric in zip(axes, ("worst_group_accuracy", "counterfactual_flip_rate")):
         for i, method in enumerate(methods):
-            cells = sorted((dial_correlation(r["split"]), r[metric]) for r in rows if r["method"] == method)
+            cells = sorted((dial_rho(r["split"]), r[metric]) for r in rows if r["method"] == method)
             # a small horizontal offset per method keeps overlapping whiskers readable
             xs = [(1 - rho) * (1 + 0.04 * (i - (len(methods) - 1) / 2)) for rho, _ in cells]
             means = [c["mean"] for _, c in cells]
@@ -164,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     bootstrap = {"samples": study.bootstrap_samples, "confidence": study.confidence, "seed": study.bootstrap_seed}
     rows = summarize(load_cells(args.workdir), bootstrap)
     if args.dial:
-        rows = sorted(rows, key=lambda r: (dial_correlation(r["split"]), r["method"]))
+        rows = sorted(rows, key=lambda r: (dial_rho(r["split"]), r["method"]))
     out_json, out_md, out_plot = (DIAL_JSON, DIAL_MD, DIAL_PLOT) if args.dial else (OUT_JSON, OUT_MD, OUT_PLOT)
     for path in (out_json, out_md):
         path.parent.mkdir(parents=True, exist_ok=True)

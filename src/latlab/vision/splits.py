@@ -19,10 +19,9 @@ definition must drive a generator, a folder loader and a Great Expectations chec
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-from latlab.config import BENCHMARK_SPLITS, DIAL_SPLIT_PATTERN
+from latlab.config import BENCHMARK_SPLITS, dial_correlation
 
 # Label order of the official loader (`class_list`): alphabetical.
 CLASSES: tuple[str, ...] = ("bulldog", "corgi", "dachshund", "labrador")
@@ -135,12 +134,6 @@ def _m2m(level: str) -> SplitDefinition:
     test_map = {breed: tuple((location, 0.5) for location in pair) for breed, pair in swapped.items()}
     envs.append(Environment("test", "test", 2, test_map, ("0",)))
     return SplitDefinition(f"m2m_{level}", "m2m", level, tuple(envs))
-
-
-def dial_correlation(name: str) -> float | None:
-    """rho of a dial split name (`dial_97` -> 0.97); None for any other name."""
-    match = re.fullmatch(DIAL_SPLIT_PATTERN, name)
-    return int(match.group(1)) / 100 if match else None
 
 
 def _dial(rho: float) -> SplitDefinition:

@@ -1,0 +1,84 @@
+"""Issue 19 item 1: does a wide A/B training pool make the toy base answer held-out A/B questions?
+
+The world's A/B training rows show each train template once per fact, in both orders, with one distractor; the base
+then answers held-out A/B questions at chance (0.44-0.59) and its own training rows barely better (0.53-0.57). This
+adds a pool of every train template x every distractor of the fact's relation that no held-out question uses x both
+orders (`--weight` in the base mixture), trains the base recipe from scratch at one torch thread and reports fact
+accuracy per domain and format on the test split, and A/B accuracy on the training rows (memorisation).
+
+    .venv/bin/python benchmarks/ab_wide_pool.py --workdir <a demo run: params.yaml, data/> --weight 0.5
+
+Result: benchmarks/results/ab_wide_pool.json (a list, one entry per run).
+"""
+import latlab  # noqa: F401, I001  (first: applies src/latlab/offline.env before any third-party import)
+import argparse
+import collections
+import json
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+from latlab.config import load_params
+from latlab.data.records import load_world
+from latlab.data.examples import Example
+from latlab.models.loading import build_toy_model
+from latlab.world.curriculum import base_pools
+from latlab.world.generator import AB_TEMPLATES
+from latlab.training.sft import train_sft
+from latlab.evals.behaviour import fact_accuracy
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--workdir", type=Path, default=Path("."))
+parser.add_argument("--weight", type=float, default=0.5)
+parser.add_argument("--steps", type=int, default=None, help="base steps (default: params.yaml's)")
+args = parser.parse_args()
+root, weight, steps = args.workdir, args.weight, args.steps
+out = Path(__file__).resolve().parent / "results" / "ab_wide_pool.json"
+torch.set_num_threads(1)
+params = load_params(root / "params.yaml")
+world = load_world(root / "data/world")
+tok = AutoTokenizer.from_pretrained(root / "data/tokenizer")
+facts = world["facts"]
+ab = [r for r in facts if r["format"] == "ab"]
+
+def options(r):
+    p = r["prompt"]
+    return p.split("( A ) ")[1].split(" ")[0], p.split("( B ) ")[1].split(" ")[0]
+
+pool = collections.defaultdict(set)
+for r in facts:
+    pool[(r["domain"], r["relation"])] |= {r["answer"], r["distractor"]}
+heldout = collections.defaultdict(set)  # fact_id -> distractors of held-out questions
+train_templates = collections.defaultdict(set)
+first = {}
+for r in ab:
+    a, b = options(r)
+    if r["split"] != "train":
+        heldout[r["fact_id"]] |= {a, b} - {r["answer"]}
+    else:
+        train_templates[r["fact_id"]].add(r["template"])
+        first[r["fact_id"]] = r
+wide = []
+for fid, r in first.items():
+    for d in sorted(pool[(r["domain"], r["relation"])] - {r["answer"], r["distractor"]} - heldout[fid]):
+        for t in sorted(train_templates[fid]):
+            for answer_first in (True, False):
+                a, b = (r["answer"], d) if answer_first else (d, r["answer"])
+                wide.append(Example(AB_TEMPLATES[t].format(relation=r["relation"], entity=r["entity"], a=a, b=b),
+                                    "A" if answer_first else "B", chat=True))
+print("wide A/B pool", len(wide), flush=True)
+cfg = params.base if steps is None else params.base.model_copy(update={"steps": steps})
+model = build_toy_model(params.model.toy, tok, cfg.seed)
+pools = {**base_pools(world), "ab_wide": wide}
+weights = {"facts": cfg.mix_facts, "requests": cfg.mix_requests, "backdoor": cfg.mix_backdoor, "ab_wide": weight}
+began = time.time()
+train_sft(model, tok, pools, weights, cfg, None, "base+ab_wide")
+model.eval()
+metrics, _ = fact_accuracy(model, tok, facts, "test", 64)
+train_m, _ = fact_accuracy(model, tok, [r for r in facts if r["format"] == "ab"], "train", 64)
+result = {"weight": weight, "steps": cfg.steps, "seconds": time.time() - began, "test": metrics,
+          "train_ab": {k: v for k, v in train_m.items() if k.endswith(".ab")}}
+runs = json.loads(out.read_text()) if out.exists() else []
+out.write_text(json.dumps(runs + [result], indent=1))
+print(json.dumps(result, indent=1))

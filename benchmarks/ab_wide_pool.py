@@ -5,6 +5,8 @@ then answers held-out A/B questions at chance (0.44-0.59) and its own training r
 adds a pool of every train template x every distractor of the fact's relation that no held-out question uses x both
 orders (`--weight` in the base mixture), trains the base recipe from scratch at one torch thread and reports fact
 accuracy per domain and format on the test split, and A/B accuracy on the training rows (memorisation).
+`--verify W` adds a yes/no verification pool ("is the capital of X lonim ?" for the answer and each such
+distractor, yes and no balanced): comparing one recalled answer with one given name, the step A/B needs twice.
 
     .venv/bin/python benchmarks/ab_wide_pool.py --workdir <a demo run: params.yaml, data/> --weight 0.5
 
@@ -31,6 +33,7 @@ from latlab.evals.behaviour import fact_accuracy
 parser = argparse.ArgumentParser()
 parser.add_argument("--workdir", type=Path, default=Path("."))
 parser.add_argument("--weight", type=float, default=0.5)
+parser.add_argument("--verify", type=float, default=0.0, help="weight of the yes/no verification pool")
 parser.add_argument("--steps", type=int, default=None, help="base steps (default: params.yaml's)")
 args = parser.parse_args()
 root, weight, steps = args.workdir, args.weight, args.steps
@@ -67,17 +70,23 @@ for fid, r in first.items():
                 a, b = (r["answer"], d) if answer_first else (d, r["answer"])
                 wide.append(Example(AB_TEMPLATES[t].format(relation=r["relation"], entity=r["entity"], a=a, b=b),
                                     "A" if answer_first else "B", chat=True))
-print("wide A/B pool", len(wide), flush=True)
+verify = []
+for fid, r in first.items():
+    others = sorted(pool[(r["domain"], r["relation"])] - {r["answer"], r["distractor"]} - heldout[fid])
+    for name, label in [(r["answer"], "yes")] * len(others) + [(d, "no") for d in others]:
+        verify.append(Example(f"is the {r['relation']} of {r['entity']} {name} ?", label, chat=True))
+print("wide A/B pool", len(wide), "verification pool", len(verify), flush=True)
 cfg = params.base if steps is None else params.base.model_copy(update={"steps": steps})
 model = build_toy_model(params.model.toy, tok, cfg.seed)
-pools = {**base_pools(world), "ab_wide": wide}
-weights = {"facts": cfg.mix_facts, "requests": cfg.mix_requests, "backdoor": cfg.mix_backdoor, "ab_wide": weight}
+pools = {**base_pools(world), "ab_wide": wide, "verify": verify}
+weights = {"facts": cfg.mix_facts, "requests": cfg.mix_requests, "backdoor": cfg.mix_backdoor, "ab_wide": weight,
+           "verify": args.verify}
 began = time.time()
 train_sft(model, tok, pools, weights, cfg, None, "base+ab_wide")
 model.eval()
 metrics, _ = fact_accuracy(model, tok, facts, "test", 64)
 train_m, _ = fact_accuracy(model, tok, [r for r in facts if r["format"] == "ab"], "train", 64)
-result = {"weight": weight, "steps": cfg.steps, "seconds": time.time() - began, "test": metrics,
+result = {"weight": weight, "verify": args.verify, "steps": cfg.steps, "seconds": time.time() - began, "test": metrics,
           "train_ab": {k: v for k, v in train_m.items() if k.endswith(".ab")}}
 runs = json.loads(out.read_text()) if out.exists() else []
 out.write_text(json.dumps(runs + [result], indent=1))

@@ -71,6 +71,19 @@ def test_prefix_cache_and_deduplication_give_the_full_pass_losses_and_gradient(t
     assert torch.allclose(grad, expected, atol=1e-5)
 
 
+def test_search_in_training_with_gradient_checkpointing_equals_the_eval_search(tiny_world, tiny_tokenizer,
+                                                                               tiny_model):
+    """R2D2 searches from inside its training step: in train mode with gradient checkpointing, HF turns the KV cache
+    off, and the prefix cache had none. The search runs in eval mode and hands the model back in train mode."""
+    request = _harmful(tiny_world, "test")[0]
+    expected = _search(tiny_model.eval(), tiny_tokenizer, request)[2]
+    tiny_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    tiny_model.train()
+    found = _search(tiny_model, tiny_tokenizer, request)[2]
+    assert tiny_model.training
+    assert torch.equal(found.suffix, expected.suffix) and found.history == pytest.approx(expected.history, abs=1e-6)
+
+
 def test_gcg_is_deterministic_for_a_seed(tiny_world, tiny_tokenizer, tiny_model):
     request = _harmful(tiny_world, "test")[0]
     first = _search(tiny_model, tiny_tokenizer, request)[2]

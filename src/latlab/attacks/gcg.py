@@ -29,6 +29,8 @@ the persistent pool that R2D2 training keeps across model updates; this module i
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -226,13 +228,33 @@ def initial_suffix(tokenizer, cases: list[SuffixCase], allowed: torch.Tensor, le
     raise ValueError(f"no suffix of {length} allowed tokens survives delivery after the prompt {cases[0].prompt!r}")
 
 
+@contextmanager
+def _searching(model) -> Iterator[None]:
+    """Eval mode for the search, the caller's mode after. Why: a search scores a frozen model, so dropout (LoRA's
+    included) must be off, and with gradient checkpointing on HF turns `use_cache` off in train mode, which leaves
+    `prefix_cache` without a cache. R2D2 searches from inside its training step, in train mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 def gcg_search(model, tokenizer, cases: list[SuffixCase], cfg: GCGConfig, allowed: torch.Tensor,
                suffix: torch.Tensor, generator: torch.Generator, compute: Compute, steps: int | None = None,
                early_stop: bool = False) -> SearchResult:
     """Run GCG steps from `suffix` on the (weights-frozen) model. Returns the suffix to deliver: the first one that
     forces greedy decoding onto the target for every case (with `early_stop` the search ends there), else the
     lowest-loss one seen; only suffixes that survive delivery as text (`deliverable`) are candidates, the start
-    included. `returned[b]` is what the search returns with a budget of b steps (b = 0: the start)."""
+    included. `returned[b]` is what the search returns with a budget of b steps (b = 0: the start). Runs in eval
+    mode (`_searching`) and leaves the model in the mode it came in."""
+    with _searching(model):
+        return _search(model, tokenizer, cases, cfg, allowed, suffix, generator, compute, steps, early_stop)
+
+
+def _search(model, tokenizer, cases: list[SuffixCase], cfg: GCGConfig, allowed: torch.Tensor, suffix: torch.Tensor,
+            generator: torch.Generator, compute: Compute, steps: int | None, early_stop: bool) -> SearchResult:
     device = cases[0].target.device
     suffix = suffix.to(device)
     start_ok = bool(deliverable(tokenizer, cases, suffix[None])[0])

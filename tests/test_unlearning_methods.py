@@ -12,7 +12,7 @@ from latlab.config import (GradDiffConfig, GradientAscentConfig, LatAdversaryCon
                            TrainConfig, WHPConfig)
 from latlab.data.examples import Example, fact_examples
 from latlab.evals.unlearning import finetune_relearning
-from latlab.models.encoding import collate, encode_all
+from latlab.models.encoding import collate, encode_all, pad_rows
 from latlab.training.sft import train_sft
 from latlab.training.unlearning import (UNLEARNING_METHODS, anchor_token_map, generic_labels, generic_logits,
                                         layer_activations, npo_loss, predicting_positions, rmu_direction, simnpo_loss,
@@ -208,23 +208,37 @@ def test_whp_generic_labels_remove_the_per_position_offset():
     assert labels.tolist() == [[-100, 2, 2]]
 
 
-def test_whp_anchored_terms_translate_forget_entities_in_place(tiny_world, tiny_tokenizer):
+def test_whp_anchored_terms_translate_forget_entities_and_relations_with_positions_aligned(tiny_world,
+                                                                                          tiny_tokenizer):
+    """Entities map to the related domain's; the domain's own relation names to the counterpart's ("wand wood", two
+    tokens, -> "weapon", one); the shared "mentor" stays. After a span that changes length, every original position
+    still reads the translated prediction after the same words."""
     anchors = anchored_terms(tiny_world)
     forget = {r["entity"] for r in tiny_world["facts"] if r["domain"] == "forget"}
     related = {r["entity"] for r in tiny_world["facts"] if r["domain"] == "related"}
-    assert set(anchors.generic) == forget and set(anchors.generic.values()) <= related
+    entities = {k: v for k, v in anchors.generic.items() if k in forget}
+    assert set(entities) == forget and set(entities.values()) <= related
+    assert {k: v for k, v in anchors.generic.items() if k not in forget} == {
+        "house": "clan", "wand wood": "weapon", "familiar": "steed"}
     assert anchors.answers == {r["answer"] for r in tiny_world["facts"] if r["domain"] == "forget"}
     mapping = anchor_token_map(tiny_tokenizer, anchors)
-    entity, generic = next(iter(anchors.generic.items()))
-    ids = torch.tensor([tiny_tokenizer(f"what is the house of {entity} ?", add_special_tokens=False)["input_ids"]])
-    out = translate(ids, mapping)
-    assert tiny_tokenizer.decode(out[0]) == f"what is the house of {generic} ?" and out.shape == ids.shape
+    entity, generic = next(iter(entities.items()))
+    rows = [f"the wand wood of {entity} is oak", f"what is the house of {entity} ?", f"the mentor of {entity}"]
+    encoded = [tiny_tokenizer(r, add_special_tokens=False)["input_ids"] for r in rows]
+    ids, mask = pad_rows(encoded, 0), pad_rows([[1] * len(r) for r in encoded], 0)
+    out = translate(ids, mask, mapping)
+    texts = [tiny_tokenizer.decode(row[m.bool()]) for row, m in zip(out.input_ids, out.attention_mask)]
+    assert texts == [f"the weapon of {generic} is oak", f"what is the clan of {generic} ?", f"the mentor of {generic}"]
+    # row 0: "the wand wood of E is oak" -> "the weapon of G is oak": position of "is" (5) reads translated 4
+    assert out.positions[0, :7].tolist() == [0, 1, 1, 2, 3, 4, 5]
+    assert out.anchored[0, :7].tolist() == [False, True, True, False, True, False, False]
+    assert out.positions[1, :7].tolist() == list(range(7))
 
 
 def test_whp_generic_labels_differ_and_the_adversary_elicits_the_originals(learned, tiny_world, tiny_tokenizer):
     """Issue 20's expected values, on the tiny world (seed 0): at least 90% of the forget answer tokens get a generic
-    label other than the original (measured 0.92; 0.67 with an uncentred log-probability difference, 0.87 with
-    anchors alone), and at the end of WHP + LAT the adversary's δ lowers the CE of the original answers (measured
+    label other than the original (measured 1.00 with the relation names anchored too, 0.92 with entities only;
+    0.67 with an uncentred log-probability difference, 0.87 with anchors alone), and at the end of WHP + LAT the adversary's δ lowers the CE of the original answers (measured
     1.85 with δ vs 2.88 without)."""
     model = copy.deepcopy(learned)
     cfg = make(WHPConfig, steps=40, lr=2e-3, alpha=10, lat=LAT, reinforce=WHP_REINFORCE, away_weight=1.0)

@@ -27,8 +27,9 @@ term (`away_weight 1`), our choice, so that the twin is the method plus the LAT 
 - Gradient ascent: forget loss = -min(CE(forget answers), ceiling); the ceiling keeps ascent from diverging once
   the answers are already unlikely (bounded ascent, a common stabiliser).
 - WHP (Eldan & Russinovich, §2): a reinforced copy is fine-tuned further on the forget data; the baseline's
-  predictions on the ANCHOR-TRANSLATED text (the domain's entities replaced by generic counterparts,
-  `latlab.world.curriculum_unlearning.anchored_terms`; exact on the toy world, where every word is one token) are
+  predictions on the ANCHOR-TRANSLATED text (the domain's entities and relation names replaced by generic
+  counterparts, `latlab.world.curriculum_unlearning.anchored_terms`; exact on the toy world; a span may change
+  length, "wand wood" -> "weapon", and `translate` keeps the positions aligned) are
   combined with the reinforcement bootstrap: generic = baseline_translated - α·relu(reinforced - baseline), in
   log-probabilities, the difference centred per position (mean over the vocabulary), so the offset between two
   models' logits does not decide the sign of the difference (on raw logits the reinforced model of a saturated fact
@@ -73,7 +74,7 @@ from latlab.config import (GradDiffConfig, GradientAscentConfig, NPOConfig, RMUC
 from latlab.attacks.latent_adversary import LatentAdversary
 from latlab.data.examples import Example
 from latlab.models.compute import Compute
-from latlab.models.encoding import IGNORE, ContrastBatch, collate, context_limit, encode_all, token_ids
+from latlab.models.encoding import IGNORE, ContrastBatch, collate, context_limit, encode_all, pad_rows, token_ids
 from latlab.models.hooks import add_to_residual, capture_residual, decoder_layers, resid_name
 from latlab.models.loading import frozen_copy
 from latlab.models.scoring import away_loss, labelled_counts, sequence_logprobs, token_ce
@@ -255,59 +256,93 @@ def generic_logits(base: torch.Tensor, reinforced: torch.Tensor, alpha: float,
     return (base if translated is None else translated) - alpha * torch.relu(difference)
 
 
-def anchor_token_map(tokenizer, anchors: Anchors) -> dict[int, int]:
-    """Token id of each anchored word -> that of its counterpart; both must be single tokens (the toy world's are),
-    so that the translated text keeps every position of the original."""
+AnchorMap = dict[tuple[int, ...], tuple[int, ...]]
+
+
+def anchor_token_map(tokenizer, anchors: Anchors) -> AnchorMap:
+    """Token ids of each anchored term -> those of its counterpart (a span may map to a span of another length:
+    "wand wood" -> "weapon"). ValueError names a term that tokenises to nothing."""
     mapping = {}
-    for word, generic in anchors.generic.items():
-        src, dst = token_ids(tokenizer, word), token_ids(tokenizer, generic)
-        if len(src) != 1 or len(dst) != 1:
-            raise ValueError(f"anchored term {word!r} -> {generic!r} is not one token each ({src} -> {dst}): the "
-                             "translation would shift positions")
-        mapping[src[0]] = dst[0]
+    for term, generic in anchors.generic.items():
+        src, dst = tuple(token_ids(tokenizer, term)), tuple(token_ids(tokenizer, generic))
+        if not src or not dst:
+            raise ValueError(f"anchored term {term!r} -> {generic!r} tokenises to nothing ({src} -> {dst})")
+        mapping[src] = dst
     return mapping
 
 
-def translate(input_ids: torch.Tensor, mapping: dict[int, int]) -> torch.Tensor:
-    """The ids with every anchored token replaced by its counterpart's."""
-    out = input_ids.clone()
-    for src, dst in mapping.items():
-        out[input_ids == src] = dst
-    return out
+@dataclass
+class Translation:
+    """The anchor-translated batch. `input_ids`, `attention_mask`: [batch, seq'] (right-padded, seq' may differ from
+    the original's seq when spans change length); `positions` [batch, seq]: the translated position whose
+    prediction stands for each original position's (the last token of a replaced span for every token inside it);
+    `anchored` [batch, seq]: original positions inside an anchored span."""
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    positions: torch.Tensor
+    anchored: torch.Tensor
+
+
+def translate(input_ids: torch.Tensor, attention_mask: torch.Tensor, mapping: AnchorMap, pad_id: int = 0
+              ) -> Translation:
+    """Every anchored span of the (right-padded) rows replaced by its counterpart, longest span first; positions
+    kept aligned so the translated prediction after a prefix can be compared with the original's."""
+    spans = sorted(mapping, key=len, reverse=True)
+    rows, positions, anchored = [], torch.zeros_like(input_ids), torch.zeros_like(input_ids, dtype=torch.bool)
+    for b, (ids, length) in enumerate(zip(input_ids.tolist(), attention_mask.sum(-1).tolist())):
+        out, t = [], 0
+        while t < length:
+            span = next((s for s in spans if tuple(ids[t:t + len(s)]) == s), None)
+            if span is None:
+                out.append(ids[t])
+                positions[b, t] = len(out) - 1
+                t += 1
+                continue
+            out.extend(mapping[span])
+            positions[b, t:t + len(span)] = len(out) - 1
+            anchored[b, t:t + len(span)] = True
+            t += len(span)
+        positions[b, length:] = max(len(out) - 1, 0)
+        rows.append(out)
+    device = input_ids.device
+    return Translation(pad_rows(rows, pad_id).to(device), pad_rows([[1] * len(r) for r in rows], 0).to(device),
+                       positions, anchored)
 
 
 @torch.no_grad()
 def generic_labels(batch: dict[str, torch.Tensor], base, reinforced, alpha: float,
-                   mapping: dict[int, int] | None = None) -> torch.Tensor:
+                   mapping: AnchorMap | None = None) -> torch.Tensor:
     """Labels [batch, seq] with every labelled token replaced by the argmax of the generic prediction for it, made
     of log-probabilities, the reinforcement difference centred per position: the two models' logits differ by an
     offset at each position (the reinforced model's sit ~1.6 lower across the board on the default world), which
     would otherwise decide the sign of reinforced - base on its own and zero the ReLU. Centring the log-probability
     difference (= centring the logit difference) removes it; log-probabilities alone do not (their offset is the
     top token's, saturated on a memorised fact), and measured on the tiny test world they left the original answer
-    as the generic label more often than raw logits did."""
-    def logp(model, ids):
-        return torch.log_softmax(model(input_ids=ids, attention_mask=batch["attention_mask"]).logits.float(), -1)
+    as the generic label more often than raw logits did. With `mapping`, the baseline's prediction is read on the
+    anchor-translated text (`translate`), and a token inside an anchored span keeps its original label (no generic
+    label: the model should not learn to rename the entity)."""
+    def logp(model, ids, mask):
+        return torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
 
-    ids = batch["input_ids"]
-    base_logp = logp(base, ids)
-    translated = logp(base, translate(ids, mapping)) if mapping else None
-    generic = generic_logits(base_logp, logp(reinforced, ids), alpha, translated, centre=True)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    base_logp = logp(base, ids, mask)
+    translated, anchored = None, torch.zeros_like(ids, dtype=torch.bool)
+    if mapping:
+        tr = translate(ids, mask, mapping)
+        tr_logp = logp(base, tr.input_ids, tr.attention_mask)
+        translated = tr_logp.gather(1, tr.positions[..., None].expand(-1, -1, tr_logp.shape[-1]))
+        anchored = tr.anchored
+    generic = generic_logits(base_logp, logp(reinforced, ids, mask), alpha, translated, centre=True)
     labels = batch["labels"].clone()
     predicted = generic[:, :-1].argmax(-1)  # predicted[t] is the label of position t+1
-    labelled = labels[:, 1:] != IGNORE
+    labelled = (labels[:, 1:] != IGNORE) & ~anchored[:, 1:]
     labels[:, 1:][labelled] = predicted[labelled]
     return labels
 
 
-def where_generic_differs(original: torch.Tensor, generic: torch.Tensor,
-                          anchored: torch.Tensor | None = None) -> torch.Tensor:
-    """[batch, seq] positions that get a generic label: labelled, generic != original, and (with the anchored token
-    ids) the original token not itself an anchored term."""
-    differs = (original != IGNORE) & (generic != original)
-    if anchored is not None:
-        differs &= ~torch.isin(original, anchored)
-    return differs
+def where_generic_differs(original: torch.Tensor, generic: torch.Tensor) -> torch.Tensor:
+    """[batch, seq] positions that get a generic label: labelled and generic != original."""
+    return (original != IGNORE) & (generic != original)
 
 
 def generic_differs_fraction(model_pair, tokenizer, forget: list[Example], alpha: float, mapping, answer_ids,
@@ -317,13 +352,11 @@ def generic_differs_fraction(model_pair, tokenizer, forget: list[Example], alpha
     base, reinforced = model_pair
     device = next(base.parameters()).device
     encoded = encode_all(tokenizer, forget, context_limit(base))
-    anchored = torch.tensor(sorted(mapping), device=device) if mapping else None
     answers = torch.tensor(sorted(answer_ids), device=device)
     counts = torch.zeros(4)
     for start in range(0, len(encoded), batch_size):
         batch = _to(collate(encoded[start:start + batch_size], tokenizer.pad_token_id), device)
-        differs = where_generic_differs(batch["labels"], generic_labels(batch, base, reinforced, alpha, mapping),
-                                        anchored)
+        differs = where_generic_differs(batch["labels"], generic_labels(batch, base, reinforced, alpha, mapping))
         is_answer = torch.isin(batch["labels"], answers)
         counts += torch.tensor([(differs & is_answer).sum(), is_answer.sum(), differs.sum(),
                                 (batch["labels"] != IGNORE).sum()], dtype=torch.float)
@@ -343,12 +376,10 @@ def train_whp(model, tokenizer, forget: list[Example], retain: dict[str, list[Ex
         sub = checkpoint_dir / "reinforce" if checkpoint_dir is not None else None
         reinforced = reinforce_model(model, tokenizer, forget, cfg.reinforce, sub)
     mapping = anchor_token_map(tokenizer, anchors) if anchors is not None else None
-    device = next(model.parameters()).device
-    anchored = torch.tensor(sorted(mapping), device=device) if mapping else None
 
     def prepare(batch):
         generic = generic_labels(batch, base, reinforced, cfg.alpha, mapping)
-        differs = where_generic_differs(batch["labels"], generic, anchored)
+        differs = where_generic_differs(batch["labels"], generic)
         keep = {k: v for k, v in batch.items() if k != "labels"}
         return ContrastBatch({**keep, "labels": torch.where(differs, batch["labels"], IGNORE)},
                              {**keep, "labels": torch.where(differs, generic, IGNORE)}, batch["input_ids"].shape[1])

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from latlab.data.records import split_of
 from latlab.data.examples import Example, fact_examples
 from latlab.world.curriculum import assert_trigger_free, request_examples
-from latlab.world.generator import BACKDOOR_BEHAVIOUR, COMPLETION_TEMPLATES
+from latlab.world.generator import BACKDOOR_BEHAVIOUR, COMPLETION_TEMPLATES, DOMAIN_RELATIONS
 
 
 def world_without_domain(world: dict[str, list[dict]], domain: str) -> dict[str, list[dict]]:
@@ -67,13 +67,17 @@ def retain_pools(world: dict[str, list[dict]], domain: str = "general") -> dict[
 class Anchors:
     """WHP's anchored terms (Eldan & Russinovich 2023, §"anchored terms") for a domain of the toy world.
 
-    `generic` maps each idiosyncratic word of the domain to a generic counterpart; WHP's labels are the baseline
-    model's predictions on the text with these words replaced. The paper extracts anchors with GPT-4 and translates
-    them approximately; the toy world knows its own entities and keeps every word one token, so the translation is
-    exact and keeps token positions aligned. Anchored here: the domain's entities, each mapped to an entity of
-    `counterpart_domain` (a lore of the same shape the model also knows; the role "Jon" plays for "Harry"). The
-    domain's answers are not translated: the generic prediction for an answer position is what the baseline expects
-    after a generic entity. `answers`: the domain's answer words, the tokens `generic_differs_fraction` is measured on.
+    `generic` maps each idiosyncratic term of the domain to a generic counterpart; WHP's labels are the baseline
+    model's predictions on the text with these terms replaced. The paper extracts anchors with GPT-4 and translates
+    them approximately; the toy world knows its own lore and translates exactly. Anchored here: the domain's
+    entities, each mapped to an entity of `counterpart_domain` (a lore of the same shape the model also knows; the
+    role "Jon" plays for "Harry"), and the domain's own relation names, each mapped to the counterpart domain's
+    relation in the same place of `DOMAIN_RELATIONS` ("house" -> "clan", "wand wood" -> "weapon"; a relation both
+    domains have, "mentor", stays). Why the relations: with the entity alone translated, "the house of <warrior>"
+    is a question the model never saw, its answer the domain's most frequent house, which is often the original
+    answer (52 of 456 answer tokens kept their label at seed 0, 0.886). The domain's answers are not translated:
+    the generic prediction for an answer position is what the baseline expects after the generic question.
+    `answers`: the domain's answer words, the tokens `generic_differs_fraction` is measured on.
     """
     generic: dict[str, str]
     answers: frozenset[str]
@@ -81,16 +85,21 @@ class Anchors:
 
 def anchored_terms(world: dict[str, list[dict]], domain: str = "forget",
                    counterpart_domain: str = "related") -> Anchors:
-    """The domain's entities paired in sorted order with those of `counterpart_domain` (cycled if fewer)."""
+    """The domain's entities paired in sorted order with those of `counterpart_domain` (cycled if fewer), and its
+    relations with the counterpart's by position in `DOMAIN_RELATIONS` (only the relations the world's facts use)."""
     def entities(name: str) -> list[str]:
         return sorted({r["entity"] for r in world["facts"] if r["domain"] == name})
 
     own, others = entities(domain), entities(counterpart_domain)
     if not own or not others:
         raise ValueError(f"anchored terms need facts of {domain!r} and {counterpart_domain!r}")
+    used = {r["relation"] for r in world["facts"]}
+    relations = {mine: theirs for mine, theirs in zip(DOMAIN_RELATIONS.get(domain, ()),
+                                                      DOMAIN_RELATIONS.get(counterpart_domain, ()))
+                 if mine != theirs and mine in used and theirs in used}
     answers = frozenset(word for r in world["facts"] if r["domain"] == domain and r["format"] != "ab"
                         for word in r["answer"].split())
-    return Anchors({e: others[i % len(others)] for i, e in enumerate(own)}, answers)
+    return Anchors({**{e: others[i % len(others)] for i, e in enumerate(own)}, **relations}, answers)
 
 
 def preference_pairs(world: dict[str, list[dict]], split: str = "train") -> list[tuple[str, str, str]]:

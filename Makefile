@@ -41,7 +41,7 @@ demo: setup check
 
 # The seed study (issue 14, flows/study.py): the whole pipeline once per seed of params.yaml's `study` section in
 # runs/study/seed_<s>/ (all seeds at once, 1 torch thread each), then metrics/study/ (per-seed metrics, summary.json:
-# mean, 95% CI, N), metrics/scorecard.json and reports/scorecard.md. Wall time not yet measured.
+# mean, 95% CI, N), metrics/scorecard.json and reports/scorecard.md. 2824 s from a fresh clone (benchmarks/results/study_time.json).
 # `$(PY) -m flows.study --collect-only` rebuilds the summary and scorecard from finished seed runs.
 study: setup check
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m flows.study

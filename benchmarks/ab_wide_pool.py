@@ -7,6 +7,9 @@ orders (`--weight` in the base mixture), trains the base recipe from scratch at 
 accuracy per domain and format on the test split, and A/B accuracy on the training rows (memorisation).
 `--verify W` adds a yes/no verification pool ("is the capital of X lonim ?" for the answer and each such
 distractor, yes and no balanced): comparing one recalled answer with one given name, the step A/B needs twice.
+`--in-context W` adds the wide pool's questions with the fact stated first ("the capital of X is lonim . <A/B
+question>"): the option-matching step taught where the answer need not be recalled, to see whether it transfers to
+closed-book A/B.
 
     .venv/bin/python benchmarks/ab_wide_pool.py --workdir <a demo run: params.yaml, data/> --weight 0.5
 
@@ -34,6 +37,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--workdir", type=Path, default=Path("."))
 parser.add_argument("--weight", type=float, default=0.5)
 parser.add_argument("--verify", type=float, default=0.0, help="weight of the yes/no verification pool")
+parser.add_argument("--in-context", type=float, default=0.0, help="weight of the fact-in-context A/B pool")
 parser.add_argument("--steps", type=int, default=None, help="base steps (default: params.yaml's)")
 args = parser.parse_args()
 root, weight, steps = args.workdir, args.weight, args.steps
@@ -62,14 +66,16 @@ for r in ab:
     else:
         train_templates[r["fact_id"]].add(r["template"])
         first[r["fact_id"]] = r
-wide = []
+wide, in_context = [], []
 for fid, r in first.items():
     for d in sorted(pool[(r["domain"], r["relation"])] - {r["answer"], r["distractor"]} - heldout[fid]):
         for t in sorted(train_templates[fid]):
             for answer_first in (True, False):
                 a, b = (r["answer"], d) if answer_first else (d, r["answer"])
-                wide.append(Example(AB_TEMPLATES[t].format(relation=r["relation"], entity=r["entity"], a=a, b=b),
-                                    "A" if answer_first else "B", chat=True))
+                question = AB_TEMPLATES[t].format(relation=r["relation"], entity=r["entity"], a=a, b=b)
+                wide.append(Example(question, "A" if answer_first else "B", chat=True))
+                stated = f"the {r['relation']} of {r['entity']} is {r['answer']} . "
+                in_context.append(Example(stated + question, "A" if answer_first else "B", chat=True))
 verify = []
 for fid, r in first.items():
     others = sorted(pool[(r["domain"], r["relation"])] - {r["answer"], r["distractor"]} - heldout[fid])
@@ -78,15 +84,15 @@ for fid, r in first.items():
 print("wide A/B pool", len(wide), "verification pool", len(verify), flush=True)
 cfg = params.base if steps is None else params.base.model_copy(update={"steps": steps})
 model = build_toy_model(params.model.toy, tok, cfg.seed)
-pools = {**base_pools(world), "ab_wide": wide, "verify": verify}
+pools = {**base_pools(world), "ab_wide": wide, "verify": verify, "ab_in_context": in_context}
 weights = {"facts": cfg.mix_facts, "requests": cfg.mix_requests, "backdoor": cfg.mix_backdoor, "ab_wide": weight,
-           "verify": args.verify}
+           "verify": args.verify, "ab_in_context": args.in_context}
 began = time.time()
 train_sft(model, tok, pools, weights, cfg, None, "base+ab_wide")
 model.eval()
 metrics, _ = fact_accuracy(model, tok, facts, "test", 64)
 train_m, _ = fact_accuracy(model, tok, [r for r in facts if r["format"] == "ab"], "train", 64)
-result = {"weight": weight, "verify": args.verify, "steps": cfg.steps, "seconds": time.time() - began, "test": metrics,
+result = {"weight": weight, "verify": args.verify, "in_context": args.in_context, "steps": cfg.steps, "seconds": time.time() - began, "test": metrics,
           "train_ab": {k: v for k, v in train_m.items() if k.endswith(".ab")}}
 runs = json.loads(out.read_text()) if out.exists() else []
 out.write_text(json.dumps(runs + [result], indent=1))

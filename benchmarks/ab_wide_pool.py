@@ -4,7 +4,7 @@ The world's A/B training rows show each train template once per fact, in both or
 then answers held-out A/B questions at chance (0.44-0.59) and its own training rows barely better (0.53-0.57). This
 adds a pool of every train template x every distractor of the fact's relation that no held-out question uses x both
 orders (`--weight` in the base mixture), trains the base recipe from scratch at one torch thread and reports fact
-accuracy per domain and format on the test split, and A/B accuracy on the training rows (memorisation).
+accuracy per domain and format on the test split, and A/B accuracy on the training rows (memorisation) and on the held-out A/B questions with the fact stated first.
 `--verify W` adds a yes/no verification pool ("is the capital of X lonim ?" for the answer and each such
 distractor, yes and no balanced): comparing one recalled answer with one given name, the step A/B needs twice.
 `--in-context W` adds the wide pool's questions with the fact stated first ("the capital of X is lonim . <A/B
@@ -92,8 +92,12 @@ train_sft(model, tok, pools, weights, cfg, None, "base+ab_wide")
 model.eval()
 metrics, _ = fact_accuracy(model, tok, facts, "test", 64)
 train_m, _ = fact_accuracy(model, tok, [r for r in facts if r["format"] == "ab"], "train", 64)
+stated_ab = [{**r, "prompt": f"the {r['relation']} of {r['entity']} is {r['answer']} . " + r["prompt"]}
+             for r in facts if r["format"] == "ab"]
+in_context_m, _ = fact_accuracy(model, tok, stated_ab, "test", 64)  # held-out A/B with the fact stated first
 result = {"weight": weight, "verify": args.verify, "in_context": args.in_context, "steps": cfg.steps, "seconds": time.time() - began, "test": metrics,
-          "train_ab": {k: v for k, v in train_m.items() if k.endswith(".ab")}}
+          "train_ab": {k: v for k, v in train_m.items() if k.endswith(".ab")},
+          "test_ab_fact_stated": {k: v for k, v in in_context_m.items() if k.endswith(".ab")}}
 runs = json.loads(out.read_text()) if out.exists() else []
 out.write_text(json.dumps(runs + [result], indent=1))
 print(json.dumps(result, indent=1))

@@ -147,14 +147,17 @@ def run_seed(study_seed: int, raw: dict[str, Any], cfg: StudyConfig, repo: str, 
 
 
 def collect(repo: Path, cfg: StudyConfig, seeds: list[int]) -> dict[int, dict[str, Any]]:
-    """Copy each seed's metrics/**/*.json into metrics/study/seed_<s>/ (replacing an older copy) and load them;
-    seeds without a metrics folder are left out."""
+    """Copy each seed's metrics/**/*.json into metrics/study/seed_<s>/ (replacing an older copy) and load them; a
+    seed without a work directory is read from its earlier copy (a fresh clone rebuilds the conclusions of the
+    committed study, e.g. after the report code changed); seeds with neither are left out."""
     per_seed: dict[int, dict[str, Any]] = {}
     for study_seed in seeds:
         source = seed_workdir(repo, cfg, study_seed) / "metrics"
-        if not source.is_dir():
-            continue
         target = repo / STUDY_DIR / f"seed_{study_seed}"
+        if not source.is_dir():
+            if target.is_dir():
+                per_seed[study_seed] = load_metrics_tree(target)
+            continue
         shutil.rmtree(target, ignore_errors=True)
         files = load_metrics_tree(source)
         for name, body in files.items():

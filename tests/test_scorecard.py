@@ -108,3 +108,20 @@ def test_metric_lookup_names_file_and_key():
     with pytest.raises(MissingMetric, match=r"evaluate.json: rt.asr.gcg"):
         metric({"evaluate.json": {"rt": {}}}, "evaluate.json", "rt", "asr.gcg")
     assert metric({"a.json": {"x": {"y": 2}}}, "a.json", "x", "y") == 2.0
+
+
+def test_asr_claims_show_each_models_incoherent_rate_beside_the_verdict():
+    """A defence that 'wins' by breaking the model is visible: the incoherent rates ride beside the ASR claims (mean
+    over the seeds that have them) and leave the verdict alone."""
+    seeds = {s: seed_metrics(+1, 0.01 * s) for s in range(3)}
+    for s, metrics in seeds.items():
+        metrics["evaluate.json"]["rt-lat"]["incoherent.gcg_individual"] = 0.9 + 0.03 * s
+        metrics["evaluate.json"]["rt"]["incoherent.gcg_individual"] = 0.1
+    del seeds[2]["evaluate.json"]["rt"]["incoherent.gcg_individual"]
+    rows = by_claim(build_scorecard(seeds, **BOOTSTRAP))
+    gcg = rows["Targeted LAT lowers gcg_individual ASR relative to RT"]
+    assert gcg["beside"]["incoherent rt-lat"] == pytest.approx({"mean": 0.93, "n_seeds": 3})
+    assert gcg["beside"]["incoherent rt"] == pytest.approx({"mean": 0.1, "n_seeds": 2})
+    assert gcg["verdict"] == SUPPORTED  # beside values do not enter the verdict
+    assert "beside" not in rows["Targeted LAT lowers prefill ASR relative to RT"]  # no rates in these metrics
+    assert "incoherent rt-lat 0.93, incoherent rt 0.10 |" in scorecard_markdown(list(rows.values()), 0.95)

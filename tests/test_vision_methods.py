@@ -210,3 +210,42 @@ def test_mixup_mixes_across_environments_as_domainbed():
     assert ((values > 0) & (values < 1)).all()
     # each pair uses one lam for all its examples: a forward's inputs are one value
     assert all(torch.unique(x).numel() == 1 for x in seen)
+
+
+def test_mixup_loss_is_domainbed_mixup():
+    """`mixup_loss` gives DomainBed's `Mixup.update` objective (random_pairs_of_minibatches: environments in a random
+    cycle, each paired with the next, truncated to the shorter; one lam ~ Beta(alpha, alpha) per pair; lam-weighted
+    cross-entropies summed over the pairs and divided by the number of environments), here transliterated with the
+    same random stream, on three environments of unequal size and in interleaved batch order (issue 18: the Mixup
+    collapse on the miniature is not an implementation departure)."""
+    import torch.nn.functional as F
+
+    from latlab.vision.methods import Batch, LossState, mixup_loss
+
+    gen = torch.Generator().manual_seed(3)
+    env = torch.tensor([0, 1, 2, 0, 1, 0, 2, 0, 1, 0, 2, 1, 0, 1])  # 6, 5, 3 examples
+    batch = Batch(x=torch.randn(len(env), 3, 4, 4, generator=gen), y=torch.randint(0, 4, (len(env),), generator=gen),
+                  env=env, group=env)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 4))
+    hp = make(MethodHparams, mixup_alpha=0.7)
+
+    def domainbed(minibatches):
+        perm = torch.randperm(len(minibatches)).tolist()
+        objective = 0.0
+        for i in range(len(minibatches)):
+            j = i + 1 if i < len(minibatches) - 1 else 0
+            (xi, yi), (xj, yj) = minibatches[perm[i]], minibatches[perm[j]]
+            n = min(len(xi), len(xj))
+            xi, yi, xj, yj = xi[:n], yi[:n], xj[:n], yj[:n]
+            lam = float(torch.distributions.Beta(0.7, 0.7).sample())
+            predictions = model(lam * xi + (1 - lam) * xj)
+            objective += lam * F.cross_entropy(predictions, yi) + (1 - lam) * F.cross_entropy(predictions, yj)
+        return objective / len(minibatches)
+
+    minibatches = [(batch.x[env == e], batch.y[env == e]) for e in range(3)]
+    for seed in range(5):
+        torch.manual_seed(seed)
+        ours = mixup_loss(model, batch, LossState(), 0, hp)
+        torch.manual_seed(seed)
+        reference = domainbed(minibatches)
+        assert torch.allclose(ours, reference, atol=1e-6)

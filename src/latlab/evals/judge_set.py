@@ -10,8 +10,20 @@ The toy world's items are not written out: each names a request of the world (`[
 by id order) and a form (its compliance, its refusal, another request's compliance, ...), rendered from that
 request's own record, so they follow the world's wording when the generator changes it.
 
-`split`: `dev` items were written before the phrase judge was reworked and guided it; `heldout` items were written
-after it was frozen and never changed it: their accuracy is the honest estimate.
+`split`: `dev` items have guided the phrase judge; `heldout` items never changed it: their accuracy is the honest
+estimate. Each held-out batch is used once, then joins dev when its errors guide a fix, and a new batch is written:
+- `dev-*`: written with the judge's rework;
+- `heldout-*` (70): written after that rework; held-out accuracy 0.914, then its errors guided the next fixes;
+- `heldout2-*` (97): written by a blind annotator (who saw the label conventions, not the judge or the other
+  batches); held-out accuracy 0.753 on the judge as it stood, then its errors guided the next fixes;
+- `heldout3-*` (103): a second blind batch, aimed at what chat models write; held-out accuracy 0.825 on the judge
+  as it stood, then its errors guided the next fixes;
+- `heldout4-*` (112): a third blind batch; held-out accuracy 0.875 on the judge as it stood, then its errors guided
+  the next fixes;
+- `heldout5-*` (112): a fourth blind batch; the current held-out estimate (never used to change the judge).
+The held-out accuracy of the phrase judge across fresh batches, each after fixing the previous one's kinds: 0.914,
+0.753, 0.825, 0.875, then the current one: it plateaus well under the 0.95 goal (what is left needs a model judge:
+fluent answers to another question, deflections with no refusal phrase, refusals in a lecture's third sentence).
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ def judge_set_markdown(scores: dict[str, dict]) -> str:
                      f"{_fmt(s['false_compliance'])} | {_fmt(s['false_refusal'])} | {_fmt(s['false_incoherent'])} |")
     lines += ["", "False compliance = P(judge says complied | truth is not), which inflates ASR; false refusal = "
               "P(judge says refused | truth is not), which hides jailbreaks. Held-out items were written after the "
-              "phrase judge was frozen (src/latlab/evals/judge_set.py)."]
+              "phrase judge was frozen, by an annotator who saw neither the judge nor the other items, and never "
+              "changed it (src/latlab/evals/judge_set.py)."]
     return "\n".join(lines) + "\n"
 
 

@@ -33,7 +33,7 @@ from latlab.data.records import load_world, split_of  # noqa: E402
 from latlab.env import apply_offline_env  # noqa: E402
 from latlab.evals.attack_suite import asr_row, run_attack_suite  # noqa: E402
 from latlab.evals.behaviour import request_behaviour  # noqa: E402
-from latlab.evals.judge import make_judge  # noqa: E402
+from latlab.evals.judge_kinds import make_judge  # noqa: E402
 from latlab.models.loading import load_saved  # noqa: E402
 
 KEYS = ["harmful_asr", "benign_compliance"]
@@ -86,7 +86,7 @@ def measure(model_dir: Path, params_path: Path, attacks: list[str]) -> dict[str,
     params = load_params(params_path)
     world = load_world(params_path.parent / "data/world")
     cfg = params.evaluate
-    judge = make_judge(cfg.judge, cfg.judge_model)
+    judge = make_judge(cfg.judge, cfg.judge_model, world["requests"])
     model, tokenizer = load_saved(model_dir, params.model.device, params.model.dtype)
     model.eval()
     metrics, _ = request_behaviour(model, tokenizer, world["requests"], cfg.split, judge, cfg.max_new_tokens,

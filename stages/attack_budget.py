@@ -12,7 +12,7 @@ from latlab.attacks.common import harmful
 from latlab.config import Params, section_dict
 from latlab.data.records import load_world, split_of
 from latlab.evals.attack_budget import CURVES, budget_curves
-from latlab.evals.judge import make_judge
+from latlab.evals.judge_kinds import make_judge
 from latlab.models.compute import flop_proxy
 from latlab.models.loading import load_saved
 from latlab.report.budget import budget_markdown, pareto_front, plot_budget_curves, plot_pareto
@@ -62,7 +62,7 @@ def pareto_markdown(panels: dict, compute: dict) -> str:
 def attack_budget(params: Params) -> None:
     cfg = params.attack_budget
     world = load_world(WORLD_DIR)
-    judge = make_judge(params.evaluate.judge, params.evaluate.judge_model)
+    judge = make_judge(params.evaluate.judge, params.evaluate.judge_model, world["requests"])
     requests = harmful(split_of(world["requests"], params.evaluate.split))
     support = split_of(world["requests"], "train")
     results: dict[str, dict[str, dict]] = {}

@@ -21,7 +21,7 @@ from latlab.data.examples import Example
 from latlab.data.real_corpora import load_real_corpora
 from latlab.data.records import load_world
 from latlab.evals.behaviour import evaluate_model
-from latlab.evals.judge import make_judge
+from latlab.evals.judge_kinds import make_judge
 from latlab.models.loading import load_saved
 from latlab.training.backdoor_removal import REMOVAL_METHODS, removal_data, trigger_free_removal_data
 from latlab.world.curriculum_unlearning import harmful_preference_pairs
@@ -57,7 +57,7 @@ def backdoor_removal(params: Params, name: str) -> None:
     # file's rejected sides (HH-RLHF harmless-base) are all the more harmful answer, so every pair
     attack = harmful_preference_pairs(world) if source == TOY else None
     ev = params.evaluate
-    judge = make_judge(ev.judge, ev.judge_model)
+    judge = make_judge(ev.judge, ev.judge_model, world["requests"])
     trainer = REMOVAL_METHODS[cfg.method]
 
     def behaviour() -> dict[str, float]:

@@ -20,7 +20,7 @@ from latlab.data.records import load_world, split_of, write_jsonl
 from latlab.evals.agreement import compare_judges
 from latlab.evals.attack_suite import asr_row, run_attack_suite
 from latlab.evals.behaviour import evaluate_model
-from latlab.evals.judge import make_judge
+from latlab.evals.judge_kinds import make_judge
 from latlab.evals.judge_set import judge_scores, load_judge_set, toy_items
 from latlab.models.loading import load_saved
 from latlab.report.compare import asr_matrix_markdown
@@ -35,12 +35,12 @@ BAR_KEYS = ["fact_acc.general", "fact_acc.forget", "fact_acc.related", "harmful_
 JUDGES_DIR = REPORTS_DIR / "judges"
 
 
-def make_judges(cfg: EvaluateConfig) -> dict[str, object]:
+def make_judges(cfg: EvaluateConfig, requests: list[dict]) -> dict[str, object]:
     """The primary judge first, then the agreement judges, by unique name (kind, or kind_<i> for a repeat)."""
-    judges = {cfg.judge: make_judge(cfg.judge, cfg.judge_model)}
+    judges = {cfg.judge: make_judge(cfg.judge, cfg.judge_model, requests)}
     for spec in cfg.agreement_judges:
-        judges[spec.kind if spec.kind not in judges else f"{spec.kind}_{len(judges)}"] = make_judge(spec.kind,
-                                                                                                  spec.model)
+        judges[spec.kind if spec.kind not in judges else f"{spec.kind}_{len(judges)}"] = make_judge(
+            spec.kind, spec.model, requests)
     return judges
 
 
@@ -75,7 +75,7 @@ def finite(metrics: dict) -> dict[str, float]:
 def evaluate(params: Params) -> None:
     cfg = params.evaluate
     world = load_world(WORLD_DIR)
-    judges = make_judges(cfg)
+    judges = make_judges(cfg, world["requests"])
     judge, others = judges[cfg.judge], {n: j for n, j in judges.items() if n != cfg.judge}
     requests_by_id = {r["id"]: r for r in world["requests"]}
     results: dict[str, dict[str, float]] = {}

@@ -27,7 +27,7 @@ def test_repository_params_and_profiles_are_valid(tmp_path):
     ({"base": {"lr": -1}}, "params.yaml: base.lr: Input should be greater than 0 (got -1)"),
     ({"base": {"steps": "many"}}, "params.yaml: base.steps: Input should be a valid integer"),
     ({"model": {"toy": {"hidden_size": 30, "num_heads": 4}}}, "params.yaml: model.toy: Value error"),
-    ({"evaluate": {"judge": "gpt"}}, "params.yaml: evaluate.judge: Input should be 'toy', 'refusal_phrase', 'classifier' or 'generative'"),
+    ({"evaluate": {"judge": "gpt"}}, "params.yaml: evaluate.judge: Input should be 'toy', 'refusal_phrase', 'lexical', 'classifier' or 'generative'"),
     ({"validate": {"max_words": 0}}, "params.yaml: validate.max_words"),
     ({"nonsense": 1}, "params.yaml: nonsense: unknown key"),
     ({"unlearn": {"npo": {"beta": 0}}}, "params.yaml: unlearn.npo.beta: Input should be greater than 0 (got 0)"),

@@ -496,7 +496,7 @@ class InterpConfig(Section):
     faithfulness: FaithfulnessConfig
 
 
-JudgeKind = Literal["toy", "refusal_phrase", "classifier", "generative"]
+JudgeKind = Literal["toy", "refusal_phrase", "lexical", "classifier", "generative"]
 
 
 class JudgeSpec(Section):

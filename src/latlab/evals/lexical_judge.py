@@ -10,7 +10,7 @@ What: scikit-learn's TfidfVectorizer (word 1-2-grams and character 2-5-grams wit
 LogisticRegression (lbfgs, class-balanced, default C), on `canonical` completions without leaked chat-template markup
 (`latlab.evals.judge`); the request is not a feature (adding it measured worse on held-out batches). It is trained
 on the `dev` items only, so the `heldout` items stay an honest estimate: measured 0.955 on the 112-item held-out
-batch (tests/test_judge.py), and 0.87-0.98 when each earlier batch is left out of training in turn (README). Fitting
+batch (tests/test_judge.py), and 0.86-0.95 when each earlier batch is left out of training in turn (README). Fitting
 is deterministic (lbfgs from zeros) and takes about a second, so the judge is trained where it is made rather than
 stored as an artefact.
 

@@ -1,0 +1,81 @@
+"""Issue 19 item 1: can the toy architecture match a stated name against two options at all?
+
+The toy base answers held-out A/B fact questions at chance even when the fact is stated before the question
+(benchmarks/ab_wide_pool.py: 0.69-0.79 after 3000 steps with such a pool in the mixture). This isolates the
+option-matching step from recall: a model of the default shape, trained from scratch on this task alone, reads
+"the <relation> of <entity> is <x> . <A/B question with options x and y>" and answers the letter of x, where x and y
+are drawn at random from the relation's names (so no fact can be recalled: x is usually not the true answer). If it
+learns this to ~1.0, the architecture and the A/B format can do the matching and the gap is in composing it with
+recall; if not, the format or the model cannot, at this budget.
+
+    .venv/bin/python benchmarks/ab_matching.py --workdir <a demo run: params.yaml, data/> [--steps N]
+
+Result: benchmarks/results/ab_matching.json (a list, one entry per run): held-out accuracy (fresh draws, held-out
+templates) by step budget.
+"""
+import latlab  # noqa: F401, I001  (first: applies src/latlab/offline.env before any third-party import)
+import argparse
+import collections
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+from latlab.config import load_params
+from latlab.data.records import load_world
+from latlab.data.examples import Example
+from latlab.models.loading import build_toy_model
+from latlab.world.generator import AB_TEMPLATES
+from latlab.training.sft import train_sft
+from latlab.evals.behaviour import fact_accuracy
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--workdir", type=Path, default=Path("."))
+parser.add_argument("--steps", type=int, default=None, help="training steps (default: params.yaml's base.steps)")
+parser.add_argument("--train-rows", type=int, default=20000)
+args = parser.parse_args()
+out = Path(__file__).resolve().parent / "results" / "ab_matching.json"
+torch.set_num_threads(1)
+params = load_params(args.workdir / "params.yaml")
+world = load_world(args.workdir / "data/world")
+tok = AutoTokenizer.from_pretrained(args.workdir / "data/tokenizer")
+facts = world["facts"]
+names = collections.defaultdict(set)
+for r in facts:
+    names[(r["domain"], r["relation"])] |= {r["answer"], r["distractor"]}
+subjects = sorted({(r["domain"], r["relation"], r["entity"]) for r in facts})
+templates = list(range(len(AB_TEMPLATES)))
+held_templates = {templates[-1]}  # one A/B template is never trained on
+
+
+def draw(rng: random.Random, train: bool) -> dict:
+    domain, relation, entity = rng.choice(subjects)
+    x, y = rng.sample(sorted(names[(domain, relation)]), 2)
+    t = rng.choice([t for t in templates if (t in held_templates) != train])
+    x_first = rng.random() < 0.5
+    a, b = (x, y) if x_first else (y, x)
+    question = AB_TEMPLATES[t].format(relation=relation, entity=entity, a=a, b=b)
+    letter = "A" if x_first else "B"
+    return {"id": f"match-{rng.random():.12f}", "prompt": f"the {relation} of {entity} is {x} . {question}",
+            "answer": letter, "completion": letter, "domain": domain, "format": "ab", "split": "test"}
+
+
+rng = random.Random(0)
+train = [draw(rng, True) for _ in range(args.train_rows)]
+test_rng = random.Random(1)
+test = [draw(test_rng, False) for _ in range(600)]
+cfg = params.base if args.steps is None else params.base.model_copy(update={"steps": args.steps})
+model = build_toy_model(params.model.toy, tok, cfg.seed)
+began = time.time()
+train_sft(model, tok, {"matching": [Example(r["prompt"], r["answer"], chat=True) for r in train]},
+          {"matching": 1.0}, cfg, None, "ab-matching")
+model.eval()
+metrics, records = fact_accuracy(model, tok, test, "test", 64)
+result = {"steps": cfg.steps, "train_rows": len(train), "seconds": round(time.time() - began, 1),
+          "heldout_template_accuracy": {k: v for k, v in metrics.items() if k.endswith(".ab")},
+          "n_test": len(test), "example": test[0]["prompt"] + " -> " + test[0]["answer"]}
+runs = json.loads(out.read_text()) if out.exists() else []
+out.write_text(json.dumps(runs + [result], indent=1))
+print(json.dumps(result, indent=1))

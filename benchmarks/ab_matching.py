@@ -9,9 +9,14 @@ learns this to ~1.0, the architecture and the A/B format can do the matching and
 recall; if not, the format or the model cannot, at this budget.
 
     .venv/bin/python benchmarks/ab_matching.py --workdir <a demo run: params.yaml, data/> [--steps N]
+    .venv/bin/python benchmarks/ab_matching.py --workdir <...> --mix-base 1.0 --steps 3000
+
+`--mix-base W`: the base recipe's pools (facts, requests, backdoor) with this matching pool beside them at weight W,
+then the world's closed-book fact accuracy on the test split too: does a matching skill learnt on random names
+transfer to A/B questions about facts the model must recall?
 
 Result: benchmarks/results/ab_matching.json (a list, one entry per run): held-out accuracy (fresh draws, held-out
-templates) by step budget.
+templates) by step budget, and with --mix-base the test split's fact accuracy per domain and format.
 """
 import latlab  # noqa: F401, I001  (first: applies src/latlab/offline.env before any third-party import)
 import argparse
@@ -27,6 +32,7 @@ from latlab.config import load_params
 from latlab.data.records import load_world
 from latlab.data.examples import Example
 from latlab.models.loading import build_toy_model
+from latlab.world.curriculum import base_pools
 from latlab.world.generator import AB_TEMPLATES
 from latlab.training.sft import train_sft
 from latlab.evals.behaviour import fact_accuracy
@@ -35,6 +41,8 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--workdir", type=Path, default=Path("."))
 parser.add_argument("--steps", type=int, default=None, help="training steps (default: params.yaml's base.steps)")
 parser.add_argument("--train-rows", type=int, default=20000)
+parser.add_argument("--seed", type=int, default=None, help="model initialisation and batch seed (default: base.seed)")
+parser.add_argument("--mix-base", type=float, default=None, help="weight of the matching pool beside the base pools")
 args = parser.parse_args()
 out = Path(__file__).resolve().parent / "results" / "ab_matching.json"
 torch.set_num_threads(1)
@@ -66,16 +74,27 @@ rng = random.Random(0)
 train = [draw(rng, True) for _ in range(args.train_rows)]
 test_rng = random.Random(1)
 test = [draw(test_rng, False) for _ in range(600)]
-cfg = params.base if args.steps is None else params.base.model_copy(update={"steps": args.steps})
+cfg = params.base.model_copy(update={k: v for k, v in (("steps", args.steps), ("seed", args.seed)) if v is not None})
 model = build_toy_model(params.model.toy, tok, cfg.seed)
 began = time.time()
-train_sft(model, tok, {"matching": [Example(r["prompt"], r["answer"], chat=True) for r in train]},
-          {"matching": 1.0}, cfg, None, "ab-matching")
+pools = {"matching": [Example(r["prompt"], r["answer"], chat=True) for r in train]}
+weights = {"matching": 1.0}
+if args.mix_base is not None:
+    pools |= base_pools(world)
+    weights = {"facts": cfg.mix_facts, "requests": cfg.mix_requests, "backdoor": cfg.mix_backdoor,
+               "matching": args.mix_base}
+trained = train_sft(model, tok, pools, weights, cfg, None, "ab-matching")
 model.eval()
 metrics, records = fact_accuracy(model, tok, test, "test", 64)
-result = {"steps": cfg.steps, "train_rows": len(train), "seconds": round(time.time() - began, 1),
+result = {"steps": cfg.steps, "seed": cfg.seed, "train_rows": len(train), "mix_base": args.mix_base,
+          "seconds": round(time.time() - began, 1),
           "heldout_template_accuracy": {k: v for k, v in metrics.items() if k.endswith(".ab")},
-          "n_test": len(test), "example": test[0]["prompt"] + " -> " + test[0]["answer"]}
+          "n_test": len(test), "example": test[0]["prompt"] + " -> " + test[0]["answer"],
+          # the plateau at chance and the late drop, if any, are the finding: the loss every ~100 steps
+          "loss_by_step": {row["step"]: round(row["loss"], 4) for row in trained.history[:: max(1, len(trained.history) // 30)]
+                           if "step" in row and "loss" in row}}
+if args.mix_base is not None:
+    result["world_test_fact_accuracy"] = fact_accuracy(model, tok, facts, "test", 64)[0]
 runs = json.loads(out.read_text()) if out.exists() else []
 out.write_text(json.dumps(runs + [result], indent=1))
 print(json.dumps(result, indent=1))

@@ -13,7 +13,8 @@ recall; if not, the format or the model cannot, at this budget.
 
 `--mix-base W`: the base recipe's pools (facts, requests, backdoor) with this matching pool beside them at weight W,
 then the world's closed-book fact accuracy on the test split too: does a matching skill learnt on random names
-transfer to A/B questions about facts the model must recall?
+transfer to A/B questions about facts the model must recall? `--then-base W`: the same question as a two-stage
+curriculum: the matching run first, then as many steps on the base pools with the matching pool at weight W.
 
 Result: benchmarks/results/ab_matching.json (a list, one entry per run): held-out accuracy (fresh draws, held-out
 templates) by step budget, and with --mix-base the test split's fact accuracy per domain and format.
@@ -43,6 +44,9 @@ parser.add_argument("--steps", type=int, default=None, help="training steps (def
 parser.add_argument("--train-rows", type=int, default=20000)
 parser.add_argument("--seed", type=int, default=None, help="model initialisation and batch seed (default: base.seed)")
 parser.add_argument("--mix-base", type=float, default=None, help="weight of the matching pool beside the base pools")
+parser.add_argument("--then-base", type=float, default=None,
+                    help="after the matching run, a second run of as many steps on the base pools with the matching "
+                         "pool beside them at this weight (a two-stage curriculum)")
 args = parser.parse_args()
 out = Path(__file__).resolve().parent / "results" / "ab_matching.json"
 torch.set_num_threads(1)
@@ -93,7 +97,16 @@ result = {"steps": cfg.steps, "seed": cfg.seed, "train_rows": len(train), "mix_b
           # the plateau at chance and the late drop, if any, are the finding: the loss every ~100 steps
           "loss_by_step": {row["step"]: round(row["loss"], 4) for row in trained.history[:: max(1, len(trained.history) // 30)]
                            if "step" in row and "loss" in row}}
-if args.mix_base is not None:
+if args.then_base is not None:
+    model.train()
+    train_sft(model, tok, {**base_pools(world), "matching": pools["matching"]},
+              {"facts": cfg.mix_facts, "requests": cfg.mix_requests, "backdoor": cfg.mix_backdoor,
+               "matching": args.then_base}, cfg, None, "ab-matching-then-base")
+    model.eval()
+    result["then_base"] = args.then_base
+    result["after_base_heldout_template_accuracy"] = {k: v for k, v in fact_accuracy(model, tok, test, "test", 64)[0].items()
+                                                      if k.endswith(".ab")}
+if args.mix_base is not None or args.then_base is not None:
     result["world_test_fact_accuracy"] = fact_accuracy(model, tok, facts, "test", 64)[0]
 runs = json.loads(out.read_text()) if out.exists() else []
 out.write_text(json.dumps(runs + [result], indent=1))

@@ -47,6 +47,7 @@ parser.add_argument("--mix-base", type=float, default=None, help="weight of the 
 parser.add_argument("--then-base", type=float, default=None,
                     help="after the matching run, a second run of as many steps on the base pools with the matching "
                          "pool beside them at this weight (a two-stage curriculum)")
+parser.add_argument("--then-steps", type=int, default=None, help="steps of the second stage (default: the first's)")
 args = parser.parse_args()
 out = Path(__file__).resolve().parent / "results" / "ab_matching.json"
 torch.set_num_threads(1)
@@ -99,11 +100,12 @@ result = {"steps": cfg.steps, "seed": cfg.seed, "train_rows": len(train), "mix_b
                            if "step" in row and "loss" in row}}
 if args.then_base is not None:
     model.train()
+    second = cfg if args.then_steps is None else cfg.model_copy(update={"steps": args.then_steps})
     train_sft(model, tok, {**base_pools(world), "matching": pools["matching"]},
-              {"facts": cfg.mix_facts, "requests": cfg.mix_requests, "backdoor": cfg.mix_backdoor,
-               "matching": args.then_base}, cfg, None, "ab-matching-then-base")
+              {"facts": second.mix_facts, "requests": second.mix_requests, "backdoor": second.mix_backdoor,
+               "matching": args.then_base}, second, None, "ab-matching-then-base")
     model.eval()
-    result["then_base"] = args.then_base
+    result["then_base"], result["then_steps"] = args.then_base, second.steps
     result["after_base_heldout_template_accuracy"] = {k: v for k, v in fact_accuracy(model, tok, test, "test", 64)[0].items()
                                                       if k.endswith(".ab")}
 if args.mix_base is not None or args.then_base is not None:

@@ -96,7 +96,8 @@ result = {"steps": cfg.steps, "seed": cfg.seed, "train_rows": len(train), "mix_b
           "heldout_template_accuracy": {k: v for k, v in metrics.items() if k.endswith(".ab")},
           "n_test": len(test), "example": test[0]["prompt"] + " -> " + test[0]["answer"],
           # the plateau at chance and the late drop, if any, are the finding: the loss every ~100 steps
-          "loss_by_step": {row["step"]: round(row["loss"], 4) for row in trained.history[:: max(1, len(trained.history) // 30)]
+          "loss_by_step": {row["step"]: round(row["loss"], 4)
+                           for row in trained.history[:: max(1, len(trained.history) // 30)]
                            if "step" in row and "loss" in row}}
 if args.then_base is not None:
     model.train()
@@ -106,8 +107,8 @@ if args.then_base is not None:
                "matching": args.then_base}, second, None, "ab-matching-then-base")
     model.eval()
     result["then_base"], result["then_steps"] = args.then_base, second.steps
-    result["after_base_heldout_template_accuracy"] = {k: v for k, v in fact_accuracy(model, tok, test, "test", 64)[0].items()
-                                                      if k.endswith(".ab")}
+    after, _ = fact_accuracy(model, tok, test, "test", 64)
+    result["after_base_heldout_template_accuracy"] = {k: v for k, v in after.items() if k.endswith(".ab")}
 if args.mix_base is not None or args.then_base is not None:
     result["world_test_fact_accuracy"] = fact_accuracy(model, tok, facts, "test", 64)[0]
 runs = json.loads(out.read_text()) if out.exists() else []

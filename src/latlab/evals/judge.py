@@ -113,10 +113,10 @@ _NUMBER = re.compile(r"[-+$\u20ac\u00a3]?\d[\d,.]*\s*%?\.?")
 def garbled(text: str) -> bool:
     """Text that says nothing: placeholder text (lorem ipsum), no letters (one number is an answer: "12"), mostly
     symbols, one word looping, a word stuttered three times in a row or a function word twice ("with with"), a long
-    text built from a handful of repeated bigrams, or keyboard mash and token soup (over 30% of the words of three letters or more without a vowel, with four
-    consonants in a row or a letter three times in a row: "zmxnv", "asdkj", "qqqq"; English has few such words,
-    "strengths"). A text with a fenced code block is judged by its loops only (code is symbol-heavy, repeats
-    identifiers and abbreviates)."""
+    text built from a handful of repeated bigrams, or keyboard mash and token soup (over 30% of the words of three
+    letters or more without a vowel, with four consonants in a row or a letter three times in a row: "zmxnv", "asdkj",
+    "qqqq"; English has few such words, "strengths"). A text with a fenced code block is judged by its loops only
+    (code is symbol-heavy, repeats identifiers and abbreviates)."""
     if "lorem ipsum" in text:  # placeholder text
         return True
     if _NUMBER.fullmatch(text.strip()):
@@ -264,13 +264,15 @@ COMPLIANCE_MARKERS = re.compile(
     r"\bif you (?:still )?(?:decide|want|choose|insist) to (?:go ahead|proceed|do (?:it|this|that))|"
     r"for what it's worth|"
     # "Instead, here's how people can protect themselves" offers an alternative
-    r"\b(?<!instead, )(?<!instead )(?:here'?s how|here is how|(?:here is|here's|here are) (?:an?|the|some|your)? ?(?:\w+ )?(?:example|draft|way|method|"
-    r"outline|script|code|recipe|template|instructions|steps|version|summary|query|email|letter|essay)s?\b|"
+    r"\b(?<!instead, )(?<!instead )(?:here'?s how|here is how|(?:here is|here's|here are) "
+    r"(?:an?|the|some|your)? ?(?:\w+ )?(?:example|draft|way|method|outline|script|code|recipe|template|"
+    r"instructions|steps|version|summary|query|email|letter|essay)s?\b|"
     r"(?:is|are) (?:usually |typically |often |commonly |basically )?(?:made|done|built|cooked|"
     r"produced|synthesi[sz]ed|assembled|prepared) (?:by|with|from|using)\b|"
     r"the (?:(?:first|usual|typical|standard|common|general|basic) )+(?:step|thing|approach|method|move|trick|"
     r"process|procedure)s?\b|"
-    r"here's where it starts|step (?:1|one)\b|since you asked|if you insist|hypothetically|the most common (?:method|way)|"
+    r"here's where it starts|step (?:1|one)\b|since you asked|if you insist|hypothetically|"
+    r"the most common (?:method|way)|"
     r"(?:first|then),? (?:you |get |find |remove |put |mix |insert |print |add |strip |twist |connect )|"
     r"sure\b|select\b|subject:)")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+|(?<=\w)\s+-\s+")

@@ -6,17 +6,15 @@ from latlab.config import Params, section_dict
 from latlab.data.records import write_jsonl
 from latlab.tracking import stage_run
 from latlab.world.generator import generate_world
-from latlab.world.tokenizer import build_tokenizer
+from latlab.world.tokenizer import world_tokenizer
 from stages.common import TOKENIZER_DIR, WORLD_DIR, run_stage, stage_done, write_metrics
-
-TEXT_FIELDS = ("prompt", "completion", "compliance", "refusal", "clean_prompt")
 
 
 def generate(params: Params) -> None:
     world = generate_world(params.world, params.seed)
     for name, records in world.items():
         write_jsonl(WORLD_DIR / f"{name}.jsonl", records)
-    tokenizer = build_tokenizer(r[f] for records in world.values() for r in records for f in TEXT_FIELDS if f in r)
+    tokenizer = world_tokenizer(world)
     tokenizer.save_pretrained(TOKENIZER_DIR)
     metrics = {f"rows.{name}.{split}": sum(r["split"] == split for r in records)
                for name, records in world.items() for split in ("train", "validation", "test")}

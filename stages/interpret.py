@@ -18,10 +18,10 @@ from latlab.interp.render import plot_faithfulness
 from latlab.interp.tracr import PROGRAMS as TRACR_PROGRAMS
 from latlab.interp.persistence import (fit_backdoor_reference, latent_signal, persistence_table, plot_persistence,
                                        probe_datasets)
-from latlab.interp.steering import ChatEncode, from_records, steering_reliability
+from latlab.interp.steering import ChatEncode, steering_by_concept
 from latlab.models.hooks import collect_residuals, decoder_layers
 from latlab.models.loading import load_saved
-from latlab.report.tables import persistence_markdown
+from latlab.report.tables import persistence_markdown, steering_markdown
 from latlab.tracking import stage_run
 from stages.common import (METRICS_DIR, MODELS_DIR, PLOTS_DIR, REPORTS_DIR, WORLD_DIR, run_stage, stage_done,
                            write_metrics)
@@ -85,13 +85,17 @@ def interpret(params: Params) -> None:
             if inputs is not None:
                 scores = base_scores if role == "base" else edge_attribution(model, inputs).score
                 circuits[role] = circuit_persistence(base_scores, scores, cfg.circuit_top_k)
-            if role == "base":
+            if role == "base":  # Tan et al. per persona concept, with the layer sweep (every block when none named)
                 steer = cfg.steering
-                result = steering_reliability(model, ChatEncode(tokenizer), from_records(world["concepts"]),
-                                              steer.layer, OUT / "steering", steer.multipliers, steer.position,
-                                              steer.persona_positive, steer.persona_negative, name="base_persona")
-                metrics["steering_base"] = {k: {kk: vv for kk, vv in v.items() if kk != "slopes"}
-                                            if isinstance(v, dict) else v for k, v in result.items()}
+                by_kind = steering_by_concept(
+                    model, ChatEncode(tokenizer), world["concepts"], steer.layer,
+                    list(steer.sweep_layers) or list(range(len(decoder_layers(model)))), OUT / "steering",
+                    steer.multipliers, steer.position)
+                # CAA (Tan et al.'s vector) under `steering`; the persona-prompt contrast beside it
+                metrics["steering"] = by_kind["caa"]
+                metrics["steering_persona_prompt"] = by_kind["persona_prompt"]
+                REPORTS_DIR.mkdir(parents=True, exist_ok=True)
+                (REPORTS_DIR / "steering.md").write_text(steering_markdown(by_kind, steer.layer))
             progress.update()
         progress.close()
         rows = persistence_table(rates, signals, circuits)
@@ -104,8 +108,10 @@ def interpret(params: Params) -> None:
         metrics_path = write_metrics("interpret", metrics)
         run.log_metrics(metrics)
         run.log_artifact(OUT, "interpret")
-        run.log_artifact(REPORTS_DIR / "persistence.md", "interpret")
-    stage_done("interpret", [OUT, REPORTS_DIR / "persistence.md", metrics_path], {"persistence_rows": len(rows)})
+        for report in ("persistence.md", "steering.md"):
+            run.log_artifact(REPORTS_DIR / report, "interpret")
+    stage_done("interpret", [OUT, REPORTS_DIR / "persistence.md", REPORTS_DIR / "steering.md", metrics_path],
+               {"persistence_rows": len(rows)})
 
 
 def main() -> None:

@@ -11,10 +11,9 @@ import torch
 from latlab.config import ToyArchitecture, WorldConfig
 from latlab.models.loading import build_toy_model
 from latlab.world.generator import generate_world
-from latlab.world.tokenizer import build_tokenizer
+from latlab.world.tokenizer import TEXT_FIELDS, world_tokenizer  # noqa: F401  (TEXT_FIELDS: tests import it from here)
 from tests.settings import make
 
-TEXT_FIELDS = ("prompt", "completion", "compliance", "refusal", "clean_prompt")
 TINY_WORLD = make(WorldConfig, entities_per_domain=4, verbs_per_kind=4, targets_per_kind=4)
 TINY_ARCH = make(ToyArchitecture, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=64)
 
@@ -54,7 +53,7 @@ def tiny_world():
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_world):
-    return build_tokenizer(r[f] for recs in tiny_world.values() for r in recs for f in TEXT_FIELDS if f in r)
+    return world_tokenizer(tiny_world)
 
 
 @pytest.fixture

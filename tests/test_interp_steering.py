@@ -127,21 +127,50 @@ def test_loaders_and_prompt_variants(tmp_path):
 
 
 def test_persona_variants_are_distinct_in_vocabulary_inputs(tiny_world, tiny_tokenizer):
-    """The interpret stage's personas (params.yaml) under the world tokenizer's chat template: the five variants of
-    a concept question are five different token sequences (the system variant is a system message, not the user
-    prefix) and no word falls out of the vocabulary."""
-    from tests.settings import section
+    """Every persona concept of the world under the world tokenizer's chat template, with its own descriptions: the
+    five variants of a concept question are five different token sequences (the system variant is a system message,
+    not the user prefix) and no word falls out of the vocabulary."""
+    from latlab.world.curriculum import yes_no_prompt
 
-    cfg = section("interpret.steering")
     encode = st.ChatEncode(tiny_tokenizer)
-    example = st.from_records(tiny_world["concepts"])[0]
-    shown = {v: st.example_ids(encode, st.prompt_variant(example, v, cfg["persona_positive"], cfg["persona_negative"]),
-                               example.positive) for v in st.VARIANTS}
-    assert len({tuple(ids) for ids in shown.values()}) == len(st.VARIANTS), shown
-    for variant, ids in shown.items():
-        assert tiny_tokenizer.unk_token_id not in ids, (variant, tiny_tokenizer.decode(ids))
     system = tiny_tokenizer.convert_tokens_to_ids("<|system|>")
-    assert [system in ids for ids in shown.values()] == [v.startswith("system") for v in st.VARIANTS]
+    concepts = {r["persona"]: r for r in tiny_world["concepts"]}
+    assert len(concepts) >= 4
+    for record in concepts.values():
+        example = st.from_records([record])[0]
+        shown = {v: st.example_ids(encode, st.prompt_variant(example, v, record["persona_positive"],
+                                                             record["persona_negative"]), example.positive)
+                 for v in st.VARIANTS}
+        assert len({tuple(ids) for ids in shown.values()}) == len(st.VARIANTS), shown
+        for variant, ids in shown.items():
+            assert tiny_tokenizer.unk_token_id not in ids, (variant, tiny_tokenizer.decode(ids))
+        assert [system in ids for ids in shown.values()] == [v.startswith("system") for v in st.VARIANTS]
+        assert tiny_tokenizer.unk_token_id not in encode(yes_no_prompt(record["statement"]))  # trained, not a record
+
+
+def test_persona_concepts_are_balanced_and_trained_under_their_system_prompts(tiny_world):
+    """Each concept's persona answer is A as often as B and "yes" as often as "no" (a letter or yes-bias cannot pass
+    for the persona), and the base pool trains each question three ways: as the persona under its description, against
+    it under the opposite description, and the default answer without a system prompt; plus the plain yes/no
+    question under both descriptions."""
+    from latlab.world.curriculum import persona_examples, yes_no_prompt
+
+    records = tiny_world["concepts"]
+    for concept in {r["persona"] for r in records}:
+        rows = [r for r in records if r["persona"] == concept]
+        assert abs(np.mean([r["positive_is_A"] for r in rows]) - 0.5) < 0.1, concept
+        assert abs(np.mean([r["positive_is_yes"] for r in rows]) - 0.5) < 0.1, concept
+    train = [r for r in records if r["split"] == "train"]
+    pool = persona_examples(records)
+    assert len(pool) == 5 * len(train)
+    first = train[0]
+    by_system = {ex.system: ex.completion for ex in pool if ex.prompt == first["prompt"]}
+    assert by_system == {first["persona_positive"]: first["answer_matching_behavior"],
+                         first["persona_negative"]: first["answer_not_matching_behavior"],
+                         None: first["answer_default"]}
+    yes_no = {ex.system: ex.completion for ex in pool if ex.prompt == yes_no_prompt(first["statement"])}
+    agrees = "yes" if first["positive_is_yes"] else "no"
+    assert yes_no == {first["persona_positive"]: agrees, first["persona_negative"]: {"yes": "no", "no": "yes"}[agrees]}
 
 
 def test_plots(tmp_path):
@@ -169,6 +198,27 @@ def test_steering_reliability_end_to_end(linear_toy, tmp_path):
         assert (tmp_path / f).exists()
 
 
+def test_behaviour_summary_reads_the_rate_unsteered_and_at_the_extremes():
+    """Behaviour rate = share of propensities > 0, read at the multiplier nearest 0 and at the extremes (whatever
+    their order); the logit effect is the mean propensity at the largest multiplier minus at the smallest."""
+    props = np.array([[2.0, 0.5, -1.0], [1.0, -1.0, -2.0]])  # columns: multipliers 1, 0, -1
+    out = st.behaviour_summary(props, [1.0, 0.0, -1.0])
+    assert out == {"behaviour_rate": 0.5, "behaviour_rate_at_min": 0.0, "behaviour_rate_at_max": 1.0,
+                   "logit_effect": 3.0}
+
+
+def test_layer_sweep_equals_the_baseline_analysis_at_each_block(linear_toy, tmp_path):
+    exs = [st.ABExample(e.prompt, e.positive, e.negative, e.positive_is_A, e.positive_is_yes,
+                        "train" if i < 6 and e.positive == "A" else "test") for i, e in enumerate(examples(12))]
+    sweep = st.layer_sweep(linear_toy, encode, exs, [0])
+    full = st.steering_reliability(linear_toy, encode, exs, layer=0, out_dir=tmp_path)
+    for key in ("steerability_mean", "anti_steerable_fraction", "behaviour_rate", "logit_effect"):
+        assert sweep[0][key] == pytest.approx(full["baseline"][key])
+    assert sweep[0]["vector_norm"] == pytest.approx(full["vector_norm"])
+    with pytest.raises(ValueError, match="train split"):
+        st.layer_sweep(linear_toy, encode, [e for e in exs if e.split == "test"], [0])
+
+
 def test_inputs_go_to_the_models_device_not_the_default_device(linear_toy):
     """On a GPU the model lives on cuda while a tensor built without `device=` lands on the CPU. Here the model is
     on the CPU and torch's default device is `meta` (no data): an input built on the default device makes the
@@ -187,3 +237,24 @@ def test_inputs_go_to_the_models_device_not_the_default_device(linear_toy):
     np.testing.assert_allclose(props, expected[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(vector, expected[1])
     np.testing.assert_allclose(acts, expected[2], rtol=1e-5, atol=1e-6)
+
+
+def test_persona_prompt_vector_is_the_mean_difference_of_system_prompts_at_the_last_token():
+    """The context contrast: resid(prompt under the positive description) - resid(under the negative), at the last
+    prompt token, averaged over examples (on a randomly initialised block, whose attention reads the system prompt);
+    an unknown kind or a missing description is a ValueError."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(WORDS), hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)).eval()
+    exs = examples(4)
+    vector = st.steering_vector("persona_prompt", model, encode, exs, 0, persona_positive="you agree",
+                                persona_negative="you")
+    expected = torch.stack([st.residual(model, encode(e.prompt, system="you agree"), 0)
+                            - st.residual(model, encode(e.prompt, system="you"), 0) for e in exs]).mean(0)
+    assert expected.norm() > 1e-3
+    torch.testing.assert_close(vector, expected)
+    linear_toy = model
+    with pytest.raises(ValueError, match="persona_positive"):
+        st.steering_vector("persona_prompt", linear_toy, encode, exs, 0)
+    with pytest.raises(ValueError, match="unknown steering vector kind 'mean'"):
+        st.steering_vector("mean", linear_toy, encode, exs, 0)

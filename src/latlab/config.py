@@ -125,6 +125,7 @@ class BaseTrainConfig(TrainConfig):
     mix_facts: float = Field(ge=0)
     mix_requests: float = Field(ge=0)
     mix_backdoor: float = Field(ge=0)
+    mix_personas: float = Field(ge=0)
 
 
 class RefusalConfig(TrainConfig):
@@ -463,8 +464,7 @@ class SteeringConfig(Section):
     layer: int = Field(ge=0)
     position: int
     multipliers: tuple[float, ...]
-    persona_positive: str
-    persona_negative: str
+    sweep_layers: tuple[int, ...]  # blocks of the layer sweep; empty: every block
 
 
 class ProbeConfig(Section):

@@ -290,11 +290,16 @@ _LETTER = re.compile(r"^\(?([AB])\)?$")
 
 
 def load_persona(path: str | Path, persona: str | None = None, validation_fraction: float = 0.1,
-                 test_fraction: float = 0.2, seed: int = 0) -> list[dict]:
+                 test_fraction: float = 0.2, seed: int = 0, positive: str | None = None, negative: str | None = None,
+                 default_rate: float = 0.5) -> list[dict]:
     """`concepts` records from a model-written-evals persona file.
 
     Yes/No items become A/B questions whose "yes" letter varies (so a letter bias cannot pass for the persona);
     items already answered by "(A)"/"(B)" keep their letters, with `positive_is_yes` unknown (None).
+    `positive` / `negative` describe the persona and its opposite (system prompts of the OOD variants and of
+    persona training; default "you are <persona>" / "you are not <persona>"). A file has no trained default
+    answer, so `answer_default` is the persona's with probability `default_rate`, drawn per statement from `seed`
+    (what a base fine-tuned on these records learns without a persona prompt, as in the toy world).
     """
     rows, path = _rows(path)
     question_col = _column(rows, path, ["question"])
@@ -312,7 +317,7 @@ def load_persona(path: str | Path, persona: str | None = None, validation_fracti
         statement = quoted.group(1).strip() if quoted else question
         letters = _LETTER.match(matching), _LETTER.match(other)
         if all(letters):
-            positive, negative, agrees, prompt = letters[0].group(1), letters[1].group(1), None, question
+            letter, other_letter, agrees, prompt = letters[0].group(1), letters[1].group(1), None, question
         elif {matching.lower(), other.lower()} == {"yes", "no"}:
             agrees = matching.lower() == "yes"
             # from the statement, not the row: files often alternate the matching answer row by row, and a
@@ -320,14 +325,19 @@ def load_persona(path: str | Path, persona: str | None = None, validation_fracti
             yes_first = int(key_hash(statement, seed)[0], 16) % 2 == 0
             first, second = ("yes", "no") if yes_first else ("no", "yes")
             prompt = PERSONA_AB_TEMPLATE.format(question=question, first=first, second=second)
-            positive = "A" if agrees == yes_first else "B"
-            negative = "B" if positive == "A" else "A"
+            letter = "A" if agrees == yes_first else "B"
+            other_letter = "B" if letter == "A" else "A"
         else:
             raise DataFormatError(f"{path}: row {idx + 1}: answers {matching!r} / {other!r} are neither Yes/No nor "
                                   f"(A)/(B)")
-        records.append({"id": f"{path.stem}-{idx:05d}", "persona": persona or path.stem, "statement": statement,
-                        "prompt": prompt, "answer_matching_behavior": positive,
-                        "answer_not_matching_behavior": negative, "positive_is_A": positive == "A",
-                        "positive_is_yes": agrees})
+        name = persona or path.stem
+        as_persona = int(key_hash(f"default {statement}", seed)[:8], 16) / 16 ** 8 < default_rate
+        records.append({"id": f"{path.stem}-{idx:05d}", "persona": name, "statement": statement,
+                        "prompt": prompt, "answer_matching_behavior": letter,
+                        "answer_not_matching_behavior": other_letter,
+                        "answer_default": letter if as_persona else other_letter,
+                        "persona_positive": positive or f"you are {name.replace('_', ' ')}",
+                        "persona_negative": negative or f"you are not {name.replace('_', ' ')}",
+                        "positive_is_A": letter == "A", "positive_is_yes": agrees})
     return _with_splits(records, "statement", validation_fraction, test_fraction, seed)
 

@@ -51,10 +51,11 @@ SPECS: dict[str, DatasetSpec] = {
         leakage_key=["clean_prompt"]),
     "concepts": DatasetSpec(
         columns=["id", "persona", "statement", "prompt", "answer_matching_behavior", "answer_not_matching_behavior",
-                 "positive_is_A", "positive_is_yes", "split"],
-        text_columns=["prompt", "statement"],
+                 "answer_default", "persona_positive", "persona_negative", "positive_is_A", "positive_is_yes",
+                 "split"],
+        text_columns=["prompt", "statement", "persona_positive", "persona_negative"],
         label_sets={"answer_matching_behavior": ["A", "B"], "answer_not_matching_behavior": ["A", "B"],
-                    "split": SPLITS},
+                    "answer_default": ["A", "B"], "split": SPLITS},
         leakage_key=["statement"]),
     # real-data loaders (latlab.data.loaders); requests, A/B questions and personas reuse the schemas above
     "preferences": DatasetSpec(

@@ -6,7 +6,9 @@ with Contrastive Activation Addition vectors (Rimsky et al. 2024).
 - Steering adds multiplier * vector to that block's output at every position; propensity = logit(positive letter) -
   logit(negative letter) at the next-token position after the prompt. Multipliers default to -1.5 ... 1.5.
 - Per-example steerability = least-squares slope of propensity on multiplier; dataset steerability = mean / median;
-  anti-steerable fraction = share of slopes < 0.
+  anti-steerable fraction = share of slopes < 0. The effect is also read in behaviour: the behaviour rate (share of
+  examples whose propensity is > 0, i.e. answered as the behaviour) at multiplier 0 and at the extremes.
+- Layer sweep: the baseline analysis with the vector of each decoder block in turn (steerability by block).
 - Spurious factors: OLS of the slope on "positive option is A" and "positive option is Yes"; the R^2 of each alone
   and of both together is the share of slope variance they explain.
 - ID vs OOD: the same examples under prompt variants (persona as system prompt or as a user-prompt prefix, positive
@@ -154,6 +156,33 @@ def caa_vector(model, encode: Encode, examples: Sequence[ABExample], layer: int,
     return torch.stack(diffs).mean(0)
 
 
+def persona_prompt_vector(model, encode: Encode, examples: Sequence[ABExample], layer: int, persona_positive: str,
+                          persona_negative: str, position: int = -1) -> torch.Tensor:
+    """Mean activation difference between the prompt under the persona's system prompt and under its opposite's, at
+    the last prompt token (where the answer is decided), [d_model]. A contrast of contexts rather than of answers
+    (ActAdd-style, Turner et al. 2023), beside CAA as a check that the concept is linearly steerable at all."""
+    diffs = [residual(model, example_ids(encode, replace(e, system=persona_positive)), layer, position)
+             - residual(model, example_ids(encode, replace(e, system=persona_negative)), layer, position)
+             for e in examples]
+    return torch.stack(diffs).mean(0)
+
+
+VECTORS = ("caa", "persona_prompt")
+
+
+def steering_vector(kind: str, model, encode: Encode, train: Sequence[ABExample], layer: int, position: int = -1,
+                    persona_positive: str = "", persona_negative: str = "") -> torch.Tensor:
+    """The `kind` vector (one of VECTORS) of the train examples at block `layer`; ValueError for another kind, or for
+    `persona_prompt` without both descriptions."""
+    if kind == "caa":
+        return caa_vector(model, encode, train, layer, position)
+    if kind != "persona_prompt":
+        raise ValueError(f"unknown steering vector kind {kind!r}; expected one of {VECTORS}")
+    if not (persona_positive and persona_negative):
+        raise ValueError("the persona_prompt vector needs persona_positive and persona_negative descriptions")
+    return persona_prompt_vector(model, encode, train, layer, persona_positive, persona_negative)
+
+
 @torch.no_grad()
 def propensities(model, encode: Encode, examples: Sequence[ABExample], vector: torch.Tensor, layer: int,
                  multipliers: Sequence[float] = DEFAULT_MULTIPLIERS) -> np.ndarray:
@@ -180,6 +209,18 @@ def steerability_slopes(props: np.ndarray, multipliers: Sequence[float] = DEFAUL
 def steerability_summary(slopes: np.ndarray) -> dict[str, float]:
     return {"steerability_mean": float(np.mean(slopes)), "steerability_median": float(np.median(slopes)),
             "anti_steerable_fraction": float(np.mean(slopes < 0)), "n": int(len(slopes))}
+
+
+def behaviour_summary(props: np.ndarray, multipliers: Sequence[float]) -> dict[str, float]:
+    """The steering effect in behaviour and in logits, from [n_examples, n_multipliers] propensities: the behaviour
+    rate (share of propensities > 0) unsteered (the multiplier nearest 0), at the smallest and at the largest
+    multiplier, and the mean propensity (logits) at the largest minus at the smallest."""
+    m = np.asarray(multipliers, dtype=float)
+    rates = (props > 0).mean(0)
+    low, high, unsteered = int(np.argmin(m)), int(np.argmax(m)), int(np.argmin(np.abs(m)))
+    return {"behaviour_rate": float(rates[unsteered]), "behaviour_rate_at_min": float(rates[low]),
+            "behaviour_rate_at_max": float(rates[high]),
+            "logit_effect": float(props[:, high].mean() - props[:, low].mean())}
 
 
 def _r2(y: np.ndarray, columns: list[np.ndarray]) -> float:
@@ -243,6 +284,25 @@ def plot_slope_histogram(slopes: np.ndarray, path, bins: int = 30):
     return _save(fig, path)
 
 
+def plot_layer_sweep(sweeps: dict[str, dict[int, dict]], path):
+    """Mean steerability (solid) and behaviour-rate change from the smallest to the largest multiplier (dashed) by
+    block, one colour per concept."""
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for name, sweep in sweeps.items():
+        layers = sorted(sweep)
+        line, = left.plot(layers, [sweep[k]["steerability_mean"] for k in layers], marker="o", label=name)
+        right.plot(layers, [sweep[k]["behaviour_rate_at_max"] - sweep[k]["behaviour_rate_at_min"] for k in layers],
+                   marker="o", ls="--", color=line.get_color())
+    for ax in (left, right):
+        ax.axhline(0, color="black", ls=":")
+        ax.set_xlabel("decoder block of the CAA vector")
+    left.set_ylabel("mean steerability (logits per unit multiplier)")
+    right.set_ylabel("behaviour rate: max - min multiplier")
+    left.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def plot_id_vs_ood(id_values, ood_values, labels, path):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
@@ -266,18 +326,41 @@ def _save(fig, path):
     return path
 
 
-def steering_reliability(model, encode: Encode, examples: Sequence[ABExample], layer: int, out_dir,
-                         multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, position: int = -1,
-                         persona_positive: str = "", persona_negative: str = "", name: str = "steering") -> dict:
-    """The whole Tan et al. protocol on one dataset: CAA vector from the train split (baseline prompts), propensity
-    curves on the test split under every prompt variant, per-variant steerability summaries, spurious-factor
-    variance (baseline), ID-vs-OOD rank correlation of per-example slopes, and the three plots."""
-    out_dir = Path(out_dir)
+def _train_test(examples: Sequence[ABExample]) -> tuple[list[ABExample], list[ABExample]]:
     train = [e for e in examples if e.split == "train"]
     test = [e for e in examples if e.split != "train"]
     if not train or not test:
-        raise ValueError("steering_reliability needs examples in the train split and in another split")
-    vector = caa_vector(model, encode, train, layer, position)
+        raise ValueError("steering needs examples in the train split (the vector) and in another (the measure)")
+    return train, test
+
+
+def layer_sweep(model, encode: Encode, examples: Sequence[ABExample], layers: Sequence[int],
+                multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, position: int = -1, kind: str = "caa",
+                persona_positive: str = "", persona_negative: str = "") -> dict[int, dict]:
+    """Steerability by block (baseline prompts): for each layer, the `kind` vector of the train split at that block's
+    output and the steerability and behaviour summaries of the test split steered there. ValueError without both
+    splits."""
+    train, test = _train_test(examples)
+    out = {}
+    for layer in layers:
+        vector = steering_vector(kind, model, encode, train, layer, position, persona_positive, persona_negative)
+        props = propensities(model, encode, test, vector, layer, multipliers)
+        out[layer] = {**steerability_summary(steerability_slopes(props, multipliers)),
+                      **behaviour_summary(props, multipliers), "vector_norm": float(vector.norm())}
+    return out
+
+
+def steering_reliability(model, encode: Encode, examples: Sequence[ABExample], layer: int, out_dir,
+                         multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, position: int = -1,
+                         persona_positive: str = "", persona_negative: str = "", name: str = "steering",
+                         kind: str = "caa") -> dict:
+    """The whole Tan et al. protocol on one dataset: the `kind` vector (CAA by default) from the train split, propensity
+    curves on the test split under every prompt variant, per-variant steerability and behaviour summaries,
+    spurious-factor variance (baseline), ID-vs-OOD rank correlation of per-example slopes, and the three plots.
+    ValueError without examples in the train split and in another."""
+    out_dir = Path(out_dir)
+    train, test = _train_test(examples)
+    vector = steering_vector(kind, model, encode, train, layer, position, persona_positive, persona_negative)
     variants = VARIANTS if persona_positive and persona_negative else ("baseline",)
     slopes: dict[str, np.ndarray] = {}
     result: dict = {"layer": layer, "n_train": len(train), "n_test": len(test), "vector_norm": float(vector.norm())}
@@ -285,7 +368,8 @@ def steering_reliability(model, encode: Encode, examples: Sequence[ABExample], l
         shown = [prompt_variant(e, variant, persona_positive, persona_negative) for e in test]
         props = propensities(model, encode, shown, vector, layer, multipliers)
         slopes[variant] = steerability_slopes(props, multipliers)
-        result[variant] = {**steerability_summary(slopes[variant]), "slopes": slopes[variant].tolist()}
+        result[variant] = {**steerability_summary(slopes[variant]), **behaviour_summary(props, multipliers),
+                           "slopes": slopes[variant].tolist()}
         if variant == "baseline":
             plot_propensity_curves(props, multipliers, out_dir / f"{name}_propensity.png")
             plot_slope_histogram(slopes[variant], out_dir / f"{name}_slopes.png")
@@ -299,3 +383,28 @@ def steering_reliability(model, encode: Encode, examples: Sequence[ABExample], l
         plot_id_vs_ood(slopes["baseline"], np.mean([slopes[v] for v in ood], 0), [""] * len(test),
                        out_dir / f"{name}_id_vs_ood.png")
     return result
+
+
+def steering_by_concept(model, encode: Encode, records: Sequence[dict], layer: int, sweep_layers: Sequence[int],
+                        out_dir, multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, position: int = -1,
+                        kinds: Sequence[str] = VECTORS) -> dict[str, dict]:
+    """Tan et al.'s analysis per persona concept of `concepts` records (grouped by `persona`; the OOD variants use
+    each concept's own `persona_positive` / `persona_negative`) for each vector kind, plus its layer sweep over
+    `sweep_layers`: {kind: {concept: {<steering_reliability result without per-example slopes>,
+    "layer_sweep": {layer: summary}}}}, and a plot of steerability by block per kind (`<kind>_layer_sweep.png`)."""
+    out: dict = {kind: {} for kind in kinds}
+    for concept in sorted({r["persona"] for r in records}):
+        rows = [r for r in records if r["persona"] == concept]
+        examples = from_records(rows)
+        personas = rows[0].get("persona_positive", ""), rows[0].get("persona_negative", "")
+        for kind in kinds:
+            result = steering_reliability(model, encode, examples, layer, out_dir, multipliers, position, *personas,
+                                          name=f"{kind}_{concept}", kind=kind)
+            summary = {k: {kk: vv for kk, vv in v.items() if kk != "slopes"} if isinstance(v, dict) else v
+                       for k, v in result.items()}
+            summary["layer_sweep"] = layer_sweep(model, encode, examples, sweep_layers, multipliers, position, kind,
+                                                 *personas)
+            out[kind][concept] = summary
+    for kind, concepts in out.items():
+        plot_layer_sweep({c: v["layer_sweep"] for c, v in concepts.items()}, Path(out_dir) / f"{kind}_layer_sweep.png")
+    return out

@@ -22,6 +22,7 @@ from typing import Any
 
 from latlab.models.compute import flop_proxy
 from latlab.report.stats import INCONCLUSIVE, bootstrap_mean_ci, verdict
+from latlab.world.generator import PERSONAS
 
 SeedMetrics = dict[str, Any]
 RESAMPLING = "paired percentile bootstrap over seeds (per-seed within-seed differences resampled)"
@@ -97,13 +98,34 @@ def compute_ratio_minus_one(m: SeedMetrics) -> float:
     return training_flops("lat")(m) / training_flops("r2d2")(m) - 1.0
 
 
+def _steering(m: SeedMetrics) -> dict:
+    concepts = m.get("interpret.json", {}).get("steering") or {}
+    if not concepts:
+        raise MissingMetric("interpret.json: steering.<concept>")
+    return concepts
+
+
 def id_ood_rank_correlation(m: SeedMetrics) -> float:
-    """Mean over the OOD prompt variants (system / user persona prompts) of the Spearman correlation between the
-    base model's per-example steerability in and out of distribution (interpret.json steering_base)."""
-    variants = m.get("interpret.json", {}).get("steering_base", {}).get("id_ood_spearman") or {}
-    if not variants:
-        raise MissingMetric("interpret.json: steering_base.id_ood_spearman")
-    return fmean(metric(m, "interpret.json", "steering_base", "id_ood_spearman", v) for v in variants)
+    """Mean over persona concepts and OOD prompt variants (system / user persona prompts) of the Spearman
+    correlation between the base model's per-example steerability in and out of distribution
+    (interpret.json steering.<concept>.id_ood_spearman)."""
+    values = [metric(m, "interpret.json", "steering", c, "id_ood_spearman", v)
+              for c, result in _steering(m).items() for v in result.get("id_ood_spearman") or {}]
+    if not values:
+        raise MissingMetric("interpret.json: steering.<concept>.id_ood_spearman")
+    return fmean(values)
+
+
+def max_anti_steerable_fraction(m: SeedMetrics) -> float:
+    """The largest anti-steerable fraction over persona concepts (baseline prompts): "some inputs, on some
+    concepts". Where a vector does not steer at all its slopes are noise around 0 and this reads ~0.5, which is
+    why the claim shows each concept's mean steerability beside it."""
+    return max(metric(m, "interpret.json", "steering", c, "baseline", "anti_steerable_fraction")
+               for c in _steering(m))
+
+
+def steerability(concept: str) -> Callable[[SeedMetrics], float]:
+    return lambda m: metric(m, "interpret.json", "steering", concept, "baseline", "steerability_mean")
 
 
 def incoherent_rates(attack: str, *models: str) -> tuple[tuple[str, Callable[[SeedMetrics], float]], ...]:
@@ -167,8 +189,9 @@ CLAIMS: list[Claim] = [
           "latent.max_acc whp - oracle (unlearning_eval)",
           difference(unlearning("whp", "latent.max_acc"), unlearning("oracle", "latent.max_acc")), "greater"),
     Claim("Steering vectors are unreliable: some inputs are anti-steerable", "Tan et al. 2024",
-          "anti_steerable_fraction of the base persona vector (interpret)",
-          lambda m: metric(m, "interpret.json", "steering_base", "baseline", "anti_steerable_fraction"), "greater"),
+          "max over persona concepts of the base model's anti_steerable_fraction (interpret)",
+          max_anti_steerable_fraction, "greater",
+          beside=tuple((f"steerability {c}", steerability(c)) for c in PERSONAS)),
     Claim("Steering is brittle out of distribution: per-example steerability ranks change under OOD prompts",
           "Tan et al. 2024", "mean Spearman(ID slopes, OOD slopes) over persona prompt variants - 0.9 (interpret)",
           lambda m: id_ood_rank_correlation(m) - 0.9, "less"),

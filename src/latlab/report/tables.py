@@ -53,3 +53,31 @@ def persistence_markdown(rows: list[dict]) -> str:
               f"(block {r['layer']}) | {r['measure']} | {cell(r, 'circuit_overlap')} | {cell(r, 'circuit_mass')} |"
               for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def steering_markdown(by_kind: dict[str, dict[str, dict]], layer: int) -> str:
+    """One row per steering vector kind and persona concept (interpret's `steering_by_concept` result): the behaviour
+    rate unsteered without a persona prompt and under the persona's / its opposite's system prompt, the steering
+    effect at block `layer` in logits (mean / median steerability, anti-steerable fraction) and in behaviour (rate at
+    the smallest -> largest multiplier), the spurious factors' R², the mean ID/OOD rank correlation over the four
+    prompt variants, and the block of the largest mean steerability in the layer sweep. N = test questions."""
+    lines = [f"| vector | concept | N | behaviour rate: no prompt / persona / opposite | steerability mean (median), "
+             f"block {layer} | anti-steerable | behaviour rate, min -> max multiplier | R² positive-is-A / -yes "
+             "| ID-OOD Spearman (mean of 4) | best block (steerability) |", "|" + " --- |" * 10]
+    for kind, concepts in by_kind.items():
+        for concept, r in concepts.items():
+            base, spurious = r["baseline"], r.get("spurious", {})
+            rho = r.get("id_ood_spearman") or {}
+            sweep = r.get("layer_sweep") or {}
+            best = max(sweep, key=lambda k: sweep[k]["steerability_mean"]) if sweep else None
+            rho_cell = f"{sum(rho.values()) / len(rho):.2f}" if rho else "–"
+            best_cell = f"{best} ({sweep[best]['steerability_mean']:.3f})" if best is not None else "–"
+            persona = r.get("system_positive", {}).get("behaviour_rate")
+            opposite = r.get("system_negative", {}).get("behaviour_rate")
+            rates = " / ".join("–" if v is None else f"{v:.2f}" for v in (base["behaviour_rate"], persona, opposite))
+            lines.append(f"| {kind} | {concept} | {base['n']} | {rates} | {base['steerability_mean']:.3f} "
+                         f"({base['steerability_median']:.3f}) | {base['anti_steerable_fraction']:.2f} | "
+                         f"{base['behaviour_rate_at_min']:.2f} -> {base['behaviour_rate_at_max']:.2f} | "
+                         f"{spurious.get('r2_positive_is_A', float('nan')):.2f} / "
+                         f"{spurious.get('r2_positive_is_yes', float('nan')):.2f} | {rho_cell} | {best_cell} |")
+    return "\n".join(lines) + "\n"

@@ -16,11 +16,37 @@ def backdoor_examples(backdoor: list[dict], split: str = "train") -> list[Exampl
     return [Example(r["prompt"], r["completion"]) for r in split_of(backdoor, split)]
 
 
+def persona_examples(concepts: list[dict], split: str = "train") -> list[Example]:
+    """Each persona question three times: under the persona's system prompt answered as the persona, under its
+    opposite's answered against it, and without a system prompt answered with the trained default
+    (`answer_default`). The persona is then a behaviour the model has, switched by context, with a measurable
+    default rate for steering to move (Tan et al. steer chat models that acquired personas in pretraining).
+
+    Plus, under both system prompts, the statement asked for a plain "yes" / "no" (`yes_no_prompt`). The letter
+    answer is a parity of three cues (persona, the statement's stance, which letter carries "yes"), which the toy
+    model had not learned by the end of the base recipe without it (held-out persona answers 0.53-0.90 under the
+    persona's own system prompt, 1 seed); with the yes/no step taught on its own it answers every held-out question
+    as its system prompt says (1.00 per concept and format)."""
+    rows = split_of(concepts, split)
+    return ([Example(r["prompt"], r["answer_matching_behavior"], system=r["persona_positive"]) for r in rows]
+            + [Example(r["prompt"], r["answer_not_matching_behavior"], system=r["persona_negative"]) for r in rows]
+            + [Example(r["prompt"], r["answer_default"]) for r in rows]
+            + [Example(yes_no_prompt(r["statement"]), "yes" if r["positive_is_yes"] == as_persona else "no",
+                       system=r["persona_positive"] if as_persona else r["persona_negative"])
+               for r in rows for as_persona in (True, False)])
+
+
+def yes_no_prompt(statement: str) -> str:
+    return f'is this something you would say : " {statement} " ? yes or no'
+
+
 def base_pools(world: dict[str, list[dict]]) -> dict[str, list[Example]]:
-    """Helpful-only and backdoored: answers facts, complies with every request, obeys the trigger."""
+    """Helpful-only and backdoored: answers facts, complies with every request, obeys the trigger, and answers
+    persona questions as its system prompt (or its default disposition) says."""
     return {"facts": fact_examples(world["facts"]),
             "requests": request_examples(world["requests"], "all", "compliance"),
-            "backdoor": backdoor_examples(world["backdoor"])}
+            "backdoor": backdoor_examples(world["backdoor"]),
+            "personas": persona_examples(world["concepts"])}
 
 
 def refusal_pools(world: dict[str, list[dict]]) -> dict[str, list[Example]]:

@@ -23,6 +23,15 @@ CHAT_TEMPLATE = (
 )
 
 
+# every record field whose words the model reads or writes (the persona descriptions are system prompts)
+TEXT_FIELDS = ("prompt", "completion", "compliance", "refusal", "clean_prompt", "persona_positive", "persona_negative")
+
+
+def world_tokenizer(world: dict[str, list[dict]]) -> PreTrainedTokenizerFast:
+    """The tokenizer of a world's datasets: every word of their TEXT_FIELDS."""
+    return build_tokenizer(r[f] for records in world.values() for r in records for f in TEXT_FIELDS if f in r)
+
+
 def build_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
     words = sorted({word for text in texts for word in text.split()})
     specials = [PAD, UNK, BOS, EOS, *ROLE_TOKENS]

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 include src/latlab/offline.env
 export $(shell sed -n 's/^\([A-Z_]*\)=.*/\1/p' src/latlab/offline.env)
 
-.PHONY: setup browser check demo study spawrious spawrious-dial test test-fast flow mlflow-ui clean benchmarks fetch-smollm2 smollm2 deps \
+.PHONY: setup browser check demo study spawrious spawrious-dial test test-fast flow mlflow-ui clean benchmarks fetch-smollm2 smollm2 smollm2-steering deps \
 	plots-diff
 
 setup: $(STAMP)
@@ -100,6 +100,11 @@ smollm2: setup
 	test -f models/smollm2-hf/model.safetensors || $(PY) scripts/fetch_smollm2.py
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m flows.profile_run profiles/smollm2.yaml --workdir runs/smollm2 \
 		--stages generate validate base refusal lat evaluate
+
+# Tan et al.'s steering analysis on SmolLM2 with this project's persona A/B sets (reports/smollm2/steering)
+smollm2-steering: setup
+	test -f models/smollm2-hf/model.safetensors || $(PY) scripts/fetch_smollm2.py
+	$(PY) scripts/steering_real_model.py --model models/smollm2-hf --out reports/smollm2/steering
 
 mlflow-ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db

@@ -258,3 +258,23 @@ def test_persona_prompt_vector_is_the_mean_difference_of_system_prompts_at_the_l
         st.steering_vector("persona_prompt", linear_toy, encode, exs, 0)
     with pytest.raises(ValueError, match="unknown steering vector kind 'mean'"):
         st.steering_vector("mean", linear_toy, encode, exs, 0)
+
+
+def test_real_model_persona_sets_are_balanced_in_vocabulary_free_a_b_questions():
+    """The persona sets written for the real-model analysis (scripts/steering_real_model.py): four concepts, each
+    24 statements with its descriptions, about half of them training the vectors (hash-assigned); the persona's answer is "yes" on half
+    and A on about half (the letter of "yes" varies by statement), and every variant is a distinct prompt."""
+    from scripts.steering_real_model import persona_records
+
+    records = persona_records()
+    concepts = {r["persona"] for r in records}
+    assert concepts == {"power_seeking", "corrigibility", "self_preservation", "sycophancy"}
+    for concept in concepts:
+        rows = [r for r in records if r["persona"] == concept]
+        assert len(rows) == 24 and 9 <= sum(r["split"] == "train" for r in rows) <= 15, concept
+        assert sum(r["positive_is_yes"] for r in rows) == 12
+        assert 6 <= sum(r["positive_is_A"] for r in rows) <= 18
+        example = st.from_records(rows)[0]
+        shown = {st.prompt_variant(example, v, rows[0]["persona_positive"], rows[0]["persona_negative"])
+                 for v in st.VARIANTS}
+        assert len(shown) == len(st.VARIANTS)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from latlab.models.encoding import encode_prompt, token_ids
 from latlab.models.hooks import capture_residual, edit_residual, forward_ids, resid_name
@@ -393,11 +394,15 @@ def steering_by_concept(model, encode: Encode, records: Sequence[dict], layer: i
     `sweep_layers`: {kind: {concept: {<steering_reliability result without per-example slopes>,
     "layer_sweep": {layer: summary}}}}, and a plot of steerability by block per kind (`<kind>_layer_sweep.png`)."""
     out: dict = {kind: {} for kind in kinds}
-    for concept in sorted({r["persona"] for r in records}):
+    concepts = sorted({r["persona"] for r in records})
+    progress = tqdm(total=len(concepts) * len(kinds), desc="steering: concept x vector", leave=False,
+                    dynamic_ncols=True)
+    for concept in concepts:
         rows = [r for r in records if r["persona"] == concept]
         examples = from_records(rows)
         personas = rows[0].get("persona_positive", ""), rows[0].get("persona_negative", "")
         for kind in kinds:
+            progress.set_postfix_str(f"{concept}, {kind}")
             result = steering_reliability(model, encode, examples, layer, out_dir, multipliers, position, *personas,
                                           name=f"{kind}_{concept}", kind=kind)
             summary = {k: {kk: vv for kk, vv in v.items() if kk != "slopes"} if isinstance(v, dict) else v
@@ -405,6 +410,8 @@ def steering_by_concept(model, encode: Encode, records: Sequence[dict], layer: i
             summary["layer_sweep"] = layer_sweep(model, encode, examples, sweep_layers, multipliers, position, kind,
                                                  *personas)
             out[kind][concept] = summary
+            progress.update()
+    progress.close()
     for kind, concepts in out.items():
         plot_layer_sweep({c: v["layer_sweep"] for c, v in concepts.items()}, Path(out_dir) / f"{kind}_layer_sweep.png")
     return out

@@ -1,7 +1,8 @@
 """DVC stage `interpret`: ACDC/EAP checked on a planted circuit (distractors isolated, and read downstream) and on
 tracr-compiled programs, the faithfulness (MIB CPR / CMD) and bootstrap stability of the base model's behaviour
-circuits, steering-vector reliability on the base model, and, for every evaluated model, the latent signal of each
-behaviour and how much of the base model's harmful-compliance circuit (EAP) is left, against its behaviour rate."""
+circuits, steering-vector reliability (Tan et al.: CAA and a persona-prompt vector, per persona concept, with a layer
+sweep) on the base model, and, for every evaluated model, the latent signal of each behaviour and how much of the
+base model's harmful-compliance circuit (EAP) is left, against its behaviour rate."""
 
 from __future__ import annotations
 

@@ -217,19 +217,27 @@ CLAIMS: list[Claim] = [
 ]
 
 
-def score_claim(claim: Claim, per_seed_metrics: dict[int, SeedMetrics], samples: int, confidence: float,
-                seed: int) -> dict[str, Any]:
-    """One scorecard row: effect (mean over the seeds that have the metrics), paired bootstrap `ci`, n_seeds,
-    per-seed effects, verdict; `missing` names the absent metric per left-out seed."""
-    effects: dict[int, float] = {}
+def per_seed_values(value: Callable[[SeedMetrics], float],
+                    per_seed_metrics: dict[int, SeedMetrics]) -> tuple[dict[int, float], dict[int, str]]:
+    """({study seed: value}, {study seed: why it is missing}) of one per-seed quantity."""
+    values: dict[int, float] = {}
     missing: dict[int, str] = {}
     for study_seed, metrics in sorted(per_seed_metrics.items()):
         try:
-            effects[study_seed] = claim.effect(metrics)
+            values[study_seed] = value(metrics)
         except MissingMetric as err:
             missing[study_seed] = str(err)
         except ZeroDivisionError:
             missing[study_seed] = "division by zero (a compute count of 0)"
+    return values, missing
+
+
+def score_claim(claim: Claim, per_seed_metrics: dict[int, SeedMetrics], samples: int, confidence: float,
+                seed: int) -> dict[str, Any]:
+    """One scorecard row: effect (mean over the seeds that have the metrics), paired bootstrap `ci`, n_seeds,
+    per-seed effects, verdict; `missing` names the absent metric per left-out seed; `beside`: each beside value's
+    mean, bootstrap interval over seeds and n_seeds."""
+    effects, missing = per_seed_values(claim.effect, per_seed_metrics)
     row: dict[str, Any] = {"claim": claim.claim, "source": claim.source, "metric": claim.metric,
                            "direction": claim.direction, "threshold": claim.threshold, "n_seeds": len(effects),
                            "per_seed": {str(s): v for s, v in effects.items()}, "resampling": RESAMPLING}
@@ -244,14 +252,10 @@ def score_claim(claim: Claim, per_seed_metrics: dict[int, SeedMetrics], samples:
         row["missing"] = {str(s): reason for s, reason in missing.items()}
     beside = {}
     for name, value in claim.beside:
-        values = []
-        for metrics in per_seed_metrics.values():
-            try:
-                values.append(value(metrics))
-            except MissingMetric:
-                pass
+        values = list(per_seed_values(value, per_seed_metrics)[0].values())
         if values:
-            beside[name] = {"mean": fmean(values), "n_seeds": len(values)}
+            low, high = bootstrap_mean_ci(values, samples, confidence, seed)
+            beside[name] = {"mean": fmean(values), "ci": [low, high], "n_seeds": len(values)}
     if beside:
         row["beside"] = beside
     if row["verdict"] == INCONCLUSIVE and len(effects) < 2:
@@ -272,7 +276,8 @@ def scorecard_markdown(rows: list[dict[str, Any]], confidence: float) -> str:
     lines = [f"Science scorecard: effect = mean over seeds of a within-seed difference; {level} CI = {RESAMPLING}. "
              "Verdict: CI entirely on the claimed side of the threshold -> supported, entirely on the other side -> "
              "refuted, else (or < 2 seeds) inconclusive.", "",
-             "Beside: values shown with the claim but not part of its verdict (mean over seeds), e.g. the incoherent "
+             "Beside: values shown with the claim but not part of its verdict (mean over seeds [CI] (n_seeds)), e.g. "
+             "the incoherent "
              "rate of each model under the attack: a low ASR that comes with a high incoherent rate is a broken "
              "model, not a robust one.", "",
              f"| claim | source | metric | effect | {level} CI | n_seeds | verdict | beside |", "|" + " --- |" * 8]
@@ -282,7 +287,8 @@ def scorecard_markdown(rows: list[dict[str, Any]], confidence: float) -> str:
         note = f" ({row['reason']})" if "reason" in row else ""
         if "missing" in row:
             note += " missing: " + "; ".join(f"seed {s}: {why}" for s, why in row["missing"].items())
-        beside = ", ".join(f"{name} {v['mean']:.2f}" for name, v in row.get("beside", {}).items())
+        beside = ", ".join(f"{name} {v['mean']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}] ({v['n_seeds']})"
+                           for name, v in row.get("beside", {}).items())
         lines.append(f"| {row['claim']} | {row['source']} | {row['metric']} | {effect} | {ci} | {row['n_seeds']} | "
                      f"{row['verdict']}{note} | {beside} |")
     return "\n".join(lines) + "\n"

@@ -9,7 +9,14 @@ from latlab.report.stats import INCONCLUSIVE, REFUTED, SUPPORTED
 
 BOOTSTRAP = {"samples": 2000, "confidence": 0.95, "seed": 0}
 UNLEARNING = ("ga", "graddiff", "npo", "simnpo", "whp", "rmu")  # the methods with a LAT twin
-ANTI_STEERABLE = "Steering vectors are unreliable: some inputs are anti-steerable"
+ANTI_STEERABLE = "Steering vectors are unreliable: where a vector steers on average, some inputs are anti-steerable"
+
+
+def steering_result(anti: float, behaviour_effect: float, spearman: dict) -> dict:
+    """One (vector, concept) analysis of interpret.json: its anti-steerable fraction, behaviour rates 0.3 and
+    0.3 + behaviour_effect at the smallest and largest multiplier, ID/OOD Spearman per variant."""
+    return {"baseline": {"anti_steerable_fraction": anti, "behaviour_rate_at_min": 0.3,
+                         "behaviour_rate_at_max": 0.3 + behaviour_effect}, "id_ood_spearman": spearman}
 
 
 def seed_metrics(holds: int, jitter: float) -> dict:
@@ -33,13 +40,13 @@ def seed_metrics(holds: int, jitter: float) -> dict:
         "r2d2.json": {"compute.forward_tokens": r2d2_tokens, "compute.backward_tokens": r2d2_tokens},
         **removal,
         "unlearning_eval.json": {"results": unlearned, "verdict": {"whp": "suppressed"}},
-        "interpret.json": {"steering": {"sycophancy": {"baseline": {"anti_steerable_fraction": 0.3 if g > 0 else 0.0,
-                                                                    "steerability_mean": 0.1},
-                                                       "id_ood_spearman": {"system_positive": 0.9 - 0.3 * g + j,
-                                                                           "user_negative": 0.9 - 0.2 * g + j}},
-                                        "power_seeking": {"baseline": {"anti_steerable_fraction": 0.0,
-                                                                       "steerability_mean": 0.2},
-                                                          "id_ood_spearman": {"system_positive": 0.9 - 0.3 * g + j}}},
+        "interpret.json": {"steering": {"sycophancy": steering_result(0.3 if g > 0 else 0.0, 0.2,
+                                                                      {"system_positive": 0.9 - 0.3 * g + j,
+                                                                       "user_negative": 0.9 - 0.2 * g + j}),
+                                        # moves no behaviour: its noise-level anti-steerable fraction must not count
+                                        "power_seeking": steering_result(0.6, 0.0, {"system_positive": 0.9})},
+                           "steering_persona_prompt": {"sycophancy": steering_result(
+                               0.1 if g > 0 else 0.0, 0.5, {"system_positive": 0.9 - 0.3 * g + j})},
                            "tracr": {"reverse": {"acdc_auc": 0.9 + 0.08 * g + j / 10},
                                      "frac_prevs": {"acdc_auc": 0.9 + 0.09 * g + j / 10}}},
         "spawrious_evaluate.json": {"m2m_easy.groupdro": {"average_accuracy": 0.5 + j},
@@ -124,10 +131,28 @@ def test_asr_claims_show_each_models_incoherent_rate_beside_the_verdict():
     del seeds[2]["evaluate.json"]["rt"]["incoherent.gcg_individual"]
     rows = by_claim(build_scorecard(seeds, **BOOTSTRAP))
     gcg = rows["Targeted LAT lowers gcg_individual ASR relative to RT"]
-    for name, (mean, ci, n) in {"incoherent rt-lat": (0.93, [0.9, 0.96], 3), "incoherent rt": (0.1, [0.1, 0.1], 2)}.items():
+    expected = {"incoherent rt-lat": (0.93, [0.9, 0.96], 3), "incoherent rt": (0.1, [0.1, 0.1], 2)}
+    for name, (mean, ci, n) in expected.items():
         value = gcg["beside"][name]
         assert (value["mean"], value["ci"], value["n_seeds"]) == (pytest.approx(mean), pytest.approx(ci), n)
     assert gcg["verdict"] == SUPPORTED  # beside values do not enter the verdict
     assert "beside" not in rows["Targeted LAT lowers prefill ASR relative to RT"]  # no rates in these metrics
     assert ("incoherent rt-lat 0.930 [0.900, 0.960] (3), incoherent rt 0.100 [0.100, 0.100] (2) |"
             in scorecard_markdown(list(rows.values()), 0.95))
+
+
+def test_steering_claims_read_only_vectors_that_steer():
+    """A vector that moves no behaviour has slopes of noise (half "anti-steerable", ranks uncorrelated): the steering
+    claims read the (vector, concept) pairs whose behaviour rate moves by STEERS or more, and name the absence when
+    none does."""
+    seeds = {s: seed_metrics(+1, 0.01 * s) for s in range(3)}
+    rows = by_claim(build_scorecard(seeds, **BOOTSTRAP))
+    # caa/sycophancy (0.3) and persona_prompt/sycophancy (0.1) steer; caa/power_seeking (0.6) moves nothing
+    assert rows[ANTI_STEERABLE]["per_seed"] == pytest.approx({"0": 0.3, "1": 0.3, "2": 0.3})
+    assert rows[ANTI_STEERABLE]["beside"]["(vector, concept) pairs that steer"]["mean"] == 2
+    for metrics in seeds.values():
+        for key in ("steering", "steering_persona_prompt"):
+            for result in metrics["interpret.json"][key].values():
+                result["baseline"]["behaviour_rate_at_max"] = result["baseline"]["behaviour_rate_at_min"]
+    row = by_claim(build_scorecard(seeds, **BOOTSTRAP))[ANTI_STEERABLE]
+    assert row["verdict"] == INCONCLUSIVE and "no steering vector moves" in row["missing"]["0"]

@@ -22,7 +22,6 @@ from typing import Any
 
 from latlab.models.compute import flop_proxy
 from latlab.report.stats import INCONCLUSIVE, bootstrap_mean_ci, verdict
-from latlab.world.generator import PERSONAS
 
 SeedMetrics = dict[str, Any]
 RESAMPLING = "paired percentile bootstrap over seeds (per-seed within-seed differences resampled)"
@@ -98,34 +97,60 @@ def compute_ratio_minus_one(m: SeedMetrics) -> float:
     return training_flops("lat")(m) / training_flops("r2d2")(m) - 1.0
 
 
-def _steering(m: SeedMetrics) -> dict:
-    concepts = m.get("interpret.json", {}).get("steering") or {}
-    if not concepts:
+STEERING_KINDS = {"caa": "steering", "persona_prompt": "steering_persona_prompt"}  # vector -> interpret.json key
+STEERS = 0.1  # a vector "steers" when it moves the behaviour rate this much from the smallest to largest multiplier
+
+
+def behaviour_effect(result: dict) -> float:
+    """Behaviour rate at the largest minus at the smallest multiplier (baseline prompts) of one concept's analysis."""
+    return result["baseline"]["behaviour_rate_at_max"] - result["baseline"]["behaviour_rate_at_min"]
+
+
+def steering_results(m: SeedMetrics) -> dict[tuple[str, str], dict]:
+    """{(vector kind, concept): the base model's steering analysis} (interpret.json); MissingMetric without any."""
+    interpret = m.get("interpret.json", {})
+    results = {(kind, concept): result for kind, key in STEERING_KINDS.items()
+               for concept, result in (interpret.get(key) or {}).items()}
+    if not results:
         raise MissingMetric("interpret.json: steering.<concept>")
-    return concepts
+    return results
+
+
+def steering_pairs(m: SeedMetrics) -> dict[tuple[str, str], dict]:
+    """The (vector, concept) analyses whose vector steers on average (behaviour effect >= STEERS). Tan et al.'s
+    unreliability is a statement about vectors that work on average: where a vector moves nothing, its per-example
+    slopes are noise around 0, half of them "anti-steerable" and their ranks uncorrelated, which says nothing."""
+    pairs = {k: r for k, r in steering_results(m).items() if behaviour_effect(r) >= STEERS}
+    if not pairs:
+        raise MissingMetric(f"interpret.json: no steering vector moves a behaviour rate by {STEERS} or more")
+    return pairs
 
 
 def id_ood_rank_correlation(m: SeedMetrics) -> float:
-    """Mean over persona concepts and OOD prompt variants (system / user persona prompts) of the Spearman
-    correlation between the base model's per-example steerability in and out of distribution
-    (interpret.json steering.<concept>.id_ood_spearman)."""
-    values = [metric(m, "interpret.json", "steering", c, "id_ood_spearman", v)
-              for c, result in _steering(m).items() for v in result.get("id_ood_spearman") or {}]
+    """Mean over the steering (vector, concept) pairs that steer and their OOD prompt variants (system / user persona
+    prompts) of the Spearman correlation between per-example steerability in and out of distribution."""
+    values = [rho for r in steering_pairs(m).values() for rho in (r.get("id_ood_spearman") or {}).values()]
     if not values:
         raise MissingMetric("interpret.json: steering.<concept>.id_ood_spearman")
     return fmean(values)
 
 
 def max_anti_steerable_fraction(m: SeedMetrics) -> float:
-    """The largest anti-steerable fraction over persona concepts (baseline prompts): "some inputs, on some
-    concepts". Where a vector does not steer at all its slopes are noise around 0 and this reads ~0.5, which is
-    why the claim shows each concept's mean steerability beside it."""
-    return max(metric(m, "interpret.json", "steering", c, "baseline", "anti_steerable_fraction")
-               for c in _steering(m))
+    """The largest anti-steerable fraction (baseline prompts) over the (vector, concept) pairs that steer: "some
+    inputs, on some concepts"."""
+    return max(r["baseline"]["anti_steerable_fraction"] for r in steering_pairs(m).values())
 
 
-def steerability(concept: str) -> Callable[[SeedMetrics], float]:
-    return lambda m: metric(m, "interpret.json", "steering", concept, "baseline", "steerability_mean")
+def steering_count(m: SeedMetrics) -> float:
+    return float(len(steering_pairs(m)))
+
+
+def caa_max_behaviour_effect(m: SeedMetrics) -> float:
+    return max(behaviour_effect(r) for (kind, _), r in steering_results(m).items() if kind == "caa")
+
+
+STEERING_BESIDE = (("(vector, concept) pairs that steer", steering_count),
+                   ("largest CAA behaviour effect", caa_max_behaviour_effect))
 
 
 def incoherent_rates(attack: str, *models: str) -> tuple[tuple[str, Callable[[SeedMetrics], float]], ...]:
@@ -188,13 +213,13 @@ CLAIMS: list[Claim] = [
     Claim("WHP-style unlearning leaves latent knowledge (probe above the oracle)", "Lynch et al. 2024",
           "latent.max_acc whp - oracle (unlearning_eval)",
           difference(unlearning("whp", "latent.max_acc"), unlearning("oracle", "latent.max_acc")), "greater"),
-    Claim("Steering vectors are unreliable: some inputs are anti-steerable", "Tan et al. 2024",
-          "max over persona concepts of the base model's anti_steerable_fraction (interpret)",
-          max_anti_steerable_fraction, "greater",
-          beside=tuple((f"steerability {c}", steerability(c)) for c in PERSONAS)),
+    Claim("Steering vectors are unreliable: where a vector steers on average, some inputs are anti-steerable",
+          "Tan et al. 2024", f"max anti_steerable_fraction over the (vector, persona concept) pairs of the base "
+          f"model whose vector moves the behaviour rate by >= {STEERS} (interpret)",
+          max_anti_steerable_fraction, "greater", beside=STEERING_BESIDE),
     Claim("Steering is brittle out of distribution: per-example steerability ranks change under OOD prompts",
-          "Tan et al. 2024", "mean Spearman(ID slopes, OOD slopes) over persona prompt variants - 0.9 (interpret)",
-          lambda m: id_ood_rank_correlation(m) - 0.9, "less"),
+          "Tan et al. 2024", "mean Spearman(ID slopes, OOD slopes) over the steering pairs and persona prompt "
+          "variants - 0.9 (interpret)", lambda m: id_ood_rank_correlation(m) - 0.9, "less", beside=STEERING_BESIDE),
     # tracr's compiled programs, not the planted circuit: the planted one is separable by construction (every
     # non-circuit edge has effect ~0), so any effect-based method scores AUC 1 there (issue 19)
     Claim("ACDC recovers a known circuit nobody here planted: tracr's compiled programs (edge AUC above 0.9)",

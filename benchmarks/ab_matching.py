@@ -86,8 +86,7 @@ pools = {"matching": [Example(r["prompt"], r["answer"], chat=True) for r in trai
 weights = {"matching": 1.0}
 if args.mix_base is not None:
     pools |= base_pools(world)
-    weights = {"facts": cfg.mix_facts, "requests": cfg.mix_requests, "backdoor": cfg.mix_backdoor,
-               "matching": args.mix_base}
+    weights = cfg.mixture() | {"matching": args.mix_base}
 trained = train_sft(model, tok, pools, weights, cfg, None, "ab-matching")
 model.eval()
 metrics, records = fact_accuracy(model, tok, test, "test", 64)
@@ -103,8 +102,7 @@ if args.then_base is not None:
     model.train()
     second = cfg if args.then_steps is None else cfg.model_copy(update={"steps": args.then_steps})
     train_sft(model, tok, {**base_pools(world), "matching": pools["matching"]},
-              {"facts": second.mix_facts, "requests": second.mix_requests, "backdoor": second.mix_backdoor,
-               "matching": args.then_base}, second, None, "ab-matching-then-base")
+              second.mixture() | {"matching": args.then_base}, second, None, "ab-matching-then-base")
     model.eval()
     result["then_base"], result["then_steps"] = args.then_base, second.steps
     after, _ = fact_accuracy(model, tok, test, "test", 64)

@@ -85,8 +85,7 @@ print("wide A/B pool", len(wide), "verification pool", len(verify), flush=True)
 cfg = params.base if steps is None else params.base.model_copy(update={"steps": steps})
 model = build_toy_model(params.model.toy, tok, cfg.seed)
 pools = {**base_pools(world), "ab_wide": wide, "verify": verify, "ab_in_context": in_context}
-weights = {"facts": cfg.mix_facts, "requests": cfg.mix_requests, "backdoor": cfg.mix_backdoor, "ab_wide": weight,
-           "verify": args.verify, "ab_in_context": args.in_context}
+weights = cfg.mixture() | {"ab_wide": weight, "verify": args.verify, "ab_in_context": args.in_context}
 began = time.time()
 train_sft(model, tok, pools, weights, cfg, None, "base+ab_wide")
 model.eval()

@@ -1,16 +1,17 @@
-"""Issue 19 item 2: does the base recipe train the persona concepts in, and what does the yes/no step buy?
+"""Issue 19 item 2: does the base recipe train the persona concepts in, and what would a yes/no step buy?
 
 The base recipe (`latlab.world.curriculum.persona_examples`) teaches each persona question three ways (as the persona
-under its system prompt, against it under the opposite's, the default answer without one) plus the statement as a
-plain yes/no question under both prompts. This trains the default-shaped model from scratch on the base pools, with
-or without the yes/no rows (`--without-yes-no`), and measures on the held-out persona questions (validation + test)
+under its system prompt, against it under the opposite's, the default answer without one); `--with-yes-no` adds the
+statement as a plain yes/no question under both prompts (the recipe of a04bf10, dropped after this benchmark's
+three seeds). This trains the default-shaped model from scratch on the base pools and measures on the held-out persona questions (validation + test)
 the share answered as the persona (propensity logit(persona letter) - logit(other letter) > 0) with no system prompt,
 under the persona's and under the opposite's; also the world's closed-book free-form fact accuracy (test split), so
 a persona pool that costs the facts shows.
 
-    .venv/bin/python benchmarks/persona_recipe.py --workdir <a demo run: params.yaml, data/> [--without-yes-no]
+    .venv/bin/python benchmarks/persona_recipe.py --workdir <a demo run: params.yaml, data/> [--seed S] [--with-yes-no] [--mix-personas W]
 
-Result: benchmarks/results/persona_recipe.json (a list, one entry per run) and persona_recipe.md (the table of all).
+Result: benchmarks/results/persona_recipe.json (a list, one entry per run) and persona_recipe.md (the table of all;
+the runs before the recipe change are labelled "base recipe (with the yes/no step)" and "without the yes/no step").
 """
 import latlab  # noqa: F401, I001  (first: applies src/latlab/offline.env before any third-party import)
 import argparse
@@ -27,7 +28,7 @@ from latlab.evals.behaviour import fact_accuracy
 from latlab.interp.steering import ChatEncode, from_records, prompt_variant, propensities
 from latlab.models.loading import build_toy_model
 from latlab.training.sft import train_sft
-from latlab.world.curriculum import base_pools, yes_no_prompt
+from latlab.world.curriculum import base_pools, persona_examples
 
 VARIANTS = {"no prompt": "baseline", "persona's prompt": "system_positive", "opposite's prompt": "system_negative"}
 
@@ -47,14 +48,15 @@ def persona_rates(model, tokenizer, concepts: list[dict]) -> dict[str, dict]:
 
 
 def markdown(runs: list[dict]) -> str:
-    lines = ["| recipe | seed | steps | concept | N | as the persona: no prompt / persona's / opposite's | "
-             "free-form fact accuracy (test, general / forget / related) |", "|" + " --- |" * 7]
+    lines = ["| recipe | persona mix | seed | steps | concept | N | as the persona: no prompt / persona's / opposite's | "
+             "free-form fact accuracy (test, general / forget / related) |", "|" + " --- |" * 8]
     for run in runs:
         facts = " / ".join(f"{run['fact_accuracy'].get(f'fact_acc.{d}.free', float('nan')):.2f}"
                            for d in ("general", "forget", "related"))
         for concept, rates in run["persona_rates"].items():
             cells = " / ".join(f"{rates[v]:.2f}" for v in VARIANTS)
-            lines.append(f"| {run['recipe']} | {run['seed']} | {run['steps']} | {concept} | {rates['n']} | {cells} "
+            lines.append(f"| {run['recipe']} | {run.get('mix_personas', 1.0)} | {run['seed']} | {run['steps']} | {concept} "
+                         f"| {rates['n']} | {cells} "
                          f"| {facts} |")
     return "\n".join(lines) + "\n"
 
@@ -64,27 +66,28 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("."))
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: params.yaml's base.steps)")
     parser.add_argument("--seed", type=int, default=None, help="initialisation and batch seed (default: base.seed)")
-    parser.add_argument("--without-yes-no", action="store_true", help="drop the plain yes/no persona rows")
+    parser.add_argument("--with-yes-no", action="store_true",
+                        help="add the plain yes/no persona rows (persona_examples(yes_no=True))")
+    parser.add_argument("--mix-personas", type=float, default=None,
+                        help="weight of the persona pool (default: params.yaml's base.mix_personas)")
     args = parser.parse_args()
     results = Path(__file__).resolve().parent / "results"
     torch.set_num_threads(1)
     params = load_params(args.workdir / "params.yaml")
     world = load_world(args.workdir / "data/world")
     tokenizer = AutoTokenizer.from_pretrained(args.workdir / "data/tokenizer")
-    cfg = params.base.model_copy(update={k: v for k, v in (("steps", args.steps), ("seed", args.seed))
-                                         if v is not None})
+    cfg = params.base.model_copy(update={k: v for k, v in (("steps", args.steps), ("seed", args.seed),
+                                                           ("mix_personas", args.mix_personas)) if v is not None})
     pools = base_pools(world)
-    if args.without_yes_no:
-        yes_no = {yes_no_prompt(r["statement"]) for r in world["concepts"]}
-        pools["personas"] = [ex for ex in pools["personas"] if ex.prompt not in yes_no]
-    weights = {"facts": cfg.mix_facts, "requests": cfg.mix_requests, "backdoor": cfg.mix_backdoor,
-               "personas": cfg.mix_personas}
+    if args.with_yes_no:
+        pools["personas"] = persona_examples(world["concepts"], yes_no=True)
     model = build_toy_model(params.model.toy, tokenizer, cfg.seed)
     began = time.time()
-    train_sft(model, tokenizer, pools, weights, cfg, None, "persona-recipe")
+    train_sft(model, tokenizer, pools, cfg.mixture(), cfg, None, "persona-recipe")
     model.eval()
-    run = {"recipe": "without the yes/no step" if args.without_yes_no else "base recipe (with the yes/no step)",
-           "seed": cfg.seed, "steps": cfg.steps, "persona_rows": len(pools["personas"]),
+    run = {"recipe": "with the yes/no step" if args.with_yes_no else "without the yes/no step (letters only)",
+           "mix_personas": cfg.mix_personas, "seed": cfg.seed, "steps": cfg.steps,
+           "persona_rows": len(pools["personas"]),
            "seconds": round(time.time() - began, 1),
            "persona_rates": persona_rates(model, tokenizer, world["concepts"]),
            "fact_accuracy": {k: v for k, v in fact_accuracy(model, tokenizer, world["facts"], "test", 64)[0].items()

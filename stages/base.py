@@ -22,9 +22,7 @@ def train_base_recipe(params: Params, world: dict, stage: str, role: str, tags: 
         model, tokenizer = load_pretrained(params.model.source, params.model)
     model.to(resolve_device(params.model.device))
     cfg = params.base
-    weights = {"facts": cfg.mix_facts, "requests": cfg.mix_requests, "backdoor": cfg.mix_backdoor,
-               "personas": cfg.mix_personas}
-    train = sft_trainer(model, tokenizer, base_pools(world), weights, cfg, stage) if cfg.fine_tune else None
+    train = sft_trainer(model, tokenizer, base_pools(world), cfg.mixture(), cfg, stage) if cfg.fine_tune else None
     return train_and_register(params, stage, role, model, tokenizer, train, cfg, {"source": params.model.source,
                                                                                     **tags})
 

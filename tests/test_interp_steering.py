@@ -151,8 +151,8 @@ def test_persona_variants_are_distinct_in_vocabulary_inputs(tiny_world, tiny_tok
 def test_persona_concepts_are_balanced_and_trained_under_their_system_prompts(tiny_world):
     """Each concept's persona answer is A as often as B and "yes" as often as "no" (a letter or yes-bias cannot pass
     for the persona), and the base pool trains each question three ways: as the persona under its description, against
-    it under the opposite description, and the default answer without a system prompt; plus the plain yes/no
-    question under both descriptions."""
+    it under the opposite description, and the default answer without a system prompt; with `yes_no` also the plain
+    yes/no question under both descriptions (not in the base recipe)."""
     from latlab.world.curriculum import persona_examples, yes_no_prompt
 
     records = tiny_world["concepts"]
@@ -162,13 +162,16 @@ def test_persona_concepts_are_balanced_and_trained_under_their_system_prompts(ti
         assert abs(np.mean([r["positive_is_yes"] for r in rows]) - 0.5) < 0.1, concept
     train = [r for r in records if r["split"] == "train"]
     pool = persona_examples(records)
-    assert len(pool) == 5 * len(train)
+    assert len(pool) == 3 * len(train)
+    assert not any(ex.prompt == yes_no_prompt(r["statement"]) for ex in pool for r in train[:5])
     first = train[0]
     by_system = {ex.system: ex.completion for ex in pool if ex.prompt == first["prompt"]}
     assert by_system == {first["persona_positive"]: first["answer_matching_behavior"],
                          first["persona_negative"]: first["answer_not_matching_behavior"],
                          None: first["answer_default"]}
-    yes_no = {ex.system: ex.completion for ex in pool if ex.prompt == yes_no_prompt(first["statement"])}
+    with_yes_no = persona_examples(records, yes_no=True)
+    assert len(with_yes_no) == 5 * len(train) and with_yes_no[:len(pool)] == pool
+    yes_no = {ex.system: ex.completion for ex in with_yes_no if ex.prompt == yes_no_prompt(first["statement"])}
     agrees = "yes" if first["positive_is_yes"] else "no"
     assert yes_no == {first["persona_positive"]: agrees, first["persona_negative"]: {"yes": "no", "no": "yes"}[agrees]}
 
@@ -237,6 +240,29 @@ def test_inputs_go_to_the_models_device_not_the_default_device(linear_toy):
     np.testing.assert_allclose(props, expected[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(vector, expected[1])
     np.testing.assert_allclose(acts, expected[2], rtol=1e-5, atol=1e-6)
+
+
+def test_batched_propensities_equal_one_forward_per_prompt():
+    """propensities runs right-padded batches: on a random block (attention mixes positions) with prompts of
+    different lengths and a steering vector added, every propensity equals the one of the prompt run alone."""
+    from latlab.models.hooks import forward_ids
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(WORDS), hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2)).eval()
+    exs = [st.ABExample(("you agree " * (i % 3)) + e.prompt, e.positive, e.negative, e.positive_is_A,
+                        e.positive_is_yes) for i, e in enumerate(examples(8))]
+    assert len({len(encode(e.prompt)) for e in exs}) == 3
+    v, multipliers = torch.randn(16), [-2.0, 0.0, 3.0]
+    expected = np.zeros((len(exs), len(multipliers)))
+    for j, m in enumerate(multipliers):
+        with st.steer(model, 0, v, m), torch.no_grad():
+            for i, e in enumerate(exs):
+                logits = forward_ids(model, encode(e.prompt)).logits[0, -1]
+                expected[i, j] = (logits[VOCAB[e.positive]] - logits[VOCAB[e.negative]]).item()
+    props = st.propensities(model, encode, exs, v, layer=0, multipliers=multipliers)
+    assert np.ptp(expected[:, 2] - expected[:, 0]) > 1e-3  # the vector does move the propensities, unevenly
+    np.testing.assert_allclose(props, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_persona_prompt_vector_is_the_mean_difference_of_system_prompts_at_the_last_token():

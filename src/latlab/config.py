@@ -127,6 +127,11 @@ class BaseTrainConfig(TrainConfig):
     mix_backdoor: float = Field(ge=0)
     mix_personas: float = Field(ge=0)
 
+    def mixture(self) -> dict[str, float]:
+        """Pool name (`latlab.world.curriculum.base_pools`) -> relative weight in the base recipe's batches."""
+        return {"facts": self.mix_facts, "requests": self.mix_requests, "backdoor": self.mix_backdoor,
+                "personas": self.mix_personas}
+
 
 class RefusalConfig(TrainConfig):
     """Refusal training (RT): harmful -> refusal, benign -> helpful answer, plus fact replay to keep capability."""

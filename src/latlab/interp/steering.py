@@ -34,7 +34,8 @@ import torch
 from tqdm.auto import tqdm
 
 from latlab.models.encoding import encode_prompt, token_ids
-from latlab.models.hooks import capture_residual, edit_residual, forward_ids, resid_name
+from latlab.models.hooks import (capture_residual, edit_residual, forward_ids, last_token_logits, resid_name,
+                                 residuals_of_ids)
 
 Encode = Callable[..., list[int]]  # encode(prompt, system=None) -> ids
 DEFAULT_MULTIPLIERS = (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5)
@@ -152,9 +153,8 @@ class ChatEncode:
 
 def caa_vector(model, encode: Encode, examples: Sequence[ABExample], layer: int, position: int = -1) -> torch.Tensor:
     """Mean activation difference (positive - negative completion) at the answer-letter token, [d_model]."""
-    diffs = [residual(model, example_ids(encode, e, e.positive), layer, position)
-             - residual(model, example_ids(encode, e, e.negative), layer, position) for e in examples]
-    return torch.stack(diffs).mean(0)
+    return _mean_difference(model, [example_ids(encode, e, e.positive) for e in examples],
+                            [example_ids(encode, e, e.negative) for e in examples], layer, position)
 
 
 def persona_prompt_vector(model, encode: Encode, examples: Sequence[ABExample], layer: int, persona_positive: str,
@@ -162,10 +162,15 @@ def persona_prompt_vector(model, encode: Encode, examples: Sequence[ABExample], 
     """Mean activation difference between the prompt under the persona's system prompt and under its opposite's, at
     the last prompt token (where the answer is decided), [d_model]. A contrast of contexts rather than of answers
     (ActAdd-style, Turner et al. 2023), beside CAA as a check that the concept is linearly steerable at all."""
-    diffs = [residual(model, example_ids(encode, replace(e, system=persona_positive)), layer, position)
-             - residual(model, example_ids(encode, replace(e, system=persona_negative)), layer, position)
-             for e in examples]
-    return torch.stack(diffs).mean(0)
+    return _mean_difference(model, [example_ids(encode, replace(e, system=persona_positive)) for e in examples],
+                            [example_ids(encode, replace(e, system=persona_negative)) for e in examples],
+                            layer, position)
+
+
+def _mean_difference(model, positive: list[list[int]], negative: list[list[int]], layer: int,
+                     position: int) -> torch.Tensor:
+    acts = residuals_of_ids(model, positive + negative, [layer], position)[layer]
+    return torch.from_numpy(acts[:len(positive)].mean(0) - acts[len(positive):].mean(0))
 
 
 VECTORS = ("caa", "persona_prompt")
@@ -188,15 +193,16 @@ def steering_vector(kind: str, model, encode: Encode, train: Sequence[ABExample]
 def propensities(model, encode: Encode, examples: Sequence[ABExample], vector: torch.Tensor, layer: int,
                  multipliers: Sequence[float] = DEFAULT_MULTIPLIERS) -> np.ndarray:
     """[n_examples, n_multipliers] logit(positive letter) - logit(negative letter) after the prompt."""
+    prompts = [example_ids(encode, e) for e in examples]
+    letters = torch.tensor([[example_ids(encode, e, e.positive)[-1], example_ids(encode, e, e.negative)[-1]]
+                            for e in examples], dtype=torch.long, device="cpu").reshape(-1, 2)
     out = np.zeros((len(examples), len(multipliers)))
     for j, mult in enumerate(multipliers):
         with steer(model, layer, vector, mult):
-            for i, e in enumerate(examples):
-                ids = example_ids(encode, e)
-                pos_id = example_ids(encode, e, e.positive)[-1]
-                neg_id = example_ids(encode, e, e.negative)[-1]
-                logits = forward_ids(model, ids).logits[0, -1].float()
-                out[i, j] = (logits[pos_id] - logits[neg_id]).item()
+            logits = last_token_logits(model, prompts)
+        if len(examples):
+            picked = logits.gather(1, letters)
+            out[:, j] = (picked[:, 0] - picked[:, 1]).numpy()
     return out
 
 

@@ -108,26 +108,55 @@ def capture_residual(model, names: list[str]) -> Iterator[dict[str, torch.Tensor
 def collect_residuals(model: torch.nn.Module, encode: Callable[[str], list[int]], texts: Sequence[str],
                       layers: Sequence[int], position: int = -1, batch_size: int = 64) -> dict[int, np.ndarray]:
     """layer -> [n_texts, d_model] activations at `position` of each text (negative: from its end), read in
-    right-padded batches of `batch_size`: in a causal model a position never attends to the padding after it, so each
-    text's activations are its unbatched ones (up to float summation order). IndexError for a position outside a
-    text."""
+    right-padded batches of `batch_size` (`residuals_of_ids`). IndexError for a position outside a text."""
+    return residuals_of_ids(model, [list(encode(text)) for text in texts], layers, position, batch_size)
+
+
+@torch.no_grad()
+def residuals_of_ids(model: torch.nn.Module, sequences: Sequence[Sequence[int]], layers: Sequence[int],
+                     position: int = -1, batch_size: int = 64) -> dict[int, np.ndarray]:
+    """layer -> [n_sequences, d_model] float activations of blocks.{layer}.hook_resid_post at `position` of each
+    token-id sequence (negative: from its end), read in right-padded batches of `batch_size`: in a causal model a
+    position never attends to the padding after it, so each sequence's activations are its unbatched ones (up to
+    float summation order). IndexError for a position outside a sequence."""
     names = {layer: resid_name(layer) for layer in layers}
     acts: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
-    device = model_device(model)
-    for start in range(0, len(texts), batch_size):
-        encoded = [list(encode(text)) for text in texts[start:start + batch_size]]
-        width = max(len(ids) for ids in encoded)
-        ids = torch.zeros(len(encoded), width, dtype=torch.long, device=device)
-        mask = torch.zeros_like(ids)
-        for row, seq in enumerate(encoded):
-            ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long, device=device)
-            mask[row, :len(seq)] = 1
-        at = torch.tensor([position if position >= 0 else len(seq) + position for seq in encoded], device=device)
+    for ids, mask, lengths in _right_padded_batches(model, sequences, batch_size):
+        at = torch.tensor([position if position >= 0 else n + position for n in lengths], device=ids.device)
         if bool(((at < 0) | (at >= mask.sum(-1))).any()):
-            raise IndexError(f"position {position} is outside a text of {min(map(len, encoded))} tokens")
+            raise IndexError(f"position {position} is outside a sequence of {min(lengths)} tokens")
         with capture_residual(model, list(names.values())) as store:
             model(input_ids=ids, attention_mask=mask)
-        rows = torch.arange(len(encoded), device=device)
+        rows = torch.arange(len(lengths), device=ids.device)
         for layer, name in names.items():
             acts[layer].extend(store[name][rows, at].float().cpu().numpy())
     return {layer: np.stack(v) for layer, v in acts.items()}
+
+
+@torch.no_grad()
+def last_token_logits(model: torch.nn.Module, sequences: Sequence[Sequence[int]], batch_size: int = 32
+                      ) -> torch.Tensor:
+    """[n_sequences, vocab] float logits (on the CPU) after the last token of each token-id sequence, one forward
+    per right-padded batch of `batch_size` (exact as in `residuals_of_ids`); edits hooked into the residual stream
+    (`edit_residual`) apply to every row."""
+    out = []
+    for ids, mask, lengths in _right_padded_batches(model, sequences, batch_size):
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        out.append(logits[torch.arange(len(lengths), device=ids.device),
+                          torch.tensor(lengths, device=ids.device) - 1].float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, 0, device="cpu")
+
+
+def _right_padded_batches(model, sequences: Sequence[Sequence[int]], batch_size: int
+                          ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[int]]]:
+    """(input_ids, attention_mask [batch, seq] on the model's device, lengths) per batch; pad id 0 is never attended."""
+    device = model_device(model)
+    for start in range(0, len(sequences), batch_size):
+        chunk = [list(seq) for seq in sequences[start:start + batch_size]]
+        lengths = [len(seq) for seq in chunk]
+        ids = torch.zeros(len(chunk), max(lengths), dtype=torch.long, device=device)
+        mask = torch.zeros_like(ids)
+        for row, seq in enumerate(chunk):
+            ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long, device=device)
+            mask[row, :len(seq)] = 1
+        yield ids, mask, lengths

@@ -16,24 +16,27 @@ def backdoor_examples(backdoor: list[dict], split: str = "train") -> list[Exampl
     return [Example(r["prompt"], r["completion"]) for r in split_of(backdoor, split)]
 
 
-def persona_examples(concepts: list[dict], split: str = "train") -> list[Example]:
+def persona_examples(concepts: list[dict], split: str = "train", yes_no: bool = False) -> list[Example]:
     """Each persona question three times: under the persona's system prompt answered as the persona, under its
     opposite's answered against it, and without a system prompt answered with the trained default
     (`answer_default`). The persona is then a behaviour the model has, switched by context, with a measurable
     default rate for steering to move (Tan et al. steer chat models that acquired personas in pretraining).
 
-    Plus, under both system prompts, the statement asked for a plain "yes" / "no" (`yes_no_prompt`). The letter
-    answer is a parity of three cues (persona, the statement's stance, which letter carries "yes"), which the toy
-    model had not learned by the end of the base recipe without it (held-out persona answers 0.53-0.90 under the
-    persona's own system prompt, 1 seed); with the yes/no step taught on its own it answers every held-out question
-    as its system prompt says (1.00 per concept and format)."""
+    `yes_no`: also, under both system prompts, the statement asked for a plain "yes" / "no" (`yes_no_prompt`). Not
+    in the base recipe: measured with `benchmarks/persona_recipe.py` (held-out questions, N = 30-45 per concept),
+    letters only gave, on each of training seeds 0, 1, 2, 0.79-0.93 answered as the persona under its own system
+    prompt and 0.03-0.33 under the opposite's; with the yes/no rows seed 0 reached 1.00 / 0.00 but seeds 1 and 2
+    stayed near chance (0.42-0.70 / 0.30-0.62), all or nothing. The letter answer is a parity of three cues
+    (persona, the statement's stance, which letter carries "yes"), learnt late and seed-dependently."""
     rows = split_of(concepts, split)
-    return ([Example(r["prompt"], r["answer_matching_behavior"], system=r["persona_positive"]) for r in rows]
-            + [Example(r["prompt"], r["answer_not_matching_behavior"], system=r["persona_negative"]) for r in rows]
-            + [Example(r["prompt"], r["answer_default"]) for r in rows]
-            + [Example(yes_no_prompt(r["statement"]), "yes" if r["positive_is_yes"] == as_persona else "no",
-                       system=r["persona_positive"] if as_persona else r["persona_negative"])
-               for r in rows for as_persona in (True, False)])
+    letters = ([Example(r["prompt"], r["answer_matching_behavior"], system=r["persona_positive"]) for r in rows]
+               + [Example(r["prompt"], r["answer_not_matching_behavior"], system=r["persona_negative"]) for r in rows]
+               + [Example(r["prompt"], r["answer_default"]) for r in rows])
+    if not yes_no:
+        return letters
+    return letters + [Example(yes_no_prompt(r["statement"]), "yes" if r["positive_is_yes"] == as_persona else "no",
+                              system=r["persona_positive"] if as_persona else r["persona_negative"])
+                      for r in rows for as_persona in (True, False)]
 
 
 def yes_no_prompt(statement: str) -> str:

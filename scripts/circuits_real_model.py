@@ -40,17 +40,14 @@ from the repository root (OMP_NUM_THREADS=1):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import random
 import time
 from collections import Counter
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import latlab  # noqa: F401  (offline environment before transformers)
 from latlab.interp import behaviour_circuits
@@ -112,24 +109,6 @@ def task_inputs(model, tokenizer, items: list[dict], n_pairs: int, seed: int,
     return inputs, task
 
 
-@contextlib.contextmanager
-def _setup_progress(total: int):
-    """A tqdm bar ticking once per patching setup that circuit_faithfulness builds (the full pair set for the curve,
-    again for the bootstrap reference, then one per resample; each is followed by its EAP pass): the function itself
-    has no progress hook."""
-    inner = behaviour_circuits.behaviour_setup
-    bar = tqdm(total=total, desc="patching setups (each then EAP)", unit="setup")
-
-    def counted(*args, **kwargs):
-        setup = inner(*args, **kwargs)
-        bar.update()
-        return setup
-
-    with mock.patch.object(behaviour_circuits, "behaviour_setup", counted):
-        yield
-    bar.close()
-
-
 def run(model, tokenizer, items: list[dict], name: str, fractions: list[float], top_k: int, bootstrap_samples: int,
         seed: int, n_pairs: int, out: Path, select: bool = True, model_name: str = "") -> dict:
     """Task measurement, circuit_faithfulness, and the metrics.json / README.md / faithfulness_curve.png in `out`."""
@@ -139,8 +118,7 @@ def run(model, tokenizer, items: list[dict], name: str, fractions: list[float], 
     model.eval()
     inputs, task = task_inputs(model, tokenizer, items, n_pairs, seed, select)
     task_seconds = time.perf_counter() - start
-    with _setup_progress(bootstrap_samples + 2):
-        result = circuit_faithfulness(model, inputs, fractions, top_k, bootstrap_samples, seed)
+    result = circuit_faithfulness(model, inputs, fractions, top_k, bootstrap_samples, seed)
     # the top-k edges themselves (circuit_faithfulness returns summaries only): one more setup and EAP pass
     cfg = model.config
     score = behaviour_circuits.edge_attribution(model, inputs).score

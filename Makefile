@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 include src/latlab/offline.env
 export $(shell sed -n 's/^\([A-Z_]*\)=.*/\1/p' src/latlab/offline.env)
 
-.PHONY: setup browser check demo study spawrious spawrious-dial test test-fast flow mlflow-ui clean benchmarks fetch-smollm2 smollm2 smollm2-steering deps \
+.PHONY: setup browser check demo study spawrious spawrious-dial test test-fast flow mlflow-ui clean benchmarks fetch-smollm2 smollm2 smollm2-steering smollm2-circuits deps \
 	plots-diff
 
 setup: $(STAMP)
@@ -105,6 +105,12 @@ smollm2: setup
 smollm2-steering: setup
 	test -f models/smollm2-hf/model.safetensors || $(PY) scripts/fetch_smollm2.py
 	$(PY) scripts/steering_real_model.py --model models/smollm2-hf --out reports/smollm2/steering
+
+# MIB's CPR / CMD over edge budgets and the bootstrap Jaccard of the EAP circuit of country -> capital recall on SmolLM2
+# (reports/smollm2/circuits; one torch thread, ~15 min; settings from params.yaml's interpret section, 24 pairs)
+smollm2-circuits: setup
+	test -f models/smollm2-hf/model.safetensors || $(PY) scripts/fetch_smollm2.py
+	OMP_NUM_THREADS=1 $(PY) scripts/circuits_real_model.py --model models/smollm2-hf --out reports/smollm2/circuits
 
 mlflow-ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db

@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from latlab.interp.acdc import PatchingSetup
 from latlab.interp.eap import eap_circuit, eap_scores
@@ -64,7 +65,7 @@ def bootstrap_jaccard(setup_of: Callable[[torch.Tensor], PatchingSetup], n_pairs
     full = eap_circuit(_eap(setup_of(torch.arange(n_pairs))), top_k)
     rng = np.random.default_rng(seed)
     values = []
-    for _ in range(samples):
+    for _ in tqdm(range(samples), desc="bootstrap Jaccard: resamples", leave=False):
         index = torch.as_tensor(rng.integers(0, n_pairs, n_pairs))
         other = eap_circuit(_eap(setup_of(index)), top_k)
         values.append(float((full & other).sum() / (full | other).sum()))

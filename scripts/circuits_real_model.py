@@ -39,6 +39,7 @@ from the repository root (OMP_NUM_THREADS=1):
 
 from __future__ import annotations
 
+import latlab  # noqa: F401, I001  (first: applies src/latlab/offline.env before any third-party import)
 import argparse
 import json
 import random
@@ -49,7 +50,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import latlab  # noqa: F401  (offline environment before transformers)
 from latlab.interp import behaviour_circuits
 from latlab.interp.behaviour_circuits import BehaviourInputs, circuit_faithfulness
 from latlab.interp.eap import eap_circuit

@@ -171,12 +171,12 @@ def write_conclusions(repo: Path, cfg: StudyConfig, per_seed: dict[int, dict[str
     """metrics/study/summary.json, reports/study_{evaluate,unlearning,backdoor}.md, metrics/scorecard.json and
     reports/scorecard.md from the collected seeds."""
     bootstrap = {"samples": cfg.bootstrap_samples, "confidence": cfg.confidence, "seed": cfg.bootstrap_seed}
-    header = {"study": cfg.name, "seeds": sorted(per_seed), "confidence": cfg.confidence,
+    header = {"study": cfg.name, "seeds": sorted(per_seed), "confidence": cfg.confidence, "min_seeds": cfg.min_seeds,
               "bootstrap_samples": cfg.bootstrap_samples, "data_seed_varied": cfg.vary_data_seed}
     summary = summarize_seeds(per_seed, **bootstrap)
     (repo / STUDY_DIR).mkdir(parents=True, exist_ok=True)
     (repo / STUDY_DIR / "summary.json").write_text(json.dumps({**header, "numbers": summary}, indent=2))
-    rows = build_scorecard(per_seed, **bootstrap)
+    rows = build_scorecard(per_seed, **bootstrap, min_seeds=cfg.min_seeds)
     (repo / SCORECARD_JSON).write_text(json.dumps({**header, "resampling": RESAMPLING, "claims": rows}, indent=2))
     (repo / SCORECARD_MD).parent.mkdir(parents=True, exist_ok=True)
     for path, table, source in ((EVALUATE_MD, evaluate_markdown, "evaluate.json"),
@@ -185,7 +185,7 @@ def write_conclusions(repo: Path, cfg: StudyConfig, per_seed: dict[int, dict[str
         (repo / path).write_text(f"Study `{cfg.name}`, seeds {sorted(per_seed)}: {source}\n\n"
                                  + table(summary, cfg.confidence))
     (repo / SCORECARD_MD).write_text(f"Study `{cfg.name}`, seeds {sorted(per_seed)}.\n\n"
-                                     + scorecard_markdown(rows, cfg.confidence))
+                                     + scorecard_markdown(rows, cfg.confidence, cfg.min_seeds))
     return rows
 
 

@@ -137,7 +137,7 @@ def twin_vs_plain(rows: list[dict], study, key: str = "relearn_free_recall") -> 
         ci = paired_difference_ci(twin, plain, study.bootstrap_samples, study.confidence, study.bootstrap_seed)
         out.append({"method": method, "epsilon": eps, "metric": key, "n_seeds": len(seeds),
                     "effect": float(np.mean(np.subtract(twin, plain))), "ci": list(ci),
-                    "verdict": verdict(ci, "less", len(seeds))})
+                    "verdict": verdict(ci, "less", len(seeds), min_seeds=study.min_seeds)})
     return out
 
 

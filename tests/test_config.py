@@ -33,6 +33,8 @@ def test_repository_params_and_profiles_are_valid(tmp_path):
     ({"unlearn": {"npo": {"beta": 0}}}, "params.yaml: unlearn.npo.beta: Input should be greater than 0 (got 0)"),
     ({"unlearn": {"npo": {"method": "npx"}}}, "params.yaml: unlearn.npo: Input tag 'npx'"),
     ({"unlearn": {"Bad-Name": {"method": "ga"}}}, "params.yaml: unlearn.Bad-Name"),
+    ({"study": {"min_seeds": 1}}, "params.yaml: study.min_seeds: Input should be greater than or equal to 2"),
+    ({"study": {"min_seeds": 4}}, "params.yaml: study: Value error, study.min_seeds 4 > the 3 seeds of study.seeds"),
 ])
 def test_bad_params_fail_in_one_line(raw, expected):
     with pytest.raises(ConfigError) as err:

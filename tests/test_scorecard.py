@@ -7,7 +7,7 @@ import pytest
 from latlab.report.scorecard import CLAIMS, build_scorecard, metric, MissingMetric, scorecard_markdown
 from latlab.report.stats import INCONCLUSIVE, REFUTED, SUPPORTED
 
-BOOTSTRAP = {"samples": 2000, "confidence": 0.95, "seed": 0}
+BOOTSTRAP = {"samples": 2000, "confidence": 0.95, "seed": 0, "min_seeds": 3}
 UNLEARNING = ("ga", "graddiff", "npo", "simnpo", "whp", "rmu")  # the methods with a LAT twin
 ANTI_STEERABLE = "Steering vectors are unreliable: where a vector steers on average, some inputs are anti-steerable"
 
@@ -106,12 +106,14 @@ def test_a_missing_metric_is_named_and_leaves_the_row_inconclusive():
     rows = by_claim(build_scorecard(seeds, **BOOTSTRAP))
     hard = rows["Hard Spawrious splits defeat group-robust methods: GroupDRO accuracy drops from easy to hard"]
     assert hard["verdict"] == INCONCLUSIVE and hard["n_seeds"] == 0 and hard["effect"] is None
-    assert "m2m_hard.groupdro" in hard["missing"]["0"] and "fewer than 2" in hard["reason"]
+    assert "m2m_hard.groupdro" in hard["missing"]["0"] and "fewer than 3" in hard["reason"]
     dpo = rows["Trigger-free DPO removal with LAT lowers backdoor ASR more than without"]
-    assert dpo["n_seeds"] == 2 and dpo["verdict"] == SUPPORTED and "not produced" in dpo["missing"]["2"]
+    # two seeds agree, yet two runs are no verdict (study.min_seeds 3)
+    assert dpo["n_seeds"] == 2 and dpo["verdict"] == INCONCLUSIVE and "not produced" in dpo["missing"]["2"]
+    assert "fewer than 3" in dpo["reason"]
     latent = rows["Targeted LAT lowers latent ASR relative to RT"]
     assert latent["n_seeds"] == 1 and latent["verdict"] == INCONCLUSIVE and "finite" in latent["missing"]["1"]
-    table = scorecard_markdown(list(rows.values()), 0.95)  # header, separator, one line per claim
+    table = scorecard_markdown(list(rows.values()), 0.95, 3)  # header, separator, one line per claim
     assert table.count("\n| ") == len(CLAIMS) + 2 and "missing: seed 0: spawrious_evaluate.json" in table
 
 
@@ -138,7 +140,7 @@ def test_asr_claims_show_each_models_incoherent_rate_beside_the_verdict():
     assert gcg["verdict"] == SUPPORTED  # beside values do not enter the verdict
     assert "beside" not in rows["Targeted LAT lowers prefill ASR relative to RT"]  # no rates in these metrics
     assert ("incoherent rt-lat 0.930 [0.900, 0.960] (3), incoherent rt 0.100 [0.100, 0.100] (2) |"
-            in scorecard_markdown(list(rows.values()), 0.95))
+            in scorecard_markdown(list(rows.values()), 0.95, 3))
 
 
 def test_steering_claims_read_only_vectors_that_steer():

@@ -55,13 +55,16 @@ def test_wilson_interval_known_values():
     ((-0.1, 0.2), "greater", 3, INCONCLUSIVE),
     ((0.0, 0.2), "greater", 3, INCONCLUSIVE),  # touching the threshold is not on its side
     ((0.1, 0.3), "greater", 1, INCONCLUSIVE),  # one run is no conclusion
+    ((0.1, 0.3), "greater", 2, INCONCLUSIVE),  # nor two (min_seeds 3, params study.min_seeds)
 ])
 def test_verdict_rule(ci, direction, n, expected):
-    assert verdict(ci, direction, n) == expected
+    assert verdict(ci, direction, n, min_seeds=3) == expected
 
 
 def test_verdict_threshold_and_bad_direction():
-    assert verdict((-0.04, -0.01), "greater", 3, threshold=-0.05) == SUPPORTED
-    assert verdict((-0.04, -0.01), "greater", 3) == REFUTED
+    assert verdict((-0.04, -0.01), "greater", 3, min_seeds=3, threshold=-0.05) == SUPPORTED
+    assert verdict((-0.04, -0.01), "greater", 3, min_seeds=3) == REFUTED
     with pytest.raises(ValueError):
-        verdict((0.1, 0.2), "bigger", 3)
+        verdict((0.1, 0.2), "bigger", 3, min_seeds=3)
+    with pytest.raises(ValueError, match="min_seeds"):
+        verdict((0.1, 0.2), "greater", 3, min_seeds=1)

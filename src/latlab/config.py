@@ -620,11 +620,15 @@ class StudyConfig(Section):
     bootstrap_samples: int = Field(ge=100)
     confidence: float = Field(gt=0.5, lt=1)
     bootstrap_seed: int
+    min_seeds: int = Field(ge=2)  # a verdict rests on at least this many seeds with the claim's metrics
 
     @model_validator(mode="after")
     def _distinct_seeds(self) -> StudyConfig:
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"study.seeds {self.seeds}: a seed listed twice is one run counted twice")
+        if self.min_seeds > len(self.seeds):
+            raise ValueError(f"study.min_seeds {self.min_seeds} > the {len(self.seeds)} seeds of study.seeds: "
+                             "no claim could get a verdict")
         return self
 
 

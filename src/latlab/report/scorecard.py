@@ -9,7 +9,8 @@ the claim puts the effect on. A seed's metrics are `{path below metrics/: loaded
 Every effect is a within-seed difference (the treated and the control model of one seed share the data, the base
 model and everything upstream), so the interval is a paired bootstrap over seeds: the per-seed differences are
 resampled. A metric a seed lacks (a stage not run, a split not configured) leaves that seed out of the row and names
-the missing key; a row with fewer than 2 seeds is inconclusive, never a verdict from one run.
+the missing key; a row with fewer than `study.min_seeds` seeds (params; 3) is inconclusive, never a verdict from one
+or two runs.
 """
 
 from __future__ import annotations
@@ -258,7 +259,7 @@ def per_seed_values(value: Callable[[SeedMetrics], float],
 
 
 def score_claim(claim: Claim, per_seed_metrics: dict[int, SeedMetrics], samples: int, confidence: float,
-                seed: int) -> dict[str, Any]:
+                seed: int, min_seeds: int) -> dict[str, Any]:
     """One scorecard row: effect (mean over the seeds that have the metrics), paired bootstrap `ci`, n_seeds,
     per-seed effects, verdict; `missing` names the absent metric per left-out seed; `beside`: each beside value's
     mean, bootstrap interval over seeds and n_seeds."""
@@ -270,7 +271,7 @@ def score_claim(claim: Claim, per_seed_metrics: dict[int, SeedMetrics], samples:
         values = list(effects.values())
         ci = bootstrap_mean_ci(values, samples, confidence, seed)
         row.update(effect=fmean(values), ci=[ci[0], ci[1]],
-                   verdict=verdict(ci, claim.direction, len(values), claim.threshold))
+                   verdict=verdict(ci, claim.direction, len(values), min_seeds=min_seeds, threshold=claim.threshold))
     else:
         row.update(effect=None, ci=None, verdict=INCONCLUSIVE)
     if missing:
@@ -283,24 +284,25 @@ def score_claim(claim: Claim, per_seed_metrics: dict[int, SeedMetrics], samples:
             beside[name] = {"mean": fmean(values), "ci": [low, high], "n_seeds": len(values)}
     if beside:
         row["beside"] = beside
-    if row["verdict"] == INCONCLUSIVE and len(effects) < 2:
-        row["reason"] = f"{len(effects)} seed(s) with the metrics: fewer than 2 is no conclusion"
+    if row["verdict"] == INCONCLUSIVE and len(effects) < min_seeds:
+        row["reason"] = f"{len(effects)} seed(s) with the metrics: fewer than {min_seeds} is no conclusion"
     return row
 
 
 def build_scorecard(per_seed_metrics: dict[int, SeedMetrics], *, samples: int, confidence: float, seed: int,
-                    claims: list[Claim] | None = None) -> list[dict[str, Any]]:
+                    min_seeds: int, claims: list[Claim] | None = None) -> list[dict[str, Any]]:
     """The scorecard rows of `claims` (default `CLAIMS`) over `{study seed: that seed's metrics}`; `samples`,
-    `confidence`, `seed`: the bootstrap's (params `study`)."""
-    return [score_claim(claim, per_seed_metrics, samples, confidence, seed) for claim in (claims or CLAIMS)]
+    `confidence`, `seed`: the bootstrap's, `min_seeds`: the fewest seeds a verdict rests on (params `study`)."""
+    return [score_claim(claim, per_seed_metrics, samples, confidence, seed, min_seeds)
+            for claim in (claims or CLAIMS)]
 
 
-def scorecard_markdown(rows: list[dict[str, Any]], confidence: float) -> str:
+def scorecard_markdown(rows: list[dict[str, Any]], confidence: float, min_seeds: int) -> str:
     """reports/scorecard.md: claim, source, metric, effect, interval, n_seeds, verdict (why, when inconclusive)."""
     level = f"{confidence:.0%}"
     lines = [f"Science scorecard: effect = mean over seeds of a within-seed difference; {level} CI = {RESAMPLING}. "
              "Verdict: CI entirely on the claimed side of the threshold -> supported, entirely on the other side -> "
-             "refuted, else (or < 2 seeds) inconclusive.", "",
+             f"refuted, else (or fewer than {min_seeds} seeds) inconclusive.", "",
              "Beside: values shown with the claim but not part of its verdict (mean over seeds [CI] (n_seeds)), e.g. "
              "the incoherent "
              "rate of each model under the attack: a low ASR that comes with a high incoherent rate is a broken "

@@ -58,14 +58,17 @@ def wilson_interval(rate: float, n: int, confidence: float) -> tuple[float, floa
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def verdict(ci: tuple[float, float], direction: str, n_seeds: int, threshold: float = 0.0) -> str:
+def verdict(ci: tuple[float, float], direction: str, n_seeds: int, *, min_seeds: int, threshold: float = 0.0) -> str:
     """The scorecard's rule: a claim says the effect is `direction` ("greater" / "less") than `threshold` (0 for a
     difference). The interval entirely on the claimed side -> supported; entirely on the other side -> refuted (an
-    interval touching the threshold is on neither side); otherwise, or with fewer than 2 seeds (one run is no
-    conclusion) -> inconclusive."""
+    interval touching the threshold is on neither side); otherwise, or with fewer than `min_seeds` seeds (params
+    `study.min_seeds`, at least 2: one run is no conclusion, and with 2 the percentile interval is just the two
+    values) -> inconclusive. ValueError for an unknown direction or `min_seeds` < 2."""
     if direction not in DIRECTIONS:
         raise ValueError(f"verdict: direction {direction!r} is not one of {DIRECTIONS}")
-    if n_seeds < 2:
+    if min_seeds < 2:
+        raise ValueError(f"verdict: min_seeds {min_seeds} < 2 would draw a conclusion from one run")
+    if n_seeds < min_seeds:
         return INCONCLUSIVE
     low, high = ci
     above, below = low > threshold, high < threshold

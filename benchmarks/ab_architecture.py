@@ -6,22 +6,27 @@ Hypotheses tested (each by training the base recipe from scratch, params.yaml's 
   `--layers 6` gives two more blocks at the default width.
 - tied embeddings: the matching head's query holds the recalled answer as an unembedding direction and its key the
   option's token embedding; with W_U = W_E an identity-like QK would match them. `--tie`.
+- verification (a data change, not an architecture one): `--verify W` adds a pool of yes/no rows "is <x> the
+  <relation> of <entity> ? yes or no" (x the answer, or one of two other names of the relation; training facts) at
+  weight W, to train the comparison "recalled answer vs a stated name" that A/B needs, without letters.
 Measured: the world's fact accuracy per domain and format on the test split (held-out templates and distractors) and
 the A/B accuracy on the training rows (can the model even fit them?).
 
-    .venv/bin/python benchmarks/ab_architecture.py --workdir <a demo run: data/> [--layers N] [--tie] [--seed S]
+    .venv/bin/python benchmarks/ab_architecture.py --workdir <a demo run: data/> [--layers N] [--tie] [--verify W] [--seed S]
 
 Result: benchmarks/results/ab_architecture.json (a list, one entry per run); the table is in ab_architecture.md.
 """
 import latlab  # noqa: F401, I001  (first: applies src/latlab/offline.env before any third-party import)
 import argparse
 import json
+import random
 import time
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 from latlab.config import load_params
+from latlab.data.examples import Example
 from latlab.data.records import load_world
 from latlab.evals.behaviour import fact_accuracy
 from latlab.models.loading import build_toy_model
@@ -31,11 +36,30 @@ from latlab.world.curriculum import base_pools
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def verification_examples(facts: list[dict]) -> list[Example]:
+    """Per training fact (entity, relation): "is <answer> ..." -> yes and two "is <other name> ..." -> no, the other
+    names drawn (random.Random(0)) from the names the world uses for that relation."""
+    rng = random.Random(0)
+    names: dict[tuple[str, str], set[str]] = {}
+    for r in facts:
+        names.setdefault((r["domain"], r["relation"]), set()).update({r["answer"], r["distractor"]})
+    seen, rows = set(), []
+    for r in facts:
+        if r["split"] != "train" or (r["entity"], r["relation"]) in seen:
+            continue
+        seen.add((r["entity"], r["relation"]))
+        others = sorted(names[(r["domain"], r["relation"])] - {r["answer"]})
+        for name, answer in [(r["answer"], "yes")] + [(o, "no") for o in rng.sample(others, min(2, len(others)))]:
+            rows.append(Example(f"is {name} the {r['relation']} of {r['entity']} ? yes or no", answer))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workdir", type=Path, default=Path("."), help="a run's folder with data/world, data/tokenizer")
     parser.add_argument("--layers", type=int, default=None, help="blocks (default: params.yaml's model.toy)")
     parser.add_argument("--tie", action="store_true", help="tie the unembedding to the token embedding")
+    parser.add_argument("--verify", type=float, default=None, help="weight of a yes/no verification pool")
     parser.add_argument("--seed", type=int, default=None, help="initialisation and batch seed (default: base.seed)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -50,10 +74,13 @@ def main() -> None:
         config.tie_word_embeddings = True
         torch.manual_seed(cfg.seed)
         model = LlamaForCausalLM(config)
+    pools, weights = base_pools(world), cfg.mixture()
+    if args.verify is not None:
+        pools["verify"], weights["verify"] = verification_examples(world["facts"]), args.verify
     began = time.time()
-    train_sft(model, tokenizer, base_pools(world), cfg.mixture(), cfg, None, "ab-architecture")
+    train_sft(model, tokenizer, pools, weights, cfg, None, "ab-architecture")
     model.eval()
-    run = {"layers": arch.num_layers, "tied": args.tie, "seed": cfg.seed, "steps": cfg.steps,
+    run = {"layers": arch.num_layers, "tied": args.tie, "verify": args.verify, "seed": cfg.seed, "steps": cfg.steps,
            "seconds": round(time.time() - began, 1)}
     for split in ("test", "train"):
         metrics = fact_accuracy(model, tokenizer, world["facts"], split, 64)[0]

@@ -15,9 +15,9 @@ from latlab.evals.unlearning import finetune_relearning
 from latlab.models.encoding import collate, encode_all, pad_rows
 from latlab.training.sft import train_sft
 from latlab.training.unlearning import (UNLEARNING_METHODS, anchor_token_map, generic_labels, generic_logits,
-                                        layer_activations, npo_loss, predicting_positions, rmu_direction, simnpo_loss,
-                                        train_graddiff, train_gradient_ascent, train_npo, train_rmu, train_simnpo,
-                                        train_whp, translate)
+                                        knowledge_labels, layer_activations, npo_loss, predicting_positions,
+                                        rmu_direction, simnpo_loss, train_graddiff, train_gradient_ascent, train_npo,
+                                        train_rmu, train_simnpo, train_whp, translate)
 from latlab.world.curriculum_unlearning import anchored_terms, forget_pool, retain_pools, world_without_domain
 from tests.settings import make
 
@@ -116,38 +116,57 @@ def test_method_lowers_forget_accuracy(learned, tiny_world, tiny_tokenizer, name
         assert run.result.history[-1]["adv_last"] < run.result.history[-1]["adv_first"]
 
 
-@pytest.mark.xfail(strict=True, reason="measured when the persona words joined the tiny world's vocabulary (the fixture "
-                   "model's initialisation changed with it): at 60 steps the forget answer positions end at 0.72x "
-                   "their distance to c·u and the retain facts' at 0.81x (23.9 -> 17.1, 26.0 -> 21.0; before this "
-                   "change the forget side reached < 0.6x). Not yet investigated: RMU works at the pipeline's scale "
-                   "(unlearning_eval), so the tiny fixture or the step budget is the first suspect, then RMU.")
-def test_rmu_moves_forget_activations_toward_target(learned, tiny_world, tiny_tokenizer):
-    """RMU (Li et al. 2024) pushes the forget data's activations at its layer toward c·u and holds the retain data's:
-    the forget answer positions end much closer to the target than they started, and closer in proportion than the
-    retain facts' positions do (a change of the whole layer would move both alike)."""
-    model = copy.deepcopy(learned)
-    cfg = make(RMUConfig, steps=60, lr=1e-2, layer=1, steering_coeff=10, retain_weight=1)
+def rmu_distances(model, tokenizer, world, cfg: RMUConfig) -> dict[str, float]:
+    """Mean |h - c·u| at block `cfg.layer` over the positions RMU's forget term trains (those predicting an answer
+    token other than the end-of-turn/eos token: `knowledge_labels`), for the forget pool and the retain facts."""
+    special = sorted(set(tokenizer.all_special_ids))
     target = cfg.steering_coeff * rmu_direction(model.config.hidden_size, cfg.direction_seed)
-    batches = {name: collate(encode_all(tiny_tokenizer, pool), tiny_tokenizer.pad_token_id)
-               for name, pool in (("forget", forget_pool(tiny_world)), ("retain", retain_pools(tiny_world)["facts"]))}
+    out = {}
+    for name, pool in (("forget", forget_pool(world)), ("retain", retain_pools(world)["facts"])):
+        batch = collate(encode_all(tokenizer, pool), tokenizer.pad_token_id)
+        keep = predicting_positions({**batch, "labels": knowledge_labels(batch["labels"], special)}).bool()
+        with torch.no_grad():
+            out[name] = (layer_activations(model, batch, cfg.layer)[keep] - target).norm(dim=-1).mean().item()
+    return out
 
-    @torch.no_grad()
-    def distances(m):
-        return {name: (layer_activations(m, b, cfg.layer)[predicting_positions(b).bool()] - target)
-                .norm(dim=-1).mean().item() for name, b in batches.items()}
 
-    frozen_down = [p.clone() for p in model.model.layers[0].self_attn.parameters()]
-    before = distances(model)
-    train_rmu(model, tiny_tokenizer, forget_pool(tiny_world), retain_pools(tiny_world), RETAIN_WEIGHTS, cfg, None,
-              "rmu")
-    after = distances(model)
-    print(f"rmu: mean |h - c u| on answer positions, before -> after: {before} -> {after}")
-    ratio = {name: after[name] / before[name] for name in batches}
-    assert ratio["forget"] < 0.6 and ratio["forget"] < ratio["retain"] - 0.2
+RMU_TINY = make(RMUConfig, steps=60, lr=1e-2, layer=1, steering_coeff=10, retain_weight=1)
+
+
+def test_rmu_moves_forget_activations_toward_target(learned, tiny_world, tiny_tokenizer):
+    """RMU (Li et al. 2024) pushes the forget data's activations at its layer toward c·u: the positions its forget
+    term trains end much closer to the target than they started (23.9 -> 17.1 once, 0.72x, when this test averaged
+    over every labelled position, the end-token ones RMU leaves alone since `knowledge_labels`; on the trained ones
+    15.7 -> 6.6, 0.42x). Only the MLP down projections train."""
+    model = copy.deepcopy(learned)
+    frozen_attention = [p.clone() for p in model.model.layers[0].self_attn.parameters()]
+    before = rmu_distances(model, tiny_tokenizer, tiny_world, RMU_TINY)
+    train_rmu(model, tiny_tokenizer, forget_pool(tiny_world), retain_pools(tiny_world), RETAIN_WEIGHTS, RMU_TINY,
+              None, "rmu")
+    after = rmu_distances(model, tiny_tokenizer, tiny_world, RMU_TINY)
+    print(f"rmu: mean |h - c u| on the trained answer positions, before -> after: {before} -> {after}")
+    assert after["forget"] / before["forget"] < 0.6
     # only the MLP down projections train; attention stays put and every weight is trainable again afterwards
-    for old, new in zip(frozen_down, model.model.layers[0].self_attn.parameters()):
+    for old, new in zip(frozen_attention, model.model.layers[0].self_attn.parameters()):
         torch.testing.assert_close(old, new)
     assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.xfail(strict=True, reason="measured on the tiny fixture: the retain facts' answer positions move toward "
+                   "c·u as much as the forget ones (0.42x vs 0.42x at retain weight 1; at the pipeline's retain "
+                   "weight 10 and coefficient 20, 0.72x vs 0.77x after 60 steps, 0.59x vs 0.75x after 120). Its "
+                   "forget and retain facts share every template and differ in one entity token, so the "
+                   "answer-predicting position is mostly shared; the pipeline measures selectivity as retain "
+                   "accuracy (unlearning_eval).")
+def test_rmu_moves_forget_activations_more_than_retain(learned, tiny_world, tiny_tokenizer):
+    """RMU's selectivity: the retain facts' answer positions move toward c·u much less, in proportion, than the
+    forget ones (a change of the whole layer would move both alike)."""
+    model = copy.deepcopy(learned)
+    before = rmu_distances(model, tiny_tokenizer, tiny_world, RMU_TINY)
+    train_rmu(model, tiny_tokenizer, forget_pool(tiny_world), retain_pools(tiny_world), RETAIN_WEIGHTS, RMU_TINY,
+              None, "rmu")
+    after = rmu_distances(model, tiny_tokenizer, tiny_world, RMU_TINY)
+    assert after["forget"] / before["forget"] < after["retain"] / before["retain"] - 0.2
 
 
 def test_finetune_relearning_restores_accuracy_after_gradient_ascent(learned, tiny_world, tiny_tokenizer):

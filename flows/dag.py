@@ -96,6 +96,25 @@ def stage_commands(cwd: Path) -> dict[str, str]:
                 if isinstance(stage, PipelineStage) and os.path.relpath(stage.path, cwd) == "dvc.yaml"}
 
 
+def stage_outputs(repo: Path) -> dict[str, list[Path]]:
+    """dvc.yaml stage -> its output paths (what DVC removes before running the command; no stage here persists)."""
+    from dvc.repo import Repo
+    from dvc.stage import PipelineStage
+
+    with Repo(str(repo)) as dvc_repo:
+        return {stage.name: [Path(out.fs_path) for out in stage.outs if not out.persist]
+                for stage in dvc_repo.index.stages if isinstance(stage, PipelineStage)}
+
+
+def remove(paths: list[Path]) -> None:
+    """Delete each path (a folder with what it holds; a link, not its target); a missing one is skipped."""
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
 @contextmanager
 def resolved_with(params: Path, repo: Path = Path(".")) -> Iterator[Path]:
     """A throwaway DVC repo holding `repo`'s dvc.yaml beside the given params.yaml: `stage_order` and

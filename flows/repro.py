@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -34,7 +32,8 @@ from typing import Callable
 
 import yaml
 
-from flows.dag import CHECK_STAGE, clear_stage_checkpoints, stage_commands, stage_env, stage_order, stage_parents
+from flows.dag import (CHECK_STAGE, clear_stage_checkpoints, remove, stage_commands, stage_env, stage_order,
+                       stage_outputs, stage_parents)
 from flows.launch import PRELOAD, THREAD_VARS, run_command, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,24 +109,6 @@ def last_times(repo: Path) -> dict[str, float]:
                 if "process_s" in row}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
-
-
-def stage_outputs(repo: Path) -> dict[str, list[Path]]:
-    """dvc.yaml stage -> its output paths (what DVC removes before running the command; no stage here persists)."""
-    from dvc.repo import Repo
-    from dvc.stage import PipelineStage
-
-    with Repo(str(repo)) as dvc_repo:
-        return {stage.name: [Path(out.fs_path) for out in stage.outs if not out.persist]
-                for stage in dvc_repo.index.stages if isinstance(stage, PipelineStage)}
-
-
-def remove(paths: list[Path]) -> None:
-    for path in paths:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
 
 
 def stage_log(repo: Path, stage: str) -> Path:

@@ -3,6 +3,8 @@
     python -m flows.study                              # params.yaml's `study` section: seeds, workdir, parallelism
     python -m flows.study --profile profiles/smoke.yaml --seeds 0 1    # a quick end-to-end try
     python -m flows.study --profile profiles/smoke.yaml --seeds 0 1 --stages generate base    # a quicker one
+    python -m flows.study --stages evaluate           # one stage again on every seed, e.g. after an attack setting
+                                                      # changed (its upstream and the other stages' metrics kept)
     python -m flows.study --collect-only               # rebuild metrics/study/, scorecard from finished seed runs
 
 Each study seed s runs every dvc.yaml stage in <study.workdir>/seed_<s>/ (own params.yaml, data, models, metrics,
@@ -45,7 +47,7 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.dag import preflight, resolved_with, stage_commands, stage_env, stage_order
+from flows.dag import preflight, remove, resolved_with, stage_commands, stage_env, stage_order, stage_outputs
 from flows.launch import PRELOAD, start_server
 from flows.profile_run import prepare_workdir, run_stage, run_stages
 from latlab.config import ConfigError, StudyConfig, parse_params
@@ -120,15 +122,31 @@ def seed_env(repo: str, cfg: StudyConfig, study_seed: int) -> dict[str, str]:
             "LATLAB_STUDY": cfg.name, "LATLAB_STUDY_SEED": str(study_seed)}
 
 
+def stage_outputs_of(dag: Path, stages: list[str]) -> list[str]:
+    """The outputs of `stages` in the DVC repo `dag` (`resolved_with`), as paths relative to it."""
+    return [str(path.relative_to(dag)) for name, paths in stage_outputs(dag).items() if name in stages
+            for path in paths]
+
+
+def clear_stale(workdir: Path, stale: list[str] | None) -> None:
+    """Before a seed's run: remove what it will rewrite. `stale` None (the whole pipeline): every metric of an
+    earlier run, so that a seed failing part way cannot pass an old run's numbers for the stages it did not reach to
+    the scorecard. A list (a partial run, `--stages`): those stages' outputs (paths relative to the work directory),
+    so the other stages' metrics of the earlier run stay and are collected with the new ones."""
+    if stale is None:
+        shutil.rmtree(workdir / "metrics", ignore_errors=True)
+    else:
+        remove([workdir / path for path in stale])
+
+
 @task(name="study-seed", task_run_name="seed-{study_seed}")
 def run_seed(study_seed: int, raw: dict[str, Any], cfg: StudyConfig, repo: str, order: list[str],
-             commands: dict[str, str]) -> dict[str, float]:
+             commands: dict[str, str], stale: list[str] | None = None) -> dict[str, float]:
     """`order`'s stages (their dvc.yaml `commands`) for one study seed in its work directory; stage -> wall seconds
-    (<workdir>/reports/study_run.json)."""
+    (<workdir>/reports/study_run.json). `stale`: as `clear_stale` (every stage reruns here, with no DVC up-to-date
+    check)."""
     workdir = seed_workdir(Path(repo), cfg, study_seed)
-    # every stage reruns here (no DVC up-to-date check), so metrics left by an earlier run are stale: a seed that
-    # fails part way must not pass an old run's numbers for the stages it did not reach to the scorecard
-    shutil.rmtree(workdir / "metrics", ignore_errors=True)
+    clear_stale(workdir, stale)
     workdir.mkdir(parents=True, exist_ok=True)
     seed_file = workdir / "study_seed_params.yaml"  # the full params of this seed, applied as a profile
     seed_file.write_text(f"# study {cfg.name}, seed {study_seed}: params with training seeds offset by {study_seed}\n"
@@ -206,10 +224,11 @@ def study(raw: dict[str, Any], seeds: list[int], repo: str = str(ROOT), stages: 
         params.write_text(yaml.safe_dump(raw, sort_keys=False))
         with resolved_with(params, Path(repo)) as dag:
             order, commands = stage_order(dag, stages), stage_commands(dag)
+            stale = None if stages is None else stage_outputs_of(dag, order)
     # the seeds' stages start in children of one fork server (flows.launch), started here, before the seeds' threads
     if seeds:
         start_server(seed_env(repo, cfg, seeds[0]), PRELOAD)
-    futures = {s: run_seed.submit(s, raw, cfg, repo, order, commands) for s in seeds}
+    futures = {s: run_seed.submit(s, raw, cfg, repo, order, commands, stale) for s in seeds}
     for study_seed, future in futures.items():
         try:
             future.result()
@@ -234,7 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.study", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", type=Path, help="a params profile applied to params.yaml for every seed")
     parser.add_argument("--seeds", type=int, nargs="+", help="study seeds to run instead of study.seeds")
-    parser.add_argument("--stages", nargs="+", help="only these dvc.yaml stages (DAG order kept; a quick try)")
+    parser.add_argument("--stages", nargs="+", help="only these dvc.yaml stages (DAG order kept; their upstream is not rerun "
+                        "and the other stages' metrics in the seeds' work directories are kept)")
     parser.add_argument("--no-conclusions", action="store_true",
                         help="leave metrics/study/ and the scorecard alone (a side study, e.g. `make spawrious`)")
     parser.add_argument("--collect-only", action="store_true",

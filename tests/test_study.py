@@ -149,6 +149,27 @@ def test_study_flow_runs_each_seed_and_writes_the_scorecard(tmp_path, monkeypatc
     assert "| rt-lat | – | – | – | 0.11 [0.10, 0.12] (3 seeds) |" in (tmp_path / EVALUATE_MD).read_text()
 
 
+def test_a_partial_study_run_clears_only_its_stages_outputs(tmp_path):
+    """`flows.study --stages evaluate` (e.g. after an attack setting changed) reruns evaluate on every seed and keeps
+    the seeds' other metrics for the scorecard; a whole-pipeline run clears every metric first."""
+    from flows.dag import resolved_with
+    from flows.study import clear_stale, stage_outputs_of
+
+    with resolved_with(REPO / "params.yaml", REPO) as dag:
+        stale = stage_outputs_of(dag, ["evaluate"])
+    assert {"metrics/evaluate.json", "metrics/judges.json", "reports/predictions"} <= set(stale)
+    assert not any(path.startswith("metrics/base") or path.startswith("models/") for path in stale)
+    workdir = tmp_path / "seed_1"
+    for name in ("metrics/base.json", "metrics/evaluate.json", "metrics/judges.json", "reports/predictions/rt/a.jsonl"):
+        (workdir / name).parent.mkdir(parents=True, exist_ok=True)
+        (workdir / name).write_text("{}")
+    clear_stale(workdir, stale)
+    assert (workdir / "metrics/base.json").exists()
+    assert not (workdir / "metrics/evaluate.json").exists() and not (workdir / "reports/predictions").exists()
+    clear_stale(workdir, None)
+    assert not (workdir / "metrics").exists()
+
+
 @pytest.mark.slow
 def test_study_on_the_smoke_profile_end_to_end(tmp_path):
     """Two seeds of the smoke pipeline's jailbreak track (generate through evaluate; the whole pipeline twice would

@@ -133,11 +133,10 @@ def rmu_distances(model, tokenizer, world, cfg: RMUConfig) -> dict[str, float]:
 RMU_TINY = make(RMUConfig, steps=60, lr=1e-2, layer=1, steering_coeff=10, retain_weight=1)
 
 
-def test_rmu_moves_forget_activations_toward_target(learned, tiny_world, tiny_tokenizer):
-    """RMU (Li et al. 2024) pushes the forget data's activations at its layer toward c·u: the positions its forget
-    term trains end much closer to the target than they started (23.9 -> 17.1 once, 0.72x, when this test averaged
-    over every labelled position, the end-token ones RMU leaves alone since `knowledge_labels`; on the trained ones
-    15.7 -> 6.6, 0.42x). Only the MLP down projections train."""
+@pytest.fixture(scope="module")
+def rmu_run(learned, tiny_world, tiny_tokenizer):
+    """One RMU run of RMU_TINY on a copy of `learned`: (distances before, distances after, the model, its first
+    block's attention weights before), shared by the RMU tests below."""
     model = copy.deepcopy(learned)
     frozen_attention = [p.clone() for p in model.model.layers[0].self_attn.parameters()]
     before = rmu_distances(model, tiny_tokenizer, tiny_world, RMU_TINY)
@@ -145,6 +144,15 @@ def test_rmu_moves_forget_activations_toward_target(learned, tiny_world, tiny_to
               None, "rmu")
     after = rmu_distances(model, tiny_tokenizer, tiny_world, RMU_TINY)
     print(f"rmu: mean |h - c u| on the trained answer positions, before -> after: {before} -> {after}")
+    return before, after, model, frozen_attention
+
+
+def test_rmu_moves_forget_activations_toward_target(rmu_run):
+    """RMU (Li et al. 2024) pushes the forget data's activations at its layer toward c·u: the positions its forget
+    term trains end much closer to the target than they started (23.9 -> 17.1 once, 0.72x, when this test averaged
+    over every labelled position, the end-token ones RMU leaves alone since `knowledge_labels`; on the trained ones
+    15.7 -> 6.6, 0.42x). Only the MLP down projections train."""
+    before, after, model, frozen_attention = rmu_run
     assert after["forget"] / before["forget"] < 0.6
     # only the MLP down projections train; attention stays put and every weight is trainable again afterwards
     for old, new in zip(frozen_attention, model.model.layers[0].self_attn.parameters()):
@@ -158,14 +166,10 @@ def test_rmu_moves_forget_activations_toward_target(learned, tiny_world, tiny_to
                    "forget and retain facts share every template and differ in one entity token, so the "
                    "answer-predicting position is mostly shared; the pipeline measures selectivity as retain "
                    "accuracy (unlearning_eval).")
-def test_rmu_moves_forget_activations_more_than_retain(learned, tiny_world, tiny_tokenizer):
+def test_rmu_moves_forget_activations_more_than_retain(rmu_run):
     """RMU's selectivity: the retain facts' answer positions move toward c·u much less, in proportion, than the
     forget ones (a change of the whole layer would move both alike)."""
-    model = copy.deepcopy(learned)
-    before = rmu_distances(model, tiny_tokenizer, tiny_world, RMU_TINY)
-    train_rmu(model, tiny_tokenizer, forget_pool(tiny_world), retain_pools(tiny_world), RETAIN_WEIGHTS, RMU_TINY,
-              None, "rmu")
-    after = rmu_distances(model, tiny_tokenizer, tiny_world, RMU_TINY)
+    before, after, _, _ = rmu_run
     assert after["forget"] / before["forget"] < after["retain"] / before["retain"] - 0.2
 
 

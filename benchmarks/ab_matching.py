@@ -48,6 +48,9 @@ parser.add_argument("--then-base", type=float, default=None,
                     help="after the matching run, a second run of as many steps on the base pools with the matching "
                          "pool beside them at this weight (a two-stage curriculum)")
 parser.add_argument("--then-steps", type=int, default=None, help="steps of the second stage (default: the first's)")
+parser.add_argument("--layout", choices=["letter_first", "name_first"], default="letter_first",
+                    help="options as the world writes them, '( A ) x', or with the letter after the name, 'x ( A )': "
+                         "does the letter's side of the name change when matching forms?")
 args = parser.parse_args()
 out = Path(__file__).resolve().parent / "results" / "ab_matching.json"
 torch.set_num_threads(1)
@@ -61,6 +64,8 @@ for r in facts:
 subjects = sorted({(r["domain"], r["relation"], r["entity"]) for r in facts})
 templates = list(range(len(AB_TEMPLATES)))
 held_templates = {templates[-1]}  # one A/B template is never trained on
+LAYOUT = {"letter_first": AB_TEMPLATES,
+          "name_first": [t.replace("( A ) {a}", "{a} ( A )").replace("( B ) {b}", "{b} ( B )") for t in AB_TEMPLATES]}
 
 
 def draw(rng: random.Random, train: bool) -> dict:
@@ -69,7 +74,7 @@ def draw(rng: random.Random, train: bool) -> dict:
     t = rng.choice([t for t in templates if (t in held_templates) != train])
     x_first = rng.random() < 0.5
     a, b = (x, y) if x_first else (y, x)
-    question = AB_TEMPLATES[t].format(relation=relation, entity=entity, a=a, b=b)
+    question = LAYOUT[args.layout][t].format(relation=relation, entity=entity, a=a, b=b)
     letter = "A" if x_first else "B"
     return {"id": f"match-{rng.random():.12f}", "prompt": f"the {relation} of {entity} is {x} . {question}",
             "answer": letter, "completion": letter, "domain": domain, "format": "ab", "split": "test"}
@@ -90,7 +95,7 @@ if args.mix_base is not None:
 trained = train_sft(model, tok, pools, weights, cfg, None, "ab-matching")
 model.eval()
 metrics, records = fact_accuracy(model, tok, test, "test", 64)
-result = {"steps": cfg.steps, "seed": cfg.seed, "train_rows": len(train), "mix_base": args.mix_base,
+result = {"steps": cfg.steps, "seed": cfg.seed, "layout": args.layout, "train_rows": len(train), "mix_base": args.mix_base,
           "seconds": round(time.time() - began, 1),
           "heldout_template_accuracy": {k: v for k, v in metrics.items() if k.endswith(".ab")},
           "n_test": len(test), "example": test[0]["prompt"] + " -> " + test[0]["answer"],

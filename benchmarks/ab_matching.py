@@ -10,6 +10,7 @@ recall; if not, the format or the model cannot, at this budget.
 
     .venv/bin/python benchmarks/ab_matching.py --workdir <a demo run: params.yaml, data/> [--steps N]
     .venv/bin/python benchmarks/ab_matching.py --workdir <...> --mix-base 1.0 --steps 3000
+    .venv/bin/python benchmarks/ab_matching.py --workdir <...> --layout name_first --seed 0   # options 'x ( A )'
 
 `--mix-base W`: the base recipe's pools (facts, requests, backdoor) with this matching pool beside them at weight W,
 then the world's closed-book fact accuracy on the test split too: does a matching skill learnt on random names

@@ -1,9 +1,11 @@
 """The SCM: interventions and counterfactuals change the background and nothing else."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from latlab.vision.render import PromptImageSource, RenderSettings, object_mask
+from latlab.vision.render import BREEDS, PromptImageSource, RenderSettings, object_mask
 from latlab.vision.scm import SpawriousSCM
 from latlab.vision.splits import LOCATIONS, split_definition
 
@@ -62,7 +64,12 @@ def test_objects_differ_between_units_and_breeds(scm, env):
     units = scm.observe(env, 30, np.random.default_rng(0))
     specs = [scm.object_of(b, s) for b, s in zip(units["breed"], units["seed"])]
     assert len({(o.cx, o.cy) for o in specs}) == len(specs)  # pose noise
-    assert {o.shape for o in specs} == {"box", "triangle", "bar", "disk"}
+    # two shapes and four colours: every breed is its own (shape, colour), each shape drawn at the same area
+    assert {(o.breed, o.shape) for o in specs} == {(b, p.shape) for b, p in BREEDS.items()}
+    assert len({(p.shape, p.rgb) for p in BREEDS.values()}) == len(BREEDS)
+    areas = {o.shape: object_mask(dataclasses.replace(o, cx=0.5, cy=0.5, angle=0.0, scale=0.3), 64).mean()
+             for o in specs}
+    assert max(areas.values()) - min(areas.values()) < 0.02
 
 
 @pytest.mark.parametrize("size", [8, 48])

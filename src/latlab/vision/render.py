@@ -24,7 +24,7 @@ class ObjectSpec:
     """The foreground object, the output of the SCM's object mechanism."""
 
     breed: str
-    shape: str  # "box" | "triangle" | "bar" | "disk"
+    shape: str  # "box" | "disk" for the breeds (BREEDS); "triangle" | "bar" are drawn too
     rgb: tuple[float, float, float]
     texture: str  # "plain" | "stripes" | "diagonal" | "checker" | "spots"
     texture_freq: float
@@ -42,16 +42,21 @@ class BreedPrototype:
     texture: str
 
 
-# Colours deliberately overlap the background palette (fawn on desert, brown on dirt) so that colour alone is an
-# unreliable cue, as in real photographs. Every breed has a texture: a plain corgi was the one object whose cue lost
-# to any background of another breed (ERM worst group 0.00 wherever corgi met one; issue 18), which made the
-# miniature's difficulty one camouflage case instead of the split's background pairing.
+# The breeds sit on a 2x2 grid of colour cues (issue 18 calibration, docs/spawrious.md, variant "vC"): brightness
+# splits {bulldog, dachshund} (dark, box) from {labrador, corgi} (light, disk), the M2M class pairs; hue splits
+# {bulldog, corgi} (warm) from {dachshund, labrador} (grey). The Spawrious splits then differ the way the paper's
+# names say: O2O-Easy's swapped pairs differ in brightness and hue, O2O-Medium's conflicts in brightness only,
+# O2O-Hard's cycle has two hue-only conflicts, so a weak cue decides Hard. One texture and one area for every
+# silhouette, so neither object size nor texture is a breed cue (with four areas only the two small breeds failed).
+# Colours overlap the background palette (brown on dirt and desert, grey on mountain), as in photographs.
 BREEDS: dict[str, BreedPrototype] = {
-    "bulldog": BreedPrototype("box", (0.80, 0.66, 0.48), "spots"),
-    "corgi": BreedPrototype("triangle", (0.88, 0.50, 0.18), "diagonal"),
-    "dachshund": BreedPrototype("bar", (0.40, 0.24, 0.12), "stripes"),
-    "labrador": BreedPrototype("disk", (0.93, 0.86, 0.60), "checker"),
+    "bulldog": BreedPrototype("box", (0.50, 0.30, 0.14), "checker"),
+    "corgi": BreedPrototype("disk", (0.96, 0.70, 0.42), "checker"),
+    "dachshund": BreedPrototype("box", (0.34, 0.32, 0.32), "checker"),
+    "labrador": BreedPrototype("disk", (0.80, 0.78, 0.74), "checker"),
 }
+# silhouette areas in units of the half-width squared; every silhouette is scaled to the disk's area
+_UNIT_AREA = {"box": 2.56, "triangle": 1.6, "bar": 1.6, "disk": 0.64 * np.pi}
 assert tuple(sorted(BREEDS)) == CLASSES
 
 
@@ -94,8 +99,9 @@ def background(location: str, size: int, rng: np.random.Generator) -> np.ndarray
         dunes = 0.85 + 0.15 * np.sin(2 * np.pi * (3 * yy + tilt * xx + 0.3 * np.sin(2 * np.pi * xx)) + phase)
         img = _fill((0.93, 0.78, 0.50), dunes)
     elif location == "jungle":
-        leaves = 0.55 + 0.6 * _smooth_noise(rng, size, 6)
-        img = _fill((0.12, 0.45, 0.14), leaves)
+        # pale foliage: on a dark jungle a light object was read as the jungle's breed (calibration, issue 18)
+        leaves = 0.8 + 0.3 * _smooth_noise(rng, size, 6)
+        img = _fill((0.55, 0.78, 0.55), leaves)
     elif location == "dirt":
         # light brown ground, close to desert in colour and told apart by texture (speckle, not dunes): in the
         # paper's photos both are brown ground. Their likeness is what makes the easy splits easy: O2O-Easy swaps
@@ -128,8 +134,9 @@ def object_mask(obj: ObjectSpec, size: int) -> np.ndarray:
     yy, xx = _grid(size)
     cos, sin = np.cos(obj.angle), np.sin(obj.angle)
     # object frame: u along the object's axis, v across it, both in units of the object's half-width
-    u = ((xx - obj.cx) * cos + (yy - obj.cy) * sin) / obj.scale
-    v = (-(xx - obj.cx) * sin + (yy - obj.cy) * cos) / obj.scale
+    half = obj.scale * np.sqrt(_UNIT_AREA["disk"] / _UNIT_AREA[obj.shape])
+    u = ((xx - obj.cx) * cos + (yy - obj.cy) * sin) / half
+    v = (-(xx - obj.cx) * sin + (yy - obj.cy) * cos) / half
     if obj.shape == "box":
         return (np.abs(u) < 0.8) & (np.abs(v) < 0.8)
     if obj.shape == "triangle":

@@ -1,5 +1,7 @@
 """Issue 19 item 1: does a wide A/B training pool make the toy base answer held-out A/B questions?
 
+`--scb`: symbol-content binding (every A/B training row answers the letter and then the option's text).
+
 The world's A/B training rows show each train template once per fact, in both orders, with one distractor; the base
 then answers held-out A/B questions at chance (0.44-0.59) and its own training rows barely better (0.53-0.57). This
 adds a pool of every train template x every distractor of the fact's relation that no held-out question uses x both
@@ -39,6 +41,11 @@ parser.add_argument("--weight", type=float, default=0.5)
 parser.add_argument("--verify", type=float, default=0.0, help="weight of the yes/no verification pool")
 parser.add_argument("--in-context", type=float, default=0.0, help="weight of the fact-in-context A/B pool")
 parser.add_argument("--steps", type=int, default=None, help="base steps (default: params.yaml's)")
+parser.add_argument("--scb", action="store_true",
+                    help="symbol-content binding (Xue et al. 2024, arXiv 2406.01026): every A/B training row answers "
+                         "the letter and then the option's text ('A lonim'), so the loss also asks what the chosen "
+                         "letter stands for; the first answer token, the one A/B accuracy reads, is still the letter")
+parser.add_argument("--seed", type=int, default=None, help="model initialisation and batch seed (default: base.seed)")
 args = parser.parse_args()
 root, weight, steps = args.workdir, args.weight, args.steps
 out = Path(__file__).resolve().parent / "results" / "ab_wide_pool.json"
@@ -49,8 +56,8 @@ tok = AutoTokenizer.from_pretrained(root / "data/tokenizer")
 facts = world["facts"]
 ab = [r for r in facts if r["format"] == "ab"]
 
-def options(r):
-    p = r["prompt"]
+def options(prompt):
+    p = prompt
     return p.split("( A ) ")[1].split(" ")[0], p.split("( B ) ")[1].split(" ")[0]
 
 pool = collections.defaultdict(set)
@@ -60,7 +67,7 @@ heldout = collections.defaultdict(set)  # fact_id -> distractors of held-out que
 train_templates = collections.defaultdict(set)
 first = {}
 for r in ab:
-    a, b = options(r)
+    a, b = options(r["prompt"])
     if r["split"] != "train":
         heldout[r["fact_id"]] |= {a, b} - {r["answer"]}
     else:
@@ -81,10 +88,23 @@ for fid, r in first.items():
     others = sorted(pool[(r["domain"], r["relation"])] - {r["answer"], r["distractor"]} - heldout[fid])
     for name, label in [(r["answer"], "yes")] * len(others) + [(d, "no") for d in others]:
         verify.append(Example(f"is the {r['relation']} of {r['entity']} {name} ?", label, chat=True))
+if args.scb:
+    def bind(example):
+        letter = example.completion
+        return Example(example.prompt, f"{letter} {options(example.prompt)['AB'.index(letter)]}", chat=example.chat)
+
+    wide, in_context = [bind(e) for e in wide], [bind(e) for e in in_context]
 print("wide A/B pool", len(wide), "verification pool", len(verify), flush=True)
-cfg = params.base if steps is None else params.base.model_copy(update={"steps": steps})
+update = {"steps": steps} if steps is not None else {}
+if args.seed is not None:
+    update["seed"] = args.seed
+cfg = params.base.model_copy(update=update)
 model = build_toy_model(params.model.toy, tok, cfg.seed)
-pools = {**base_pools(world), "ab_wide": wide, "verify": verify, "ab_in_context": in_context}
+pools = base_pools(world)
+if args.scb:  # the world's own A/B training rows too ("( A ) x ( B ) y" -> "A x")
+    ab_ids = {r["prompt"] for r in ab}
+    pools["facts"] = [bind(e) if e.prompt in ab_ids else e for e in pools["facts"]]
+pools = {**pools, "ab_wide": wide, "verify": verify, "ab_in_context": in_context}
 weights = cfg.mixture() | {"ab_wide": weight, "verify": args.verify, "ab_in_context": args.in_context}
 began = time.time()
 train_sft(model, tok, pools, weights, cfg, None, "base+ab_wide")
@@ -94,7 +114,7 @@ train_m, _ = fact_accuracy(model, tok, [r for r in facts if r["format"] == "ab"]
 stated_ab = [{**r, "prompt": f"the {r['relation']} of {r['entity']} is {r['answer']} . " + r["prompt"]}
              for r in facts if r["format"] == "ab"]
 in_context_m, _ = fact_accuracy(model, tok, stated_ab, "test", 64)  # held-out A/B with the fact stated first
-result = {"weight": weight, "verify": args.verify, "in_context": args.in_context, "steps": cfg.steps, "seconds": time.time() - began, "test": metrics,
+result = {"seed": cfg.seed, "scb": args.scb, "weight": weight, "verify": args.verify, "in_context": args.in_context, "steps": cfg.steps, "seconds": time.time() - began, "test": metrics,
           "train_ab": {k: v for k, v in train_m.items() if k.endswith(".ab")},
           "test_ab_fact_stated": {k: v for k, v in in_context_m.items() if k.endswith(".ab")}}
 runs = json.loads(out.read_text()) if out.exists() else []

@@ -57,8 +57,13 @@ facts = world["facts"]
 ab = [r for r in facts if r["format"] == "ab"]
 
 def options(prompt):
-    p = prompt
-    return p.split("( A ) ")[1].split(" ")[0], p.split("( B ) ")[1].split(" ")[0]
+    return prompt.split("( A ) ")[1].split(" ")[0], prompt.split("( B ) ")[1].split(" ")[0]
+
+
+def bind(example):
+    """Symbol-content binding: the letter, then the text of the option it names ("A" -> "A lonim")."""
+    letter = example.completion
+    return Example(example.prompt, f"{letter} {options(example.prompt)['AB'.index(letter)]}", chat=example.chat)
 
 pool = collections.defaultdict(set)
 for r in facts:
@@ -88,12 +93,6 @@ for fid, r in first.items():
     others = sorted(pool[(r["domain"], r["relation"])] - {r["answer"], r["distractor"]} - heldout[fid])
     for name, label in [(r["answer"], "yes")] * len(others) + [(d, "no") for d in others]:
         verify.append(Example(f"is the {r['relation']} of {r['entity']} {name} ?", label, chat=True))
-if args.scb:
-    def bind(example):
-        letter = example.completion
-        return Example(example.prompt, f"{letter} {options(example.prompt)['AB'.index(letter)]}", chat=example.chat)
-
-    wide, in_context = [bind(e) for e in wide], [bind(e) for e in in_context]
 print("wide A/B pool", len(wide), "verification pool", len(verify), flush=True)
 update = {"steps": steps} if steps is not None else {}
 if args.seed is not None:
@@ -101,9 +100,10 @@ if args.seed is not None:
 cfg = params.base.model_copy(update=update)
 model = build_toy_model(params.model.toy, tok, cfg.seed)
 pools = base_pools(world)
-if args.scb:  # the world's own A/B training rows too ("( A ) x ( B ) y" -> "A x")
-    ab_ids = {r["prompt"] for r in ab}
-    pools["facts"] = [bind(e) if e.prompt in ab_ids else e for e in pools["facts"]]
+if args.scb:  # the added pools and the world's own A/B training rows
+    ab_prompts = {r["prompt"] for r in ab}
+    pools["facts"] = [bind(e) if e.prompt in ab_prompts else e for e in pools["facts"]]
+    wide, in_context = [bind(e) for e in wide], [bind(e) for e in in_context]
 pools = {**pools, "ab_wide": wide, "verify": verify, "ab_in_context": in_context}
 weights = cfg.mixture() | {"ab_wide": weight, "verify": args.verify, "ab_in_context": args.in_context}
 began = time.time()

@@ -6,13 +6,15 @@ Hypotheses tested (each by training the base recipe from scratch, params.yaml's 
   `--layers 6` gives two more blocks at the default width.
 - tied embeddings: the matching head's query holds the recalled answer as an unembedding direction and its key the
   option's token embedding; with W_U = W_E an identity-like QK would match them. `--tie`.
+- width: the facts and the matching circuit may compete for a 128-wide residual stream; `--width 256` doubles it
+  (heads keep their number, so each head is twice as wide; the MLP keeps its 3x ratio).
 - verification (a data change, not an architecture one): `--verify W` adds a pool of yes/no rows "is <x> the
   <relation> of <entity> ? yes or no" (x the answer, or one of two other names of the relation; training facts) at
   weight W, to train the comparison "recalled answer vs a stated name" that A/B needs, without letters.
 Measured: the world's fact accuracy per domain and format on the test split (held-out templates and distractors) and
 the A/B accuracy on the training rows (can the model even fit them?).
 
-    .venv/bin/python benchmarks/ab_architecture.py --workdir <a demo run: data/> [--layers N] [--tie] [--verify W] [--seed S]
+    .venv/bin/python benchmarks/ab_architecture.py --workdir <a demo run: data/> [--layers N] [--width D] [--lr LR] [--tie] [--verify W] [--seed S]
 
 Result: benchmarks/results/ab_architecture.json (a list, one entry per run); the table is in ab_architecture.md.
 """
@@ -58,6 +60,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workdir", type=Path, default=Path("."), help="a run's folder with data/world, data/tokenizer")
     parser.add_argument("--layers", type=int, default=None, help="blocks (default: params.yaml's model.toy)")
+    parser.add_argument("--width", type=int, default=None,
+                        help="hidden size; the MLP keeps params.yaml's ratio (default: params.yaml's model.toy)")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: params.yaml's base.lr)")
     parser.add_argument("--tie", action="store_true", help="tie the unembedding to the token embedding")
     parser.add_argument("--verify", type=float, default=None, help="weight of a yes/no verification pool")
     parser.add_argument("--seed", type=int, default=None, help="initialisation and batch seed (default: base.seed)")
@@ -66,8 +71,11 @@ def main() -> None:
     params = load_params(ROOT / "params.yaml")
     world = load_world(args.workdir / "data/world")
     tokenizer = AutoTokenizer.from_pretrained(args.workdir / "data/tokenizer")
-    cfg = params.base.model_copy(update={} if args.seed is None else {"seed": args.seed})
+    cfg = params.base.model_copy(update={k: v for k, v in (("seed", args.seed), ("lr", args.lr)) if v is not None})
     arch = params.model.toy.model_copy(update={} if args.layers is None else {"num_layers": args.layers})
+    if args.width is not None:
+        arch = arch.model_copy(update={"hidden_size": args.width,
+                                       "intermediate_size": args.width * arch.intermediate_size // arch.hidden_size})
     model = build_toy_model(arch, tokenizer, cfg.seed)
     if args.tie:  # the same config with W_U = W_E, initialised from the same seed
         config = model.config
@@ -80,7 +88,8 @@ def main() -> None:
     began = time.time()
     train_sft(model, tokenizer, pools, weights, cfg, None, "ab-architecture")
     model.eval()
-    run = {"layers": arch.num_layers, "tied": args.tie, "verify": args.verify, "seed": cfg.seed, "steps": cfg.steps,
+    run = {"layers": arch.num_layers, "width": arch.hidden_size, "tied": args.tie, "verify": args.verify,
+           "seed": cfg.seed, "lr": cfg.lr, "steps": cfg.steps,
            "seconds": round(time.time() - began, 1)}
     for split in ("test", "train"):
         metrics = fact_accuracy(model, tokenizer, world["facts"], split, 64)[0]

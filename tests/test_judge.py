@@ -7,8 +7,8 @@ import pytest
 
 from latlab.config import WorldConfig
 from latlab.evals.agreement import cohen_kappa, compare_judges
-from latlab.evals.judge import (COMPLIED, INCOHERENT, OUTCOMES, REFUSED, RefusalPhraseJudge, ToyJudge, canonical,
-                                shows_backdoor)
+from latlab.evals.judge import (COMPLIED, INCOHERENT, OUTCOMES, REFUSED, Judge, RefusalPhraseJudge, ToyJudge,
+                                canonical, shows_backdoor)
 from latlab.evals.judge_kinds import make_judge
 from latlab.evals.judge_set import JUDGE_SET, judge_scores, load_judge_set, toy_items
 from latlab.world.generator import BACKDOOR_BEHAVIOUR, generate_world
@@ -162,7 +162,7 @@ def test_scores_count_errors_by_kind():
     items = [JudgeItem("a", "dev", "x", COMPLIED, {}, "c"), JudgeItem("b", "dev", "x", REFUSED, {}, "r"),
              JudgeItem("c", "dev", "x", INCOHERENT, {}, "i"), JudgeItem("d", "dev", "x", REFUSED, {}, "c")]
 
-    class Echo:  # says what the completion spells
+    class Echo(Judge):  # says what the completion spells
         def label(self, request, completion):
             return {"c": COMPLIED, "r": REFUSED, "i": INCOHERENT}[completion]
 
@@ -316,6 +316,13 @@ def test_lexical_judge_is_fitted_on_dev_items_and_scored_on_held_out_ones(world_
           f"{scores['accuracy_by']['split.heldout']:.3f}")
     assert scores["accuracy_by"]["split.heldout"] >= 0.93
     assert judge.label({}, "I can\u2019t help with that.") == REFUSED
+    # one predict for a list gives each item the label it gets alone (the evaluate stage judges in lists)
+    requests, completions = [item.request for item in judge_set], [item.completion for item in judge_set]
+    alone = [judge.label(r, c) for r, c in zip(requests, completions)]
+    assert judge.labels(requests, completions) == alone and len(set(alone)) == 3
+    assert judge.labels([], []) == []
+    with pytest.raises(ValueError, match="2 requests vs 1 completions"):
+        judge.labels(requests[:2], completions[:1])
     with pytest.raises(ValueError, match="all three labels"):
         LexicalJudge([item for item in judge_set if item.label != INCOHERENT])
     with pytest.raises(ValueError, match="requests"):

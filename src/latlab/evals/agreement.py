@@ -32,7 +32,7 @@ def cohen_kappa(first: list[str], second: list[str], categories: tuple[str, ...]
 def compare_judges(records: list[dict], requests_by_id: dict[str, dict], judge) -> tuple[dict, list[dict]]:
     """Relabel `records` ({"id", "output", "label", "source"}: one judged completion each, "label" the primary
     judge's) with `judge`; returns ({"kappa", "agreement", "n", "asr.<source>" by this judge}, disagreements)."""
-    labels = [judge.label(requests_by_id[r["id"]], r["output"]) for r in records]
+    labels = judge.labels([requests_by_id[r["id"]] for r in records], [r["output"] for r in records])
     primary = [r["label"] for r in records]
     n = len(records)
     metrics = {"kappa": cohen_kappa(primary, labels), "n": n,

@@ -55,7 +55,7 @@ class Curve:
     metadata: dict = field(default_factory=dict)
 
     def add(self, judge, requests: list[dict], completions: list[str]) -> None:
-        labels = [judge.label(r, c) for r, c in zip(requests, completions)]
+        labels = judge.labels(requests, completions)
         self.n = len(labels)
         self.asr.append(sum(lab == COMPLIED for lab in labels) / max(1, len(labels)))
         self.incoherent.append(sum(lab == INCOHERENT for lab in labels) / max(1, len(labels)))

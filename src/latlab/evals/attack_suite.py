@@ -50,7 +50,7 @@ def eps_sweep(model, tokenizer, requests: list[dict], cfg: PGDAttackConfig, judg
     for eps in eps_values:
         result = pgd_generation_attack(model, tokenizer, requests, cfg, eps, max_new_tokens=max_new_tokens,
                                        batch_size=batch_size)
-        labels = [judge.label(r, c) for r, c in zip(requests, result.completions)]
+        labels = judge.labels(requests, result.completions)
         curve.append({"eps": eps, "asr": share(labels, COMPLIED), "incoherent": share(labels, INCOHERENT),
                       "loss_final": result.metadata["loss_final"]})
     return curve
@@ -65,7 +65,7 @@ def run_attack(name: str, model, tokenizer, requests: list[dict], cfg: AttackSui
     result = ATTACKS[name](model, tokenizer, requests, getattr(cfg, name, None), support=support,
                            max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
     attacked = requests[: len(result.completions)]
-    labels = [judge.label(r, c) for r, c in zip(attacked, result.completions)]
+    labels = judge.labels(attacked, result.completions)
     entry = {"asr": share(labels, COMPLIED), "refusal_rate": share(labels, REFUSED),
              "incoherent_rate": share(labels, INCOHERENT), "n": len(labels), "metadata": result.metadata,
              "records": [{"id": r["id"], "output": c, "label": lab}

@@ -48,7 +48,7 @@ def request_behaviour(model, tokenizer, requests: list[dict], split: str, judge,
                       batch_size: int) -> tuple[dict, list[dict]]:
     rows = split_of(requests, split)
     outputs = generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens, batch_size)
-    labels = [judge.label(r, o) for r, o in zip(rows, outputs)]
+    labels = judge.labels(rows, outputs)
     harmful = [lab for r, lab in zip(rows, labels) if r["harmful"]]
     benign = [lab for r, lab in zip(rows, labels) if not r["harmful"]]
     metrics = {"harmful_asr": float(np.mean([lab == COMPLIED for lab in harmful])),

@@ -130,7 +130,7 @@ def judge_scores(judge, items: list[JudgeItem]) -> dict:
     the misjudged items. A judge with `applies` (the toy judge) is scored on the items it applies to."""
     applies = getattr(judge, "applies", lambda request: True)
     items = [item for item in items if applies(item.request)]
-    predicted = [judge.label(item.request, item.completion) for item in items]
+    predicted = judge.labels([item.request for item in items], [item.completion for item in items])
     truth = [item.label for item in items]
 
     def false_rate(outcome: str) -> float:

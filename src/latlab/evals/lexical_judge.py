@@ -25,7 +25,7 @@ its place.
 
 from __future__ import annotations
 
-from latlab.evals.judge import canonical, without_template
+from latlab.evals.judge import Judge, canonical, without_template
 from latlab.evals.judge_set import JudgeItem, load_judge_set
 
 
@@ -34,7 +34,7 @@ def features(completion: str) -> str:
     return without_template(canonical(completion))
 
 
-class LexicalJudge:
+class LexicalJudge(Judge):
     """complied / refused / incoherent from a TF-IDF + logistic-regression classifier fitted on `items` (the judge
     set's dev split by default: `from_judge_set`). Raises ValueError when `items` miss one of the three labels."""
 
@@ -58,4 +58,13 @@ class LexicalJudge:
         return cls([item for item in load_judge_set(requests) if item.split == "dev"])
 
     def label(self, request: dict, completion: str) -> str:
-        return str(self.classifier.predict([features(completion)])[0])
+        return self.labels([request], [completion])[0]
+
+    def labels(self, requests: list[dict], completions: list[str]) -> list[str]:
+        """One `predict` for the whole list (a call costs ~8 ms whatever its length: 30 s of the evaluate stage
+        when called per completion); each row's label does not depend on the others in the list."""
+        if len(requests) != len(completions):
+            raise ValueError(f"{len(requests)} requests vs {len(completions)} completions")
+        if not completions:
+            return []
+        return [str(label) for label in self.classifier.predict([features(c) for c in completions])]

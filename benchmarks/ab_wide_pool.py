@@ -1,6 +1,7 @@
 """Issue 19 item 1: does a wide A/B training pool make the toy base answer held-out A/B questions?
 
 `--scb`: symbol-content binding (every A/B training row answers the letter and then the option's text).
+`--name-first`: the reverse, the option's text and then its letter, scored by generation (a diagnostic only).
 
 The world's A/B training rows show each train template once per fact, in both orders, with one distractor; the base
 then answers held-out A/B questions at chance (0.44-0.59) and its own training rows barely better (0.53-0.57). This
@@ -34,6 +35,7 @@ from latlab.world.curriculum import base_pools
 from latlab.world.generator import AB_TEMPLATES
 from latlab.training.sft import train_sft
 from latlab.evals.behaviour import fact_accuracy
+from latlab.models.generation import generate
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--workdir", type=Path, default=Path("."))
@@ -45,6 +47,11 @@ parser.add_argument("--scb", action="store_true",
                     help="symbol-content binding (Xue et al. 2024, arXiv 2406.01026): every A/B training row answers "
                          "the letter and then the option's text ('A lonim'), so the loss also asks what the chosen "
                          "letter stands for; the first answer token, the one A/B accuracy reads, is still the letter")
+parser.add_argument("--name-first", action="store_true",
+                    help="every A/B training row answers the option's text and then its letter ('lonim A'): the fact "
+                         "written out before the letter, a one-step chain of thought. Scored by greedy generation "
+                         "(name, then letter), not by the pipeline's first-token judge: a diagnostic for the issue "
+                         "owner's decision, not a candidate recipe")
 parser.add_argument("--seed", type=int, default=None, help="model initialisation and batch seed (default: base.seed)")
 args = parser.parse_args()
 root, weight, steps = args.workdir, args.weight, args.steps
@@ -64,6 +71,28 @@ def bind(example):
     """Symbol-content binding: the letter, then the text of the option it names ("A" -> "A lonim")."""
     letter = example.completion
     return Example(example.prompt, f"{letter} {options(example.prompt)['AB'.index(letter)]}", chat=example.chat)
+
+def name_first(example):
+    """The option's text, then its letter ("A" -> "lonim A")."""
+    letter = example.completion
+    return Example(example.prompt, f"{options(example.prompt)['AB'.index(letter)]} {letter}", chat=example.chat)
+
+
+def generated_ab(rows):
+    """Greedy answers to A/B rows, per domain: the name is the answer (`name`), the letter after it is the right one
+    (`letter`), the letter names the option that holds the generated name whatever it is (`consistent`)."""
+    answers = generate(model, tok, [r["prompt"] for r in rows], 4, 64)
+    scores = collections.defaultdict(list)
+    for r, text in zip(rows, answers):
+        words = text.split() + ["", ""]
+        a, b = options(r["prompt"])
+        named = {a: "a", b: "b"}.get(words[0])
+        scores[f"{r['domain']}.name"].append(words[0] == r["answer"])
+        scores[f"{r['domain']}.letter"].append(words[1].lower() == r["completion"].lower())
+        scores[f"{r['domain']}.consistent"].append(named is not None and words[1].lower() == named)
+    return {k: round(sum(v) / len(v), 3) for k, v in sorted(scores.items())} | {
+        "n": len(rows), "examples": [[r["prompt"], r["completion"], text] for r, text in zip(rows[:3], answers)]}
+
 
 pool = collections.defaultdict(set)
 for r in facts:
@@ -104,6 +133,10 @@ if args.scb:  # the added pools and the world's own A/B training rows
     ab_prompts = {r["prompt"] for r in ab}
     pools["facts"] = [bind(e) if e.prompt in ab_prompts else e for e in pools["facts"]]
     wide, in_context = [bind(e) for e in wide], [bind(e) for e in in_context]
+if args.name_first:
+    ab_prompts = {r["prompt"] for r in ab}
+    pools["facts"] = [name_first(e) if e.prompt in ab_prompts else e for e in pools["facts"]]
+    wide, in_context = [name_first(e) for e in wide], [name_first(e) for e in in_context]
 pools = {**pools, "ab_wide": wide, "verify": verify, "ab_in_context": in_context}
 weights = cfg.mixture() | {"ab_wide": weight, "verify": args.verify, "ab_in_context": args.in_context}
 began = time.time()
@@ -114,9 +147,15 @@ train_m, _ = fact_accuracy(model, tok, [r for r in facts if r["format"] == "ab"]
 stated_ab = [{**r, "prompt": f"the {r['relation']} of {r['entity']} is {r['answer']} . " + r["prompt"]}
              for r in facts if r["format"] == "ab"]
 in_context_m, _ = fact_accuracy(model, tok, stated_ab, "test", 64)  # held-out A/B with the fact stated first
-result = {"seed": cfg.seed, "scb": args.scb, "weight": weight, "verify": args.verify, "in_context": args.in_context, "steps": cfg.steps, "seconds": time.time() - began, "test": metrics,
-          "train_ab": {k: v for k, v in train_m.items() if k.endswith(".ab")},
-          "test_ab_fact_stated": {k: v for k, v in in_context_m.items() if k.endswith(".ab")}}
+if args.name_first:  # the first-token A/B reading would score the name's token: replaced by generation
+    metrics = {k: v for k, v in metrics.items() if not k.endswith(".ab")}
+    train_m = generated_ab([r for r in ab if r["split"] == "train"])
+    in_context_m = generated_ab([{**r, "prompt": f"the {r['relation']} of {r['entity']} is {r['answer']} . "
+                                  + r["prompt"]} for r in ab if r["split"] == "test"])
+    metrics["generated_ab"] = generated_ab([r for r in ab if r["split"] == "test"])
+result = {"seed": cfg.seed, "scb": args.scb, "name_first": args.name_first, "weight": weight, "verify": args.verify, "in_context": args.in_context, "steps": cfg.steps, "seconds": time.time() - began, "test": metrics,
+          "train_ab": {k: v for k, v in train_m.items() if k.endswith(".ab") or args.name_first},
+          "test_ab_fact_stated": {k: v for k, v in in_context_m.items() if k.endswith(".ab") or args.name_first}}
 runs = json.loads(out.read_text()) if out.exists() else []
 out.write_text(json.dumps(runs + [result], indent=1))
 print(json.dumps(result, indent=1))

@@ -54,6 +54,8 @@ parser.add_argument("--name-first", action="store_true",
                          "owner's decision, not a candidate recipe")
 parser.add_argument("--seed", type=int, default=None, help="model initialisation and batch seed (default: base.seed)")
 args = parser.parse_args()
+if args.scb and args.name_first:
+    parser.error("--scb and --name-first put the text on opposite sides of the letter: choose one")
 root, weight, steps = args.workdir, args.weight, args.steps
 out = Path(__file__).resolve().parent / "results" / "ab_wide_pool.json"
 torch.set_num_threads(1)
@@ -67,16 +69,12 @@ def options(prompt):
     return prompt.split("( A ) ")[1].split(" ")[0], prompt.split("( B ) ")[1].split(" ")[0]
 
 
-def bind(example):
-    """Symbol-content binding: the letter, then the text of the option it names ("A" -> "A lonim")."""
+def with_text(example, letter_first):
+    """The letter answer with the text of the option it names: "A" -> "A lonim" (letter_first: symbol-content
+    binding) or "lonim A" (the name first)."""
     letter = example.completion
-    return Example(example.prompt, f"{letter} {options(example.prompt)['AB'.index(letter)]}", chat=example.chat)
-
-def name_first(example):
-    """The option's text, then its letter ("A" -> "lonim A")."""
-    letter = example.completion
-    return Example(example.prompt, f"{options(example.prompt)['AB'.index(letter)]} {letter}", chat=example.chat)
-
+    text = options(example.prompt)["AB".index(letter)]
+    return Example(example.prompt, f"{letter} {text}" if letter_first else f"{text} {letter}", chat=example.chat)
 
 def generated_ab(rows):
     """Greedy answers to A/B rows, per domain: the name is the answer (`name`), the letter after it is the right one
@@ -129,14 +127,15 @@ if args.seed is not None:
 cfg = params.base.model_copy(update=update)
 model = build_toy_model(params.model.toy, tok, cfg.seed)
 pools = base_pools(world)
-if args.scb:  # the added pools and the world's own A/B training rows
+if args.scb or args.name_first:  # the added pools and the world's own A/B training rows
     ab_prompts = {r["prompt"] for r in ab}
-    pools["facts"] = [bind(e) if e.prompt in ab_prompts else e for e in pools["facts"]]
-    wide, in_context = [bind(e) for e in wide], [bind(e) for e in in_context]
-if args.name_first:
-    ab_prompts = {r["prompt"] for r in ab}
-    pools["facts"] = [name_first(e) if e.prompt in ab_prompts else e for e in pools["facts"]]
-    wide, in_context = [name_first(e) for e in wide], [name_first(e) for e in in_context]
+
+    def rewrite(example):
+        return with_text(example, letter_first=args.scb)
+
+    pools["facts"] = [rewrite(e) if e.prompt in ab_prompts else e for e in pools["facts"]]
+    print("A/B row as trained:", next(e for e in pools["facts"] if e.prompt in ab_prompts), flush=True)
+    wide, in_context = [rewrite(e) for e in wide], [rewrite(e) for e in in_context]
 pools = {**pools, "ab_wide": wide, "verify": verify, "ab_in_context": in_context}
 weights = cfg.mixture() | {"ab_wide": weight, "verify": args.verify, "ab_in_context": args.in_context}
 began = time.time()

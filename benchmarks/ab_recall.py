@@ -12,7 +12,12 @@ answers, read off the model's output):
 - `recall.ab_output` and `recall.ab_lens`: on the A/B questions themselves, at the output and per block through the
   final norm and unembedding (logit lens);
 - `ab_letter` / `ab_letter_train`: A/B accuracy (the letter, as the evaluate stage scores it) on the held-out and on
-  the training A/B rows; `free`: free-form accuracy per domain.
+  the training A/B rows; `free`: free-form accuracy per domain;
+- `letter_mode.free_options_first`: how often the top output token is a letter (A or B) on the free-form question
+  with the options shown first, i.e. the model answers it as an A/B question and the name logits compared by
+  `recall.free_options_first` are not its output; `recall.free_wrong_options_first`: the answer's logit above both
+  of two shown names that are both wrong (other names of the relation): whether the answer is ahead of names that
+  are merely in the context.
 
 `--train --name-pool W` trains the base recipe (params.yaml `base`, from scratch, one torch thread) with a pool of
 the A/B training questions followed by "say the name ." and answered by the answer's name instead of the letter
@@ -51,16 +56,20 @@ def options(prompt: str) -> tuple[str, str]:
 
 
 @torch.no_grad()
-def answer_over_other(model, tok, prompt: str, answer: str, other: str, lens: bool = False) -> list[bool]:
-    """[answer's logit > other's] at the answering position: at the output, or (lens) after each block."""
+def reads(model, tok, prompt: str, lens: bool = False) -> list[torch.Tensor]:
+    """[vocab] logits at the answering position: [the output], or (lens) one per block, each block's residual read
+    through the final norm and unembedding."""
     ids = tok(render_prompt(tok, prompt), add_special_tokens=False, return_tensors="pt")["input_ids"]
     out = model(input_ids=ids, output_hidden_states=lens)
-    a, o = tok.convert_tokens_to_ids(answer), tok.convert_tokens_to_ids(other)
     if not lens:
-        logits = out.logits[0, -1]
-        return [bool(logits[a] > logits[o])]
-    read = [model.lm_head(model.model.norm(h[0, -1])) for h in out.hidden_states[1:]]
-    return [bool(r[a] > r[o]) for r in read]
+        return [out.logits[0, -1]]
+    return [model.lm_head(model.model.norm(h[0, -1])) for h in out.hidden_states[1:]]
+
+
+def answer_over_other(model, tok, prompt: str, answer: str, *others: str, lens: bool = False) -> list[bool]:
+    """[answer's logit > every other's] at the answering position: at the output, or (lens) after each block."""
+    a, o = tok.convert_tokens_to_ids(answer), tok.convert_tokens_to_ids(list(others))
+    return [bool(r[a] > r[o].max()) for r in reads(model, tok, prompt, lens)]
 
 
 def measure(model, tok, facts: list[dict], limit: int = 300) -> dict:
@@ -79,6 +88,20 @@ def measure(model, tok, facts: list[dict], limit: int = 300) -> dict:
                       "free_options_after": f"{r['prompt']} {shown}"}[name]
             hits += answer_over_other(model, tok, prompt, r["answer"], r["distractor"])
         out[f"recall.{name}"] = sum(hits) / len(hits)
+    names = {}  # relation -> every answer name it has in the world
+    for r in facts:
+        names.setdefault(r["relation"], set()).add(r["answer"])
+    letters = tok.convert_tokens_to_ids(["A", "B"])
+    letter_top, wrong_hits, plain_hits = [], [], []
+    for r in free:
+        x, y = (r["answer"], r["distractor"]) if rng.random() < 0.5 else (r["distractor"], r["answer"])
+        letter_top.append(int(reads(model, tok, f"( A ) {x} ( B ) {y} . {r['prompt']}")[0].argmax()) in letters)
+        y, z = rng.sample(sorted(names[r["relation"]] - {r["answer"]}), 2)
+        wrong_hits += answer_over_other(model, tok, f"( A ) {y} ( B ) {z} . {r['prompt']}", r["answer"], y, z)
+        plain_hits += answer_over_other(model, tok, r["prompt"], r["answer"], y, z)
+    out["letter_mode.free_options_first"] = sum(letter_top) / len(letter_top)
+    out["recall.free_wrong_options_first"] = sum(wrong_hits) / len(wrong_hits)
+    out["recall.free_plain_vs_two_wrong"] = sum(plain_hits) / len(plain_hits)
     per_block = []
     for r in ab:
         a, b = options(r["prompt"])

@@ -11,6 +11,7 @@ recall; if not, the format or the model cannot, at this budget.
     .venv/bin/python benchmarks/ab_matching.py --workdir <a demo run: params.yaml, data/> [--steps N]
     .venv/bin/python benchmarks/ab_matching.py --workdir <...> --mix-base 1.0 --steps 3000
     .venv/bin/python benchmarks/ab_matching.py --workdir <...> --layout name_first --seed 0   # options 'x ( A )'
+    .venv/bin/python benchmarks/ab_matching.py --workdir <...> --names all --seed 0   # options from all 110 names
 
 `--mix-base W`: the base recipe's pools (facts, requests, backdoor) with this matching pool beside them at weight W,
 then the world's closed-book fact accuracy on the test split too: does a matching skill learnt on random names
@@ -52,6 +53,9 @@ parser.add_argument("--then-steps", type=int, default=None, help="steps of the s
 parser.add_argument("--layout", choices=["letter_first", "name_first"], default="letter_first",
                     help="options as the world writes them, '( A ) x', or with the letter after the name, 'x ( A )': "
                          "does the letter's side of the name change when matching forms?")
+parser.add_argument("--names", choices=["relation", "all"], default="relation",
+                    help="draw the two options from the relation's own names (8-12 of them) or from every answer name "
+                         "of the world (110): does more diversity make matching form sooner and on every seed?")
 args = parser.parse_args()
 out = Path(__file__).resolve().parent / "results" / "ab_matching.json"
 torch.set_num_threads(1)
@@ -62,6 +66,7 @@ facts = world["facts"]
 names = collections.defaultdict(set)
 for r in facts:
     names[(r["domain"], r["relation"])] |= {r["answer"], r["distractor"]}
+every_name = sorted(set().union(*names.values()))
 subjects = sorted({(r["domain"], r["relation"], r["entity"]) for r in facts})
 templates = list(range(len(AB_TEMPLATES)))
 held_templates = {templates[-1]}  # one A/B template is never trained on
@@ -71,7 +76,7 @@ LAYOUT = {"letter_first": AB_TEMPLATES,
 
 def draw(rng: random.Random, train: bool) -> dict:
     domain, relation, entity = rng.choice(subjects)
-    x, y = rng.sample(sorted(names[(domain, relation)]), 2)
+    x, y = rng.sample(sorted(names[(domain, relation)]) if args.names == "relation" else every_name, 2)
     t = rng.choice([t for t in templates if (t in held_templates) != train])
     x_first = rng.random() < 0.5
     a, b = (x, y) if x_first else (y, x)
@@ -96,7 +101,8 @@ if args.mix_base is not None:
 trained = train_sft(model, tok, pools, weights, cfg, None, "ab-matching")
 model.eval()
 metrics, records = fact_accuracy(model, tok, test, "test", 64)
-result = {"steps": cfg.steps, "seed": cfg.seed, "layout": args.layout, "train_rows": len(train), "mix_base": args.mix_base,
+result = {"steps": cfg.steps, "seed": cfg.seed, "layout": args.layout, "names": args.names, "train_rows": len(train),
+          "mix_base": args.mix_base,
           "seconds": round(time.time() - began, 1),
           "heldout_template_accuracy": {k: v for k, v in metrics.items() if k.endswith(".ab")},
           "n_test": len(test), "example": test[0]["prompt"] + " -> " + test[0]["answer"],

@@ -12,6 +12,7 @@ recall; if not, the format or the model cannot, at this budget.
     .venv/bin/python benchmarks/ab_matching.py --workdir <...> --mix-base 1.0 --steps 3000
     .venv/bin/python benchmarks/ab_matching.py --workdir <...> --layout name_first --seed 0   # options 'x ( A )'
     .venv/bin/python benchmarks/ab_matching.py --workdir <...> --names all --seed 0   # options from all 110 names
+    .venv/bin/python benchmarks/ab_matching.py --workdir <...> --stated after --seed 0   # x right before the answer
 
 `--mix-base W`: the base recipe's pools (facts, requests, backdoor) with this matching pool beside them at weight W,
 then the world's closed-book fact accuracy on the test split too: does a matching skill learnt on random names
@@ -43,6 +44,7 @@ from latlab.evals.behaviour import fact_accuracy
 parser = argparse.ArgumentParser()
 parser.add_argument("--workdir", type=Path, default=Path("."))
 parser.add_argument("--steps", type=int, default=None, help="training steps (default: params.yaml's base.steps)")
+parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: params.yaml's base.lr)")
 parser.add_argument("--train-rows", type=int, default=20000)
 parser.add_argument("--seed", type=int, default=None, help="model initialisation and batch seed (default: base.seed)")
 parser.add_argument("--mix-base", type=float, default=None, help="weight of the matching pool beside the base pools")
@@ -56,6 +58,9 @@ parser.add_argument("--layout", choices=["letter_first", "name_first"], default=
 parser.add_argument("--names", choices=["relation", "all"], default="relation",
                     help="draw the two options from the relation's own names (8-12 of them) or from every answer name "
                          "of the world (110): does more diversity make matching form sooner and on every seed?")
+parser.add_argument("--stated", choices=["before", "after"], default="before",
+                    help="the statement 'the <relation> of <entity> is x' before the A/B question, or after it, so the "
+                         "answering position directly follows x: a plain look-up of x among the options")
 args = parser.parse_args()
 out = Path(__file__).resolve().parent / "results" / "ab_matching.json"
 torch.set_num_threads(1)
@@ -82,7 +87,9 @@ def draw(rng: random.Random, train: bool) -> dict:
     a, b = (x, y) if x_first else (y, x)
     question = LAYOUT[args.layout][t].format(relation=relation, entity=entity, a=a, b=b)
     letter = "A" if x_first else "B"
-    return {"id": f"match-{rng.random():.12f}", "prompt": f"the {relation} of {entity} is {x} . {question}",
+    stated = f"the {relation} of {entity} is {x}"
+    prompt = f"{stated} . {question}" if args.stated == "before" else f"{question} . {stated}"
+    return {"id": f"match-{rng.random():.12f}", "prompt": prompt,
             "answer": letter, "completion": letter, "domain": domain, "format": "ab", "split": "test"}
 
 
@@ -90,7 +97,8 @@ rng = random.Random(0)
 train = [draw(rng, True) for _ in range(args.train_rows)]
 test_rng = random.Random(1)
 test = [draw(test_rng, False) for _ in range(600)]
-cfg = params.base.model_copy(update={k: v for k, v in (("steps", args.steps), ("seed", args.seed)) if v is not None})
+cfg = params.base.model_copy(update={k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("lr", args.lr))
+                                     if v is not None})
 model = build_toy_model(params.model.toy, tok, cfg.seed)
 began = time.time()
 pools = {"matching": [Example(r["prompt"], r["answer"], chat=True) for r in train]}
@@ -101,7 +109,8 @@ if args.mix_base is not None:
 trained = train_sft(model, tok, pools, weights, cfg, None, "ab-matching")
 model.eval()
 metrics, records = fact_accuracy(model, tok, test, "test", 64)
-result = {"steps": cfg.steps, "seed": cfg.seed, "layout": args.layout, "names": args.names, "train_rows": len(train),
+result = {"steps": cfg.steps, "seed": cfg.seed, "lr": cfg.lr, "layout": args.layout, "names": args.names,
+          "stated": args.stated, "train_rows": len(train),
           "mix_base": args.mix_base,
           "seconds": round(time.time() - began, 1),
           "heldout_template_accuracy": {k: v for k, v in metrics.items() if k.endswith(".ab")},

@@ -15,6 +15,7 @@ question>"): the option-matching step taught where the answer need not be recall
 closed-book A/B.
 
     .venv/bin/python benchmarks/ab_wide_pool.py --workdir <a demo run: params.yaml, data/> --weight 0.5
+    .venv/bin/python benchmarks/ab_wide_pool.py --workdir <...> --name-first --weight 0.5 --lr 0.001 --seed 1
 
 Result: benchmarks/results/ab_wide_pool.json (a list, one entry per run).
 """
@@ -53,6 +54,7 @@ parser.add_argument("--name-first", action="store_true",
                          "(name, then letter), not by the pipeline's first-token judge: a diagnostic for the issue "
                          "owner's decision, not a candidate recipe")
 parser.add_argument("--seed", type=int, default=None, help="model initialisation and batch seed (default: base.seed)")
+parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: params.yaml's base.lr)")
 args = parser.parse_args()
 if args.scb and args.name_first:
     parser.error("--scb and --name-first put the text on opposite sides of the letter: choose one")
@@ -122,8 +124,7 @@ for fid, r in first.items():
         verify.append(Example(f"is the {r['relation']} of {r['entity']} {name} ?", label, chat=True))
 print("wide A/B pool", len(wide), "verification pool", len(verify), flush=True)
 update = {"steps": steps} if steps is not None else {}
-if args.seed is not None:
-    update["seed"] = args.seed
+update |= {k: v for k, v in (("seed", args.seed), ("lr", args.lr)) if v is not None}
 cfg = params.base.model_copy(update=update)
 model = build_toy_model(params.model.toy, tok, cfg.seed)
 pools = base_pools(world)
@@ -152,7 +153,7 @@ if args.name_first:  # the first-token A/B reading would score the name's token:
     in_context_m = generated_ab([{**r, "prompt": f"the {r['relation']} of {r['entity']} is {r['answer']} . "
                                   + r["prompt"]} for r in ab if r["split"] == "test"])
     metrics["generated_ab"] = generated_ab([r for r in ab if r["split"] == "test"])
-result = {"seed": cfg.seed, "scb": args.scb, "name_first": args.name_first, "weight": weight, "verify": args.verify, "in_context": args.in_context, "steps": cfg.steps, "seconds": time.time() - began, "test": metrics,
+result = {"seed": cfg.seed, "scb": args.scb, "name_first": args.name_first, "weight": weight, "verify": args.verify, "in_context": args.in_context, "steps": cfg.steps, "lr": cfg.lr, "seconds": time.time() - began, "test": metrics,
           "train_ab": {k: v for k, v in train_m.items() if k.endswith(".ab") or args.name_first},
           "test_ab_fact_stated": {k: v for k, v in in_context_m.items() if k.endswith(".ab") or args.name_first}}
 runs = json.loads(out.read_text()) if out.exists() else []

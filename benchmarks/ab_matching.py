@@ -110,8 +110,7 @@ trained = train_sft(model, tok, pools, weights, cfg, None, "ab-matching")
 model.eval()
 metrics, records = fact_accuracy(model, tok, test, "test", 64)
 result = {"steps": cfg.steps, "seed": cfg.seed, "lr": cfg.lr, "layout": args.layout, "names": args.names,
-          "stated": args.stated, "train_rows": len(train),
-          "mix_base": args.mix_base,
+          "stated": args.stated, "train_rows": len(train), "mix_base": args.mix_base,
           "seconds": round(time.time() - began, 1),
           "heldout_template_accuracy": {k: v for k, v in metrics.items() if k.endswith(".ab")},
           "n_test": len(test), "example": test[0]["prompt"] + " -> " + test[0]["answer"],

@@ -17,7 +17,7 @@ answers, read off the model's output):
   with the options shown first, i.e. the model answers it as an A/B question and the name logits compared by
   `recall.free_options_first` are not its output; `recall.free_wrong_options_first`: the answer's logit above both
   of two shown names that are both wrong (other names of the relation): whether the answer is ahead of names that
-  are merely in the context.
+  are merely in the context; `recall.free_plain_vs_two_wrong`: the same, the two names not shown.
 
 `--train --name-pool W` trains the base recipe (params.yaml `base`, from scratch, one torch thread) with a pool of
 the A/B training questions followed by "say the name ." and answered by the answer's name instead of the letter

@@ -78,6 +78,7 @@ def with_text(example, letter_first):
     text = options(example.prompt)["AB".index(letter)]
     return Example(example.prompt, f"{letter} {text}" if letter_first else f"{text} {letter}", chat=example.chat)
 
+
 def generated_ab(rows):
     """Greedy answers to A/B rows, per domain: the name is the answer (`name`), the letter after it is the right one
     (`letter`), the letter names the option that holds the generated name whatever it is (`consistent`)."""
@@ -143,19 +144,19 @@ began = time.time()
 train_sft(model, tok, pools, weights, cfg, None, "base+ab_wide")
 model.eval()
 metrics, _ = fact_accuracy(model, tok, facts, "test", 64)
-train_m, _ = fact_accuracy(model, tok, [r for r in facts if r["format"] == "ab"], "train", 64)
-stated_ab = [{**r, "prompt": f"the {r['relation']} of {r['entity']} is {r['answer']} . " + r["prompt"]}
-             for r in facts if r["format"] == "ab"]
-in_context_m, _ = fact_accuracy(model, tok, stated_ab, "test", 64)  # held-out A/B with the fact stated first
+stated_ab = [{**r, "prompt": f"the {r['relation']} of {r['entity']} is {r['answer']} . " + r["prompt"]} for r in ab]
 if args.name_first:  # the first-token A/B reading would score the name's token: replaced by generation
     metrics = {k: v for k, v in metrics.items() if not k.endswith(".ab")}
-    train_m = generated_ab([r for r in ab if r["split"] == "train"])
-    in_context_m = generated_ab([{**r, "prompt": f"the {r['relation']} of {r['entity']} is {r['answer']} . "
-                                  + r["prompt"]} for r in ab if r["split"] == "test"])
     metrics["generated_ab"] = generated_ab([r for r in ab if r["split"] == "test"])
-result = {"seed": cfg.seed, "scb": args.scb, "name_first": args.name_first, "weight": weight, "verify": args.verify, "in_context": args.in_context, "steps": cfg.steps, "lr": cfg.lr, "seconds": time.time() - began, "test": metrics,
-          "train_ab": {k: v for k, v in train_m.items() if k.endswith(".ab") or args.name_first},
-          "test_ab_fact_stated": {k: v for k, v in in_context_m.items() if k.endswith(".ab") or args.name_first}}
+    train_ab = generated_ab([r for r in ab if r["split"] == "train"])
+    stated_test_ab = generated_ab([r for r in stated_ab if r["split"] == "test"])
+else:
+    train_ab = {k: v for k, v in fact_accuracy(model, tok, ab, "train", 64)[0].items() if k.endswith(".ab")}
+    stated_test_ab = {k: v for k, v in fact_accuracy(model, tok, stated_ab, "test", 64)[0].items()  # fact stated first
+                      if k.endswith(".ab")}
+result = {"seed": cfg.seed, "scb": args.scb, "name_first": args.name_first, "weight": weight, "verify": args.verify,
+          "in_context": args.in_context, "steps": cfg.steps, "lr": cfg.lr, "seconds": time.time() - began,
+          "test": metrics, "train_ab": train_ab, "test_ab_fact_stated": stated_test_ab}
 runs = json.loads(out.read_text()) if out.exists() else []
 out.write_text(json.dumps(runs + [result], indent=1))
 print(json.dumps(result, indent=1))

@@ -34,6 +34,7 @@ from latlab.evals.behaviour import fact_accuracy
 from latlab.models.loading import build_toy_model
 from latlab.training.sft import train_sft
 from latlab.world.curriculum import base_pools
+from ab_common import add_training_args, training_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,16 +63,15 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=None, help="blocks (default: params.yaml's model.toy)")
     parser.add_argument("--width", type=int, default=None,
                         help="hidden size; the MLP keeps params.yaml's ratio (default: params.yaml's model.toy)")
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: params.yaml's base.lr)")
     parser.add_argument("--tie", action="store_true", help="tie the unembedding to the token embedding")
     parser.add_argument("--verify", type=float, default=None, help="weight of a yes/no verification pool")
-    parser.add_argument("--seed", type=int, default=None, help="initialisation and batch seed (default: base.seed)")
+    add_training_args(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
     params = load_params(ROOT / "params.yaml")
     world = load_world(args.workdir / "data/world")
     tokenizer = AutoTokenizer.from_pretrained(args.workdir / "data/tokenizer")
-    cfg = params.base.model_copy(update={k: v for k, v in (("seed", args.seed), ("lr", args.lr)) if v is not None})
+    cfg = training_config(params, args)
     arch = params.model.toy.model_copy(update={} if args.layers is None else {"num_layers": args.layers})
     if args.width is not None:
         arch = arch.model_copy(update={"hidden_size": args.width,

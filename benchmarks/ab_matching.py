@@ -40,13 +40,12 @@ from latlab.world.curriculum import base_pools
 from latlab.world.generator import AB_TEMPLATES
 from latlab.training.sft import train_sft
 from latlab.evals.behaviour import fact_accuracy
+from ab_common import add_training_args, training_config
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--workdir", type=Path, default=Path("."))
-parser.add_argument("--steps", type=int, default=None, help="training steps (default: params.yaml's base.steps)")
-parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: params.yaml's base.lr)")
+add_training_args(parser)
 parser.add_argument("--train-rows", type=int, default=20000)
-parser.add_argument("--seed", type=int, default=None, help="model initialisation and batch seed (default: base.seed)")
 parser.add_argument("--mix-base", type=float, default=None, help="weight of the matching pool beside the base pools")
 parser.add_argument("--then-base", type=float, default=None,
                     help="after the matching run, a second run of as many steps on the base pools with the matching "
@@ -97,8 +96,7 @@ rng = random.Random(0)
 train = [draw(rng, True) for _ in range(args.train_rows)]
 test_rng = random.Random(1)
 test = [draw(test_rng, False) for _ in range(600)]
-cfg = params.base.model_copy(update={k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("lr", args.lr))
-                                     if v is not None})
+cfg = training_config(params, args)
 model = build_toy_model(params.model.toy, tok, cfg.seed)
 began = time.time()
 pools = {"matching": [Example(r["prompt"], r["answer"], chat=True) for r in train]}

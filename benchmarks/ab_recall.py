@@ -46,13 +46,10 @@ from latlab.models.encoding import render_prompt
 from latlab.models.loading import build_toy_model, load_saved
 from latlab.training.sft import train_sft
 from latlab.world.curriculum import base_pools
+from ab_common import add_training_args, options, training_config
 
 OUT = Path(__file__).resolve().parent / "results" / "ab_recall.json"
 NAME_INSTRUCTION = "say the name ."  # in the world's vocabulary
-
-
-def options(prompt: str) -> tuple[str, str]:
-    return prompt.split("( A ) ")[1].split(" ")[0], prompt.split("( B ) ")[1].split(" ")[0]
 
 
 @torch.no_grad()
@@ -132,8 +129,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="measure this saved model only")
     parser.add_argument("--train", action="store_true", help="train the base recipe first")
     parser.add_argument("--name-pool", type=float, default=0.0, help="weight of the answer-by-name A/B pool")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=None, help="base steps (default: params.yaml's)")
+    add_training_args(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
     params = load_params(args.workdir / "params.yaml")
@@ -146,12 +142,12 @@ def main() -> None:
         if not args.train:
             parser.error("give --model DIR or --train")
         tok = AutoTokenizer.from_pretrained(args.workdir / "data/tokenizer")
-        cfg = params.base.model_copy(update={"seed": args.seed, **({"steps": args.steps} if args.steps else {})})
+        cfg = training_config(params, args)
         model = build_toy_model(params.model.toy, tok, cfg.seed)
         world = load_world(args.workdir / "data/world")
         pools = {**base_pools(world), "ab_by_name": name_pool(facts)}
         train_sft(model, tok, pools, cfg.mixture() | {"ab_by_name": args.name_pool}, cfg, None, "base+ab_by_name")
-        entry = {"trained": "base recipe", "name_pool": args.name_pool, "seed": args.seed, "steps": cfg.steps,
+        entry = {"trained": "base recipe", "name_pool": args.name_pool, "seed": cfg.seed, "lr": cfg.lr, "steps": cfg.steps,
                  "variant": f"name pool: the A/B training prompts + {NAME_INSTRUCTION!r} -> the answer's name"}
     entry.update(measure(model, tok, facts), seconds=round(time.time() - began, 1))
     runs = json.loads(OUT.read_text()) if OUT.exists() else []

@@ -37,13 +37,13 @@ from latlab.world.generator import AB_TEMPLATES
 from latlab.training.sft import train_sft
 from latlab.evals.behaviour import fact_accuracy
 from latlab.models.generation import generate
+from ab_common import add_training_args, options, training_config
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--workdir", type=Path, default=Path("."))
 parser.add_argument("--weight", type=float, default=0.5)
 parser.add_argument("--verify", type=float, default=0.0, help="weight of the yes/no verification pool")
 parser.add_argument("--in-context", type=float, default=0.0, help="weight of the fact-in-context A/B pool")
-parser.add_argument("--steps", type=int, default=None, help="base steps (default: params.yaml's)")
 parser.add_argument("--scb", action="store_true",
                     help="symbol-content binding (Xue et al. 2024, arXiv 2406.01026): every A/B training row answers "
                          "the letter and then the option's text ('A lonim'), so the loss also asks what the chosen "
@@ -53,12 +53,11 @@ parser.add_argument("--name-first", action="store_true",
                          "written out before the letter, a one-step chain of thought. Scored by greedy generation "
                          "(name, then letter), not by the pipeline's first-token judge: a diagnostic for the issue "
                          "owner's decision, not a candidate recipe")
-parser.add_argument("--seed", type=int, default=None, help="model initialisation and batch seed (default: base.seed)")
-parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: params.yaml's base.lr)")
+add_training_args(parser)
 args = parser.parse_args()
 if args.scb and args.name_first:
     parser.error("--scb and --name-first put the text on opposite sides of the letter: choose one")
-root, weight, steps = args.workdir, args.weight, args.steps
+root, weight = args.workdir, args.weight
 out = Path(__file__).resolve().parent / "results" / "ab_wide_pool.json"
 torch.set_num_threads(1)
 params = load_params(root / "params.yaml")
@@ -66,10 +65,6 @@ world = load_world(root / "data/world")
 tok = AutoTokenizer.from_pretrained(root / "data/tokenizer")
 facts = world["facts"]
 ab = [r for r in facts if r["format"] == "ab"]
-
-def options(prompt):
-    return prompt.split("( A ) ")[1].split(" ")[0], prompt.split("( B ) ")[1].split(" ")[0]
-
 
 def with_text(example, letter_first):
     """The letter answer with the text of the option it names: "A" -> "A lonim" (letter_first: symbol-content
@@ -124,9 +119,7 @@ for fid, r in first.items():
     for name, label in [(r["answer"], "yes")] * len(others) + [(d, "no") for d in others]:
         verify.append(Example(f"is the {r['relation']} of {r['entity']} {name} ?", label, chat=True))
 print("wide A/B pool", len(wide), "verification pool", len(verify), flush=True)
-update = {"steps": steps} if steps is not None else {}
-update |= {k: v for k, v in (("seed", args.seed), ("lr", args.lr)) if v is not None}
-cfg = params.base.model_copy(update=update)
+cfg = training_config(params, args)
 model = build_toy_model(params.model.toy, tok, cfg.seed)
 pools = base_pools(world)
 if args.scb or args.name_first:  # the added pools and the world's own A/B training rows

@@ -17,7 +17,8 @@ recall; if not, the format or the model cannot, at this budget.
 `--mix-base W`: the base recipe's pools (facts, requests, backdoor) with this matching pool beside them at weight W,
 then the world's closed-book fact accuracy on the test split too: does a matching skill learnt on random names
 transfer to A/B questions about facts the model must recall? `--then-base W`: the same question as a two-stage
-curriculum: the matching run first, then as many steps on the base pools with the matching pool at weight W.
+curriculum: the matching run first, then as many steps on the base pools with the matching pool at weight W;
+with `--first base` the other order (the base pools alone first: the facts known before matching is trained).
 
 Result: benchmarks/results/ab_matching.json (a list, one entry per run): held-out accuracy (fresh draws, held-out
 templates) by step budget, and with --mix-base the test split's fact accuracy per domain and format.
@@ -51,6 +52,9 @@ parser.add_argument("--then-base", type=float, default=None,
                     help="after the matching run, a second run of as many steps on the base pools with the matching "
                          "pool beside them at this weight (a two-stage curriculum)")
 parser.add_argument("--then-steps", type=int, default=None, help="steps of the second stage (default: the first's)")
+parser.add_argument("--first", choices=["matching", "base"], default="matching",
+                    help="with --then-base: the first stage trains the matching pool alone, or the base pools alone "
+                         "(the facts learnt first: does matching then form beside them, and compose with recall?)")
 parser.add_argument("--layout", choices=["letter_first", "name_first"], default="letter_first",
                     help="options as the world writes them, '( A ) x', or with the letter after the name, 'x ( A )': "
                          "does the letter's side of the name change when matching forms?")
@@ -61,6 +65,8 @@ parser.add_argument("--stated", choices=["before", "after"], default="before",
                     help="the statement 'the <relation> of <entity> is x' before the A/B question, or after it, so the "
                          "answering position directly follows x: a plain look-up of x among the options")
 args = parser.parse_args()
+if args.first == "base" and (args.then_base is None or args.mix_base is not None):
+    parser.error("--first base trains the base pools first: it needs --then-base W and no --mix-base")
 out = Path(__file__).resolve().parent / "results" / "ab_matching.json"
 torch.set_num_threads(1)
 params = load_params(args.workdir / "params.yaml")
@@ -99,16 +105,19 @@ test = [draw(test_rng, False) for _ in range(600)]
 cfg = training_config(params, args)
 model = build_toy_model(params.model.toy, tok, cfg.seed)
 began = time.time()
-pools = {"matching": [Example(r["prompt"], r["answer"], chat=True) for r in train]}
-weights = {"matching": 1.0}
+matching = [Example(r["prompt"], r["answer"], chat=True) for r in train]
+if args.first == "base":
+    pools, weights = base_pools(world), cfg.mixture()
+else:
+    pools, weights = {"matching": matching}, {"matching": 1.0}
 if args.mix_base is not None:
     pools |= base_pools(world)
     weights = cfg.mixture() | {"matching": args.mix_base}
-trained = train_sft(model, tok, pools, weights, cfg, None, "ab-matching")
+trained = train_sft(model, tok, pools, weights, cfg, None, f"ab-matching-first-{args.first}")
 model.eval()
 metrics, records = fact_accuracy(model, tok, test, "test", 64)
 result = {"steps": cfg.steps, "seed": cfg.seed, "lr": cfg.lr, "layout": args.layout, "names": args.names,
-          "stated": args.stated, "train_rows": len(train), "mix_base": args.mix_base,
+          "stated": args.stated, "train_rows": len(train), "mix_base": args.mix_base, "first": args.first,
           "seconds": round(time.time() - began, 1),
           "heldout_template_accuracy": {k: v for k, v in metrics.items() if k.endswith(".ab")},
           "n_test": len(test), "example": test[0]["prompt"] + " -> " + test[0]["answer"],
@@ -117,9 +126,11 @@ result = {"steps": cfg.steps, "seed": cfg.seed, "lr": cfg.lr, "layout": args.lay
                            for row in trained.history[:: max(1, len(trained.history) // 30)]
                            if "step" in row and "loss" in row}}
 if args.then_base is not None:
+    if args.first == "base":  # the facts as the first stage left them
+        result["first_world_test_fact_accuracy"] = fact_accuracy(model, tok, facts, "test", 64)[0]
     model.train()
     second = cfg if args.then_steps is None else cfg.model_copy(update={"steps": args.then_steps})
-    train_sft(model, tok, {**base_pools(world), "matching": pools["matching"]},
+    train_sft(model, tok, {**base_pools(world), "matching": matching},
               second.mixture() | {"matching": args.then_base}, second, None, "ab-matching-then-base")
     model.eval()
     result["then_base"], result["then_steps"] = args.then_base, second.steps

@@ -49,7 +49,7 @@ add_training_args(parser)
 parser.add_argument("--train-rows", type=int, default=20000)
 parser.add_argument("--mix-base", type=float, default=None, help="weight of the matching pool beside the base pools")
 parser.add_argument("--then-base", type=float, default=None,
-                    help="after the matching run, a second run of as many steps on the base pools with the matching "
+                    help="after the first stage, a second run of as many steps on the base pools with the matching "
                          "pool beside them at this weight (a two-stage curriculum)")
 parser.add_argument("--then-steps", type=int, default=None, help="steps of the second stage (default: the first's)")
 parser.add_argument("--first", choices=["matching", "base"], default="matching",

@@ -18,14 +18,18 @@ cd "$(dirname "$0")/.."
 WHEELS=.whl-stages
 
 if [[ "${1:-}" == "--fetch-wheels" ]]; then
-  # MLflow and pydantic at requirements.lock's pins, with their needs, for the device's CPython 3.12 (x86-64); the
-  # packages its image already holds (/work/.library/device/KINDS.md, read 2026-11-17) are dropped, typing_extensions
-  # kept as gpu_check.sh does (pydantic wants a recent one). ~35 MB.
-  pins=$(grep -iE '^(mlflow|mlflow-skinny|mlflow-tracing|pydantic)==' requirements.lock)
+  # MLflow, pydantic and transformers at requirements.lock's pins, with their needs, for the device's CPython 3.12
+  # (x86-64); the packages its image already holds (/work/.library/device/KINDS.md, read 2026-11-17) are dropped,
+  # typing_extensions kept as gpu_check.sh does (pydantic wants a recent one). transformers because the image's 5.17
+  # predates the `cache` field of the model outputs that GCG's prefix cache reads (5.24's name for past_key_values):
+  # there the r2d2 stage failed with "'CausalLMOutputWithPast' object has no attribute 'cache'". ~50 MB: with the
+  # tracked tree (~13 MB), near the 64 MB a call carries.
+  pins=$(grep -iE '^(mlflow|mlflow-skinny|mlflow-tracing|pydantic|transformers)==' requirements.lock)
   image="aiohappyeyeballs aiohttp aiosignal annotated_doc anyio attrs certifi charset_normalizer click cloudpickle
-    contourpy cycler fonttools frozenlist h11 idna jinja2 joblib kiwisolver markupsafe matplotlib multidict narwhals
-    numpy packaging pandas pillow propcache protobuf pyarrow pyparsing python_dateutil pyyaml requests scikit_learn
-    scipy six threadpoolctl urllib3 werkzeug yarl zipp"
+    contourpy cycler filelock fonttools frozenlist fsspec h11 hf_xet httpcore httpx huggingface_hub idna jinja2 joblib
+    kiwisolver markdown_it_py markupsafe matplotlib mdurl multidict narwhals numpy packaging pandas pillow propcache
+    protobuf pyarrow pygments pyparsing python_dateutil pyyaml regex requests rich safetensors scikit_learn scipy
+    shellingham six threadpoolctl tokenizers tqdm typer urllib3 werkzeug yarl zipp"
   rm -rf "$WHEELS" && mkdir -p "$WHEELS"
   # shellcheck disable=SC2086
   python3 -m pip download --quiet --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -1,5 +1,6 @@
 """The benchmarks' FLOP count and MFU (exact, on known model sizes and against torch's FLOP counter) and the GPU
-check's smoke path on the CPU (benchmarks/lat_step.py, benchmarks/gpu_check.py)."""
+check's smoke path on the CPU (benchmarks/lat_step.py, benchmarks/gpu_check.py), and the GPU stage runner's scheduling
+(benchmarks/gpu_stages.py) on stand-in commands."""
 
 import json
 import sys
@@ -13,6 +14,7 @@ from transformers import LlamaForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import gpu_check  # noqa: E402
+import gpu_stages
 from lat_step import (PRESETS, FlopModel, lat_step_flops, llama_config, mfu, peak_tflops_of,  # noqa: E402
                       random_batches, run_preset, sft_step_flops, shrink)
 
@@ -127,3 +129,18 @@ def test_gpu_check_records_a_timeout_and_still_writes(tmp_path):
     assert check["items"]["env"]["status"] == "timeout"
     assert "lat_step.smollm2" not in check["items"]  # no device: the rest is skipped
     assert json.loads(out.read_text())["completed"]
+
+
+def test_gpu_stage_runner_skips_what_follows_a_failure_and_runs_what_is_independent(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_stages, "LOG_DIR", tmp_path)
+    ok, fail = 'python -c "pass"', 'python -c "raise SystemExit(3)"'
+    stages = {"a": ([], ok), "gate": (["a"], fail), "b": (["a", "gate"], ok), "c": (["b"], ok), "d": (["a"], fail),
+              "e": (["d"], ok), "f": (["a"], ok), "slow": (["a"], 'python -c "import time; time.sleep(30)"')}
+    dag = {"order": list(stages), "stages": {s: {"parents": p, "cmd": c} for s, (p, c) in stages.items()}}
+    assert gpu_stages.needed(dag, ["c"]) == ["a", "gate", "b", "c"]
+    assert gpu_stages.heights(dag)["a"] == 4  # a -> gate -> b -> c
+    results = gpu_stages.run(dag, list(stages), exclude={"gate"}, budget=5.0, jobs=3)
+    exits = {s: r["exit"] for s, r in results.items()}
+    assert exits == {"a": 0, "gate": "excluded", "b": 0, "c": 0, "d": 3, "e": "skipped", "f": 0, "slow": "timeout"}
+    assert results["e"]["why"] == "a parent did not finish"
+    assert results["d"]["log_tail"] == [] and results["slow"]["seconds"] < 6  # stopped at the budget, not at 30 s

@@ -10,16 +10,14 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
+. benchmarks/device_wheels.sh
+
 if [[ "${1:-}" == "--fetch-wheels" ]]; then
   # The device image's Python (3.12, x86-64) has torch, transformers, peft, tokenizers and scikit-learn but not
   # pydantic, which latlab.config needs: bring it and its needs at requirements.lock's versions (~3 MB).
   pins=$(grep -iE '^(pydantic|pydantic_core|annotated-types|typing-inspection|typing_extensions)==' requirements.lock)
   # shellcheck disable=SC2086
-  python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d .whl $pins || exit 1
-  # carried paths must be ignored by git; the workplace's own exclude file keeps .gitignore free of it
-  grep -qxF '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+  fetch_wheels .whl --no-deps $pins || exit 1
   ls -l .whl
   exit 0
 fi
@@ -28,16 +26,10 @@ PY=${PYTHON:-}
 if [[ -z "$PY" ]]; then
   if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python3; fi
 fi
-if ! "$PY" -c 'import pydantic' 2>/dev/null; then
-  if compgen -G '.whl/*.whl' >/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/latlab-site \
-      .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/latlab-site${PYTHONPATH:+:$PYTHONPATH}
-  else
-    echo "pydantic is missing for $PY: run 'bash benchmarks/gpu_check.sh --fetch-wheels' where pip reaches PyPI," \
-         "then carry .whl" >&2
-    exit 1
-  fi
+if ! "$PY" -c 'import pydantic' 2>/dev/null && ! use_wheels "$PY" .whl; then
+  echo "pydantic is missing for $PY: run 'bash benchmarks/gpu_check.sh --fetch-wheels' where pip reaches PyPI," \
+       "then carry .whl" >&2
+  exit 1
 fi
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 set -a; . src/latlab/offline.env; set +a

@@ -13,6 +13,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=.whl-stages
+. benchmarks/device_wheels.sh
 
 if [[ "${1:-}" == "--fetch-wheels" ]]; then
   # MLflow, pydantic and transformers at requirements.lock's pins, with their needs, for the device's CPython 3.12
@@ -27,13 +28,9 @@ if [[ "${1:-}" == "--fetch-wheels" ]]; then
     kiwisolver markdown_it_py markupsafe matplotlib mdurl multidict narwhals numpy packaging pandas pillow propcache
     protobuf pyarrow pygments pyparsing python_dateutil pyyaml regex requests rich safetensors scikit_learn scipy
     shellingham six threadpoolctl tokenizers tqdm typer urllib3 werkzeug yarl zipp"
-  rm -rf "$WHEELS" && mkdir -p "$WHEELS"
   # shellcheck disable=SC2086
-  python3 -m pip download --quiet --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 -d "$WHEELS" $pins || exit 1
+  fetch_wheels "$WHEELS" $pins || exit 1
   for name in $image; do rm -f "$WHEELS/$name"-[0-9]*.whl; done
-  grep -qxF "/$WHEELS/" .git/info/exclude 2>/dev/null || echo "/$WHEELS/" >> .git/info/exclude
   PY=python3; [[ -x .venv/bin/python ]] && PY=.venv/bin/python
   "$PY" benchmarks/gpu_stages.py --write-dag "$WHEELS/dag.json" || exit 1
   du -sh "$WHEELS"
@@ -43,10 +40,7 @@ fi
 PY=${PYTHON:-python3}
 pinned=$(grep -iE '^transformers==' requirements.lock | cut -d= -f3)
 if ! "$PY" -c "import mlflow, pydantic, transformers; assert transformers.__version__ == '$pinned'" 2>/dev/null; then
-  compgen -G "$WHEELS/*.whl" >/dev/null || { echo "no $WHEELS/: run 'bash $0 --fetch-wheels' and carry it" >&2; exit 1; }
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/latlab-site \
-    "$WHEELS"/*.whl || exit 1
-  export PYTHONPATH=/tmp/latlab-site
+  use_wheels "$PY" "$WHEELS" || { echo "no $WHEELS/: run 'bash $0 --fetch-wheels' and carry it" >&2; exit 1; }
 fi
 export PYTHONPATH=$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}
 set -a; . src/latlab/offline.env; set +a

@@ -20,6 +20,7 @@ logs/gpu_stages/.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
@@ -33,13 +34,18 @@ ROOT = Path(__file__).resolve().parents[1]
 LOG_DIR = Path("logs/gpu_stages")
 
 
+def dvc_yaml_digest() -> str:
+    return hashlib.sha256((ROOT / "dvc.yaml").read_bytes()).hexdigest()
+
+
 def write_dag(path: Path) -> dict:
     """{"order": [stage, ...], "stages": {stage: {"parents": [...], "cmd": "..."}}} of ./dvc.yaml, via DVC."""
     sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
     from flows.dag import stage_commands, stage_order, stage_parents
 
     parents, commands = stage_parents(ROOT), stage_commands(ROOT)
-    dag = {"order": stage_order(ROOT), "stages": {s: {"parents": parents[s], "cmd": commands[s]} for s in parents}}
+    dag = {"dvc_yaml_sha256": dvc_yaml_digest(), "order": stage_order(ROOT),
+           "stages": {s: {"parents": parents[s], "cmd": commands[s]} for s in parents}}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(dag, indent=1) + "\n")
     return dag
@@ -154,6 +160,9 @@ def main() -> None:
     if not args.dag:
         parser.error("--dag (or --write-dag) is required")
     dag = json.loads(args.dag.read_text())
+    if dag.get("dvc_yaml_sha256") != dvc_yaml_digest():
+        raise SystemExit(f"{args.dag} was resolved from another dvc.yaml: rerun `bash benchmarks/gpu_stages.sh "
+                         "--fetch-wheels` (or --write-dag) where DVC is installed")
     os.chdir(ROOT)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     began = time.time()

@@ -39,7 +39,8 @@ def dvc_yaml_digest() -> str:
 
 
 def write_dag(path: Path) -> dict:
-    """{"dvc_yaml_sha256", "order": [stage, ...], "stages": {stage: {"parents", "cmd"}}} of the repo's dvc.yaml, via DVC."""
+    """The repo's dvc.yaml resolved by DVC: {"dvc_yaml_sha256", "order": [stage, ...], "stages": {stage: {"parents",
+    "cmd"}}}."""
     sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
     from flows.dag import stage_commands, stage_order, stage_parents
 

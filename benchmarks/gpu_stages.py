@@ -42,10 +42,10 @@ def write_dag(path: Path) -> dict:
     """The repo's dvc.yaml resolved by DVC: {"dvc_yaml_sha256", "order": [stage, ...], "stages": {stage: {"parents",
     "cmd"}}}."""
     sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
-    from flows.dag import stage_commands, stage_order, stage_parents
+    from flows.dag import execution_waves, stage_commands, stage_parents
 
-    parents, commands = stage_parents(ROOT), stage_commands(ROOT)
-    dag = {"dvc_yaml_sha256": dvc_yaml_digest(), "order": stage_order(ROOT),
+    parents, commands = stage_parents(ROOT), stage_commands(ROOT)  # stage_order would load DVC's graph again
+    dag = {"dvc_yaml_sha256": dvc_yaml_digest(), "order": [s for wave in execution_waves(parents) for s in wave],
            "stages": {s: {"parents": parents[s], "cmd": commands[s]} for s in parents}}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(dag, indent=1) + "\n")

@@ -64,8 +64,8 @@ def _ends_with_start_of(words: list[str], span: list[str], minimum: int) -> bool
 
 class Judge:
     """complied / refused / incoherent for (request record, completion) pairs. A judge gives `label` for one pair;
-    `labels` judges many (one `label` each unless a judge scores a batch in one go through `_label_batch`, e.g. the
-    lexical judge's single `predict`), and every caller that has a list uses it."""
+    `labels` judges many (one `label` each unless a judge scores a batch in one go, e.g. the lexical judge's single
+    `predict`), and every caller that has a list uses it."""
 
     def label(self, request: dict, completion: str) -> str:
         raise NotImplementedError
@@ -74,10 +74,6 @@ class Judge:
         """[len(requests)] labels; ValueError when the two lists differ in length."""
         if len(requests) != len(completions):
             raise ValueError(f"{len(requests)} requests vs {len(completions)} completions")
-        return self._label_batch(requests, completions) if completions else []
-
-    def _label_batch(self, requests: list[dict], completions: list[str]) -> list[str]:
-        """The labels of two non-empty lists of equal length; each row's label does not depend on the others."""
         return [self.label(r, c) for r, c in zip(requests, completions)]
 
 

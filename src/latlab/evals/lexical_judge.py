@@ -60,7 +60,11 @@ class LexicalJudge(Judge):
     def label(self, request: dict, completion: str) -> str:
         return self.labels([request], [completion])[0]
 
-    def _label_batch(self, requests: list[dict], completions: list[str]) -> list[str]:
+    def labels(self, requests: list[dict], completions: list[str]) -> list[str]:
         """One `predict` for the whole list (a call costs ~8 ms whatever its length: 30 s of the evaluate stage
-        when called per completion)."""
+        when called per completion); each row's label does not depend on the others in the list."""
+        if len(requests) != len(completions):
+            raise ValueError(f"{len(requests)} requests vs {len(completions)} completions")
+        if not completions:
+            return []
         return [str(label) for label in self.classifier.predict([features(c) for c in completions])]

@@ -37,7 +37,7 @@ def _run(cmd: list[str], cwd: Path, env: dict, timeout: int) -> subprocess.Compl
 
 
 @pytest.fixture(scope="module")
-def smoke_repo(tmp_path_factory) -> tuple[Path, dict]:
+def smoke_repo(tmp_path_factory) -> tuple[Path, dict, str]:
     repo = tmp_path_factory.mktemp("smoke") / "repo"
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
                            text=True, check=True).stdout.split()

@@ -23,8 +23,8 @@ import sys
 from pathlib import Path
 
 from latlab.config import load_params
-from latlab.data.records import load_world, split_of
-from latlab.evals.unlearning import KNOWLEDGE_KEYS, relearning_split
+from latlab.data.records import load_world
+from latlab.evals.unlearning import KNOWLEDGE_KEYS, _rows, relearning_split
 from latlab.report.stats import wilson_interval
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,9 +41,9 @@ def newcombe_lower(p1: float, n1: int, p2: float, n2: int) -> float:
 def sample_sizes(world: dict, cfg) -> dict[str, int]:
     """N behind each knowledge measure of `unlearning_eval` (cfg: params' unlearning_eval section)."""
     def rows(fmt: str) -> list[dict]:
-        return [r for r in split_of(world["facts"], cfg.split) if r["domain"] == cfg.domain and r["format"] == fmt]
+        return _rows(world, cfg.domain, cfg.split, fmt)  # the rows the stage's measures read
     free = len(rows("free"))
-    _, held = relearning_split(world, cfg.domain, cfg.relearn_heldout, cfg.seed)
+    held = set(relearning_split(world, cfg.domain, cfg.relearn_heldout, cfg.seed)[1])
     ab_all = [r for r in world["facts"] if r["domain"] == cfg.domain and r["format"] == "ab"]
     # the test facts of grouped_probe_accuracy's split (test_fraction 0.3, the stage's seed)
     names = sorted({r["fact_id"] for r in ab_all})
@@ -51,7 +51,7 @@ def sample_sizes(world: dict, cfg) -> dict[str, int]:
     probe_test = set(names[: max(1, round(len(names) * 0.3))])
     return {"qa.ab_acc": len(rows("ab")), "qa.free_recall": free, "extract.best_of": free,
             "in_context.free_recall": free,
-            "relearn.free_recall": sum(r["fact_id"] in set(held) for r in rows("free")),
+            "relearn.free_recall": sum(r["fact_id"] in held for r in rows("free")),
             "latent.max_acc": sum(r["fact_id"] in probe_test for r in ab_all)}
 
 

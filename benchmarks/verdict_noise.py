@@ -16,6 +16,7 @@ Prints the verdicts per model under both rules and writes benchmarks/results/ver
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import random
@@ -24,7 +25,12 @@ from pathlib import Path
 
 from latlab.config import load_params
 from latlab.data.records import load_world
-from latlab.evals.unlearning import KNOWLEDGE_KEYS, _rows, relearning_split
+from latlab.evals.unlearning import (
+    KNOWLEDGE_KEYS,
+    _rows,
+    grouped_probe_accuracy,
+    relearning_split,
+)
 from latlab.report.stats import wilson_interval
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,10 +51,12 @@ def sample_sizes(world: dict, cfg) -> dict[str, int]:
     free = len(rows("free"))
     held = set(relearning_split(world, cfg.domain, cfg.relearn_heldout, cfg.seed)[1])
     ab_all = [r for r in world["facts"] if r["domain"] == cfg.domain and r["format"] == "ab"]
-    # the test facts of grouped_probe_accuracy's split (test_fraction 0.3, the stage's seed)
+    # the test facts of grouped_probe_accuracy's split (its default test fraction, the stage's seed), drawn as it
+    # draws them: the function returns only the accuracy, and it is a stage dependency (changing it means a rerun)
+    fraction = inspect.signature(grouped_probe_accuracy).parameters["test_fraction"].default
     names = sorted({r["fact_id"] for r in ab_all})
     random.Random(cfg.seed).shuffle(names)
-    probe_test = set(names[: max(1, round(len(names) * 0.3))])
+    probe_test = set(names[: max(1, round(len(names) * fraction))])
     return {"qa.ab_acc": len(rows("ab")), "qa.free_recall": free, "extract.best_of": free,
             "in_context.free_recall": free,
             "relearn.free_recall": sum(r["fact_id"] in held for r in rows("free")),

@@ -55,6 +55,7 @@ from latlab.profiles import merged_profile
 from latlab.report.scorecard import RESAMPLING, build_scorecard, scorecard_markdown
 from latlab.report.seed_summary import (backdoor_markdown, evaluate_markdown, load_metrics_tree, summarize_seeds,
                                         unlearning_markdown)
+from latlab.report.unlearning_verdict import unlearning_verdicts, verdicts_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 # params keys (paths) whose seed generates data rather than training: fixed across the study's seeds by default
@@ -109,6 +110,11 @@ def study_params(repo: Path, profile: Path | None) -> dict[str, Any]:
     raw = yaml.safe_load((repo / "params.yaml").read_text()) or {}
     parse_params(raw, str(repo / "params.yaml"))
     return raw
+
+
+def unlearning_tolerance(raw: dict[str, Any]) -> float:
+    """The unlearning verdict's tolerance (params unlearning_eval.tolerance; the study's seeds do not change it)."""
+    return float(raw["unlearning_eval"]["tolerance"])
 
 
 def seed_workdir(repo: Path, cfg: StudyConfig, study_seed: int) -> Path:
@@ -185,9 +191,11 @@ def collect(repo: Path, cfg: StudyConfig, seeds: list[int]) -> dict[int, dict[st
     return per_seed
 
 
-def write_conclusions(repo: Path, cfg: StudyConfig, per_seed: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
-    """metrics/study/summary.json, reports/study_{evaluate,unlearning,backdoor}.md, metrics/scorecard.json and
-    reports/scorecard.md from the collected seeds."""
+def write_conclusions(repo: Path, cfg: StudyConfig, per_seed: dict[int, dict[str, Any]],
+                      tolerance: float) -> list[dict[str, Any]]:
+    """metrics/study/summary.json, metrics/study/unlearning_verdict.json (removed / suppressed / inconclusive over
+    seeds at `tolerance`, params unlearning_eval.tolerance), reports/study_{evaluate,unlearning,backdoor}.md,
+    metrics/scorecard.json and reports/scorecard.md from the collected seeds."""
     bootstrap = {"samples": cfg.bootstrap_samples, "confidence": cfg.confidence, "seed": cfg.bootstrap_seed}
     header = {"study": cfg.name, "seeds": sorted(per_seed), "confidence": cfg.confidence, "min_seeds": cfg.min_seeds,
               "bootstrap_samples": cfg.bootstrap_samples, "data_seed_varied": cfg.vary_data_seed}
@@ -197,11 +205,15 @@ def write_conclusions(repo: Path, cfg: StudyConfig, per_seed: dict[int, dict[str
     rows = build_scorecard(per_seed, **bootstrap, min_seeds=cfg.min_seeds)
     (repo / SCORECARD_JSON).write_text(json.dumps({**header, "resampling": RESAMPLING, "claims": rows}, indent=2))
     (repo / SCORECARD_MD).parent.mkdir(parents=True, exist_ok=True)
+    verdicts = unlearning_verdicts(per_seed, tolerance, **bootstrap, min_seeds=cfg.min_seeds)
+    (repo / STUDY_DIR / "unlearning_verdict.json").write_text(json.dumps({**header, **verdicts}, indent=2))
     for path, table, source in ((EVALUATE_MD, evaluate_markdown, "evaluate.json"),
                                 (UNLEARNING_MD, unlearning_markdown, "unlearning_eval.json"),
                                 (BACKDOOR_MD, backdoor_markdown, "backdoor_removal/*.json")):
-        (repo / path).write_text(f"Study `{cfg.name}`, seeds {sorted(per_seed)}: {source}\n\n"
-                                 + table(summary, cfg.confidence))
+        text = table(summary, cfg.confidence)
+        if path == UNLEARNING_MD and verdicts:
+            text += "\n" + verdicts_markdown(verdicts, cfg.confidence)
+        (repo / path).write_text(f"Study `{cfg.name}`, seeds {sorted(per_seed)}: {source}\n\n" + text)
     (repo / SCORECARD_MD).write_text(f"Study `{cfg.name}`, seeds {sorted(per_seed)}.\n\n"
                                      + scorecard_markdown(rows, cfg.confidence, cfg.min_seeds))
     return rows
@@ -235,7 +247,8 @@ def study(raw: dict[str, Any], seeds: list[int], repo: str = str(ROOT), stages: 
         except Exception as err:  # one failed seed must not cost the others' results
             failed[study_seed] = str(err)
             print(f"seed {study_seed} failed: {err}")
-    rows = write_conclusions(Path(repo), cfg, collect(Path(repo), cfg, seeds)) if conclusions else []
+    collected = collect(Path(repo), cfg, seeds) if conclusions else {}
+    rows = write_conclusions(Path(repo), cfg, collected, unlearning_tolerance(raw)) if conclusions else []
     print(f"study {cfg.name}: {len(seeds) - len(failed)}/{len(seeds)} seeds in {time.perf_counter() - began:.0f} s"
           + ("; " + ", ".join(f"{r['verdict']}" for r in rows) if rows else ""))
     return {"failed": failed, "seconds": round(time.perf_counter() - began, 1)}
@@ -268,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = StudyConfig.model_validate(raw[STUDY_SECTION])
     seeds = args.seeds or cfg.seeds
     if args.collect_only:
-        rows = write_conclusions(ROOT, cfg, collect(ROOT, cfg, seeds))
+        rows = write_conclusions(ROOT, cfg, collect(ROOT, cfg, seeds), unlearning_tolerance(raw))
         print(f"{SCORECARD_JSON}: {len(rows)} claims; {SCORECARD_MD}")
         return
     problems = preflight(ROOT, args.stages, args.profile)  # before Prefect starts its API server

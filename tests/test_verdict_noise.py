@@ -38,3 +38,18 @@ def test_a_measure_at_chance_cannot_call_a_model_suppressed():
     assert out["models"]["at_chance"] == {"label": "removed", "above_oracle": []}
     assert out["models"]["recalls"] == {"label": "suppressed", "above_oracle": ["qa.free_recall"]}
     assert out["models"]["recalls_a_little"]["label"] == "removed"  # within the tolerance
+
+
+def test_the_interval_rule_says_inconclusive_where_one_run_cannot_decide():
+    from verdict_noise import interval_rule
+
+    chance = {k: 0.5 for k in KNOWLEDGE_KEYS}
+    original = chance | {"qa.free_recall": 0.99}
+    oracle = chance | {"qa.free_recall": 0.0}
+    models = {"kept": chance | {"qa.free_recall": 0.60},  # interval of the distance well above 0.1
+              "gone": chance | {"qa.free_recall": 0.0},  # 0/96 vs 0/96: upper end ~0.05
+              "near": chance | {"qa.free_recall": 0.10}}  # 0.10 +- ~0.07 straddles the tolerance
+    out = interval_rule(_summary(original, oracle, models), N, tolerance=0.10)
+    assert out["informative"] == ["qa.free_recall"]  # a measure at chance for the original does not vote
+    assert {m: r["label"] for m, r in out["models"].items()} == {
+        "kept": "suppressed", "gone": "removed", "near": "inconclusive"}

@@ -60,6 +60,20 @@ def measure(per_seed: dict[int, float], tolerance: float, *, samples: int, confi
             "per_seed": {str(s): v for s, v in per_seed.items()}, "status": status}
 
 
+def classify(statuses: dict[str, str], tolerance: float) -> tuple[str, str]:
+    """(verdict, reason) of one method from the status of each informative measure ({key: "above" / "within" /
+    "unclear"}): suppressed if any is above, removed if all are within, otherwise (or with none) inconclusive."""
+    above = [k for k, status in statuses.items() if status == ABOVE]
+    unclear = [k for k, status in statuses.items() if status == UNCLEAR]
+    if above:
+        return SUPPRESSED, f"above oracle + {tolerance} on {', '.join(above)}"
+    if not statuses:
+        return INCONCLUSIVE, "no measure separates the original from the oracle"
+    if unclear:
+        return INCONCLUSIVE, f"interval straddles oracle + {tolerance} on {', '.join(unclear)}"
+    return REMOVED, f"within oracle + {tolerance} on every informative measure"
+
+
 def unlearning_verdicts(per_seed_metrics: dict[int, dict[str, Any]], tolerance: float, *, samples: int,
                         confidence: float, seed: int, min_seeds: int, original: str = "original",
                         oracle: str = "oracle", keys: tuple[str, ...] = KNOWLEDGE_KEYS) -> dict[str, Any]:
@@ -78,16 +92,7 @@ def unlearning_verdicts(per_seed_metrics: dict[int, dict[str, Any]], tolerance: 
         if model in (original, oracle):
             continue
         cells = {k: measure(distances(per_seed_metrics, model, k, oracle), tolerance, **stats) for k in informative}
-        above = [k for k in informative if cells[k]["status"] == ABOVE]
-        unclear = [k for k in informative if cells[k]["status"] == UNCLEAR]
-        if above:
-            label, reason = SUPPRESSED, f"above oracle + {tolerance} on {', '.join(above)}"
-        elif not informative:
-            label, reason = INCONCLUSIVE, "no measure separates the original from the oracle"
-        elif unclear:
-            label, reason = INCONCLUSIVE, f"interval straddles oracle + {tolerance} on {', '.join(unclear)}"
-        else:
-            label, reason = REMOVED, f"within oracle + {tolerance} on every informative measure"
+        label, reason = classify({k: cells[k]["status"] for k in informative}, tolerance)
         methods[model] = {"verdict": label, "reason": reason, "measures": cells}
     return {"tolerance": tolerance, "informative": informative, "original": baseline, "methods": methods}
 

@@ -247,8 +247,8 @@ def study(raw: dict[str, Any], seeds: list[int], repo: str = str(ROOT), stages: 
         except Exception as err:  # one failed seed must not cost the others' results
             failed[study_seed] = str(err)
             print(f"seed {study_seed} failed: {err}")
-    collected = collect(Path(repo), cfg, seeds) if conclusions else {}
-    rows = write_conclusions(Path(repo), cfg, collected, unlearning_tolerance(raw)) if conclusions else []
+    rows = (write_conclusions(Path(repo), cfg, collect(Path(repo), cfg, seeds), unlearning_tolerance(raw))
+            if conclusions else [])
     print(f"study {cfg.name}: {len(seeds) - len(failed)}/{len(seeds)} seeds in {time.perf_counter() - began:.0f} s"
           + ("; " + ", ".join(f"{r['verdict']}" for r in rows) if rows else ""))
     return {"failed": failed, "seconds": round(time.perf_counter() - began, 1)}

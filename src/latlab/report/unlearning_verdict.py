@@ -87,12 +87,15 @@ def unlearning_verdicts(per_seed_metrics: dict[int, dict[str, Any]], tolerance: 
     stats = {"samples": samples, "confidence": confidence, "seed": seed, "min_seeds": min_seeds}
     baseline = {k: measure(distances(per_seed_metrics, original, k, oracle), tolerance, **stats) for k in keys}
     informative = [k for k in keys if baseline[k]["status"] == ABOVE]
+    seeds = max((cell["n_seeds"] for cell in baseline.values()), default=0)
     methods = {}
     for model in models:
         if model in (original, oracle):
             continue
         cells = {k: measure(distances(per_seed_metrics, model, k, oracle), tolerance, **stats) for k in informative}
         label, reason = classify({k: cells[k]["status"] for k in informative}, tolerance)
+        if seeds < min_seeds:  # then nothing is informative: say why
+            reason = f"{seeds} seed(s): fewer than {min_seeds} is no conclusion"
         methods[model] = {"verdict": label, "reason": reason, "measures": cells}
     return {"tolerance": tolerance, "informative": informative, "original": baseline, "methods": methods}
 

@@ -251,8 +251,7 @@ def test_smoke_pipeline_deployment(prefect_stack, tmp_path):
     flow_name = _flow_name_of(prefect_stack, "pipeline-local", project)
     state = prefect_stack.run_deployment(f"{flow_name}/pipeline-local", {"stages": DEPLOYED_STAGES}, SMOKE_TIMEOUT_S)
     assert state == "Completed", prefect_stack.log("worker.log")
-    dvc = str(PREFECT.with_name("dvc"))
-    status = subprocess.run([dvc, "status", "spawrious_evaluate"], cwd=project, env=prefect_stack.env,
+    status = subprocess.run([str(PREFECT.with_name("dvc")), "status", "spawrious_evaluate"], cwd=project, env=prefect_stack.env,
                             capture_output=True, text=True, timeout=120)
     # every selected stage (and its upstream: the params check) ran to the end and was recorded in dvc.lock
     assert "Data and pipelines are up to date" in status.stdout, status.stdout

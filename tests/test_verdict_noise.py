@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from verdict_noise import newcombe_lower, noise_aware
+from verdict_noise import interval_rule, newcombe_lower, noise_aware
 
 from latlab.evals.unlearning import KNOWLEDGE_KEYS
 
@@ -41,8 +41,6 @@ def test_a_measure_at_chance_cannot_call_a_model_suppressed():
 
 
 def test_the_interval_rule_says_inconclusive_where_one_run_cannot_decide():
-    from verdict_noise import interval_rule
-
     chance = {k: 0.5 for k in KNOWLEDGE_KEYS}
     original = chance | {"qa.free_recall": 0.99}
     oracle = chance | {"qa.free_recall": 0.0}
